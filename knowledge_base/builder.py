@@ -152,7 +152,9 @@ class KnowledgeBaseBuilder:
             keep = {d: e for d, e in known.items() if d not in report.removed}
             return self._rebuild(current, keep, {}, report)
 
-    def _rebuild(self, current: _Current, keep: dict[str, DocumentEntry], loaded: dict[str, Document], report: IngestReport) -> IngestReport:
+    def _rebuild(
+        self, current: _Current, keep: dict[str, DocumentEntry], loaded: dict[str, Document], report: IngestReport
+    ) -> IngestReport:
         salt = self._hash_salt()
         documents: dict[str, DocumentEntry] = {}
         reused_rows: list[int] = []
@@ -219,3 +221,9 @@ class KnowledgeBaseBuilder:
         )
         report.version = manifest.version
         return report
+
+    def ensure_built(self, paths: list[Path]) -> IngestReport | None:
+        """Ingest `paths` only when no index exists yet (first start); None when one does."""
+        if current_version_dir(self._root) is not None:
+            return None
+        return self.ingest(paths)

@@ -42,7 +42,9 @@ class HeadingChunker:
     single chunk each, whatever their length.
     """
 
-    def __init__(self, count_tokens: Callable[[str], int], max_tokens: int = 200, overlap_tokens: int = 32, min_tokens: int = 40) -> None:
+    def __init__(
+        self, count_tokens: Callable[[str], int], max_tokens: int = 200, overlap_tokens: int = 32, min_tokens: int = 40
+    ) -> None:
         if max_tokens <= 16:
             raise ValueError(f"max_tokens must be above 16, got {max_tokens}")
         if not 0 <= overlap_tokens < max_tokens // 2:
@@ -96,12 +98,16 @@ class HeadingChunker:
                 if self._count(sentence) <= budget:
                     units.append(sentence)
                     continue
-                words, current = sentence.split(), []
-                for word in words:
-                    if current and self._count(" ".join([*current, word])) > budget:
+                # Word pieces never span whitespace, so per-word counts add up exactly.
+                current: list[str] = []
+                used = 0
+                for word in sentence.split():
+                    size = self._count(word)
+                    if current and used + size > budget:
                         units.append(" ".join(current))
-                        current = []
+                        current, used = [], 0
                     current.append(word)
+                    used += size
                 if current:
                     units.append(" ".join(current))
         return units

@@ -3,82 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from knowledge_base.builder import IngestReport, KnowledgeBaseBuilder
-from knowledge_base.chunking import HeadingChunker
+from knowledge_base.builder import IngestReport
+from knowledge_base.components import KnowledgeBaseSettings, build_builder, build_retriever
 from retrieval.confidence import ConfidenceCalibrator
-from retrieval.embedder import SentenceEmbedder
 from retrieval.index_files import CALIBRATION_FILE, IndexFormatError, current_version_dir, read_manifest
-from retrieval.retriever import Retriever
 from retrieval.types import SearchFilters
-from retrieval.vector_index import VectorIndexParams
 
 EVAL_QUESTIONS = Path(__file__).resolve().parent / "samples" / "eval" / "questions.jsonl"
 
 kb_app = typer.Typer(help="Build, inspect and evaluate the knowledge base index.", no_args_is_help=True)
 console = Console()
 errors = Console(stderr=True)
-
-
-class KnowledgeBaseSettings(Protocol):
-    """The settings this CLI reads (the server's Settings object satisfies it)."""
-
-    @property
-    def index_root(self) -> Path: ...
-
-    embedding_model: str
-    embedding_device: str
-    embedding_batch_size: int
-    chunk_max_tokens: int
-    chunk_overlap_tokens: int
-    index_kind: str
-    hnsw_m: int
-    hnsw_ef_construction: int
-    hnsw_ef_search: int
-    ivf_nlist: int
-    ivf_nprobe: int
-    keep_index_versions: int
-    retrieval_candidates: int
-    retrieval_fusion: str
-    retrieval_lexical_weight: float
-
-
-def vector_params(settings: KnowledgeBaseSettings) -> VectorIndexParams:
-    return VectorIndexParams(
-        kind=settings.index_kind,  # type: ignore[arg-type]
-        hnsw_m=settings.hnsw_m,
-        hnsw_ef_construction=settings.hnsw_ef_construction,
-        hnsw_ef_search=settings.hnsw_ef_search,
-        ivf_nlist=settings.ivf_nlist,
-        ivf_nprobe=settings.ivf_nprobe,
-    )
-
-
-def build_embedder(settings: KnowledgeBaseSettings) -> SentenceEmbedder:
-    return SentenceEmbedder(settings.embedding_model, settings.embedding_device, settings.embedding_batch_size)
-
-
-def build_builder(settings: KnowledgeBaseSettings, embedder: SentenceEmbedder | None = None) -> KnowledgeBaseBuilder:
-    embedder = embedder or build_embedder(settings)
-    chunker = HeadingChunker(embedder.count_tokens, settings.chunk_max_tokens, settings.chunk_overlap_tokens)
-    return KnowledgeBaseBuilder(settings.index_root, embedder, chunker, vector_params(settings), settings.keep_index_versions)
-
-
-def build_retriever(settings: KnowledgeBaseSettings, embedder: SentenceEmbedder | None = None) -> Retriever:
-    return Retriever(
-        settings.index_root,
-        embedder or build_embedder(settings),
-        params=vector_params(settings),
-        candidates=settings.retrieval_candidates,
-        fusion=settings.retrieval_fusion,  # type: ignore[arg-type]
-        lexical_weight=settings.retrieval_lexical_weight,
-    )
 
 
 def print_report(report: IngestReport) -> None:
@@ -111,7 +53,9 @@ def ingest(
     """
     settings: KnowledgeBaseSettings = ctx.obj
     builder = build_builder(settings)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=errors, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=errors, transient=True
+    ) as bar:
         task = bar.add_task("loading", total=None)
 
         def progress(done: int, total: int, path: str) -> None:
@@ -127,7 +71,10 @@ def ingest(
 
 
 @kb_app.command()
-def remove(ctx: typer.Context, document_ids: Annotated[list[str], typer.Argument(help="Document ids (a FAQ file id removes all its entries).")]) -> None:
+def remove(
+    ctx: typer.Context,
+    document_ids: Annotated[list[str], typer.Argument(help="Document ids (a FAQ file id removes all its entries).")],
+) -> None:
     """Remove documents from the index by id."""
     report = build_builder(ctx.obj).remove(document_ids)
     print_report(report)
@@ -148,7 +95,10 @@ def search(
     except (IndexFormatError, ValueError) as exc:
         errors.print(f"[red]error[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
-    console.print(f"confidence {result.confidence:.2f}  (index {result.index_version}, {sum(result.timings_ms.values()):.1f} ms)", highlight=False)
+    console.print(
+        f"confidence {result.confidence:.2f}  (index {result.index_version}, {sum(result.timings_ms.values()):.1f} ms)",
+        highlight=False,
+    )
     for rank, passage in enumerate(result.passages, start=1):
         heading = f" > {passage.chunk.heading}" if passage.chunk.heading else ""
         console.print(
@@ -204,7 +154,9 @@ def stats(ctx: typer.Context) -> None:
 @kb_app.command("eval")
 def evaluate(
     ctx: typer.Context,
-    questions: Annotated[Path, typer.Option(help="JSONL of {question, document_id}; document_id null = out of scope.")] = EVAL_QUESTIONS,
+    questions: Annotated[
+        Path, typer.Option(help="JSONL of {question, document_id}; document_id null = out of scope.")
+    ] = EVAL_QUESTIONS,
     calibrate: Annotated[bool, typer.Option(help=f"Refit confidence on these questions and write {CALIBRATION_FILE}.")] = False,
     show_misses: Annotated[bool, typer.Option(help="List questions whose article is not in the top 5.")] = False,
 ) -> None:
@@ -220,7 +172,9 @@ def evaluate(
         errors.print(f"[red]error[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
     console.print(f"{report.in_scope} in-scope questions, {report.out_of_scope} out of scope")
-    console.print(f"recall@1  {report.recall(1):.3f}\nrecall@5  {report.recall(5):.3f}\nrecall@10 {report.recall(10):.3f}\nMRR       {report.mrr:.3f}")
+    console.print(
+        f"recall@1  {report.recall(1):.3f}\nrecall@5  {report.recall(5):.3f}\nrecall@10 {report.recall(10):.3f}\nMRR       {report.mrr:.3f}"
+    )
     if report.out_of_scope:
         threshold = 0.5
         flagged = sum(c < threshold for c in report.out_of_scope_confidences)
@@ -232,4 +186,6 @@ def evaluate(
         cosines, labels = zip(*report.calibration_points, strict=True)
         fitted = ConfidenceCalibrator.fit(list(cosines), list(labels))
         fitted.save(settings.index_root / CALIBRATION_FILE)
-        console.print(f"calibration: slope {fitted.slope:.2f}, midpoint {fitted.midpoint:.3f} -> {settings.index_root / CALIBRATION_FILE}")
+        console.print(
+            f"calibration: slope {fitted.slope:.2f}, midpoint {fitted.midpoint:.3f} -> {settings.index_root / CALIBRATION_FILE}"
+        )

@@ -53,6 +53,10 @@ class Document:
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+class LoadError(Exception):
+    """A file that cannot be ingested; the message says exactly why."""
+
+
 _SLUG = re.compile(r"[^a-z0-9]+")
 
 
@@ -66,7 +70,7 @@ def parse_visibility(value: object, where: str) -> Visibility:
     try:
         return Visibility(text)
     except ValueError:
-        raise ValueError(f"{where}: visibility must be 'public' or 'internal', got {value!r}") from None
+        raise LoadError(f"{where}: visibility must be 'public' or 'internal', got {value!r}") from None
 
 
 def parse_tags(value: object) -> tuple[str, ...]:

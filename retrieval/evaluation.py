@@ -31,7 +31,7 @@ def load_questions(path: Path) -> list[LabelledQuestion]:
             row = json.loads(line)
             questions.append(LabelledQuestion(str(row["question"]), row.get("document_id")))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{line_no}: expected {{\"question\": ..., \"document_id\": ...}}: {exc}") from None
+            raise ValueError(f'{path}:{line_no}: expected {{"question": ..., "document_id": ...}}: {exc}') from None
     return questions
 
 

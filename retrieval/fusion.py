@@ -15,7 +15,9 @@ from typing import Literal
 FusionMethod = Literal["blend", "rrf"]
 
 
-def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], k: int = 60, weights: Sequence[float] | None = None) -> list[tuple[int, float]]:
+def reciprocal_rank_fusion(
+    rankings: Sequence[Sequence[int]], k: int = 60, weights: Sequence[float] | None = None
+) -> list[tuple[int, float]]:
     """Fuse ranked lists of ids into one, best first, as (id, score).
 
     Each list adds weight / (k + rank) for each id it holds (rank from 1); ties keep the
@@ -46,7 +48,14 @@ def blend_scores(dense: Mapping[int, float], lexical: Mapping[int, float], lexic
     return sorted(scored, key=lambda pair: -pair[1])
 
 
-def fuse(method: FusionMethod, dense: Mapping[int, float], lexical: Mapping[int, float], *, lexical_weight: float = 0.1, rrf_k: int = 60) -> list[tuple[int, float]]:
+def fuse(
+    method: FusionMethod,
+    dense: Mapping[int, float],
+    lexical: Mapping[int, float],
+    *,
+    lexical_weight: float = 0.1,
+    rrf_k: int = 60,
+) -> list[tuple[int, float]]:
     if method == "blend":
         return blend_scores(dense, lexical, lexical_weight)
     if method == "rrf":

@@ -14,7 +14,6 @@ from retrieval.embedder import Embedder
 from retrieval.fusion import FusionMethod, fuse
 from retrieval.index_files import (
     CALIBRATION_FILE,
-    EMBEDDINGS_FILE,
     FAISS_FILE,
     IndexFormatError,
     IndexManifest,

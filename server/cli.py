@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Annotated
+
 import typer
 
 from knowledge_base.cli import kb_app
@@ -21,5 +24,24 @@ def _root(ctx: typer.Context) -> None:
         raise typer.Exit(2) from None
 
 
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+) -> None:
+    """Run the server; on first start it indexes the sample help center."""
+    import uvicorn
+
+    from server.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(ctx.obj), host=host, port=port, log_level="info")
+
+
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

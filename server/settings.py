@@ -41,7 +41,9 @@ class Settings(BaseSettings):
 
     retrieval_top_k: int = Field(5, gt=0, le=50)
     retrieval_candidates: int = Field(30, gt=0, le=1000, description="Dense and lexical candidates fused per search.")
-    retrieval_fusion: Literal["blend", "rrf"] = Field("blend", description="blend: cosine + weight * normalised BM25; rrf: reciprocal rank fusion.")
+    retrieval_fusion: Literal["blend", "rrf"] = Field(
+        "blend", description="blend: cosine + weight * normalised BM25; rrf: reciprocal rank fusion."
+    )
     retrieval_lexical_weight: float = Field(0.1, ge=0, le=10, description="Weight of normalised BM25 in blend fusion.")
 
     @model_validator(mode="after")

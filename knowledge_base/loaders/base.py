@@ -6,11 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from knowledge_base.documents import Document
+from knowledge_base.documents import Document, LoadError
 
-
-class LoadError(Exception):
-    """A file that cannot be ingested; the message says exactly why."""
+__all__ = ["LoadError", "Loader", "SourceFile", "read_bytes", "read_text"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +20,8 @@ class SourceFile:
 
 
 class Loader(Protocol):
-    extensions: tuple[str, ...]
+    @property
+    def extensions(self) -> tuple[str, ...]: ...
 
     def load(self, source: SourceFile) -> list[Document]: ...
 

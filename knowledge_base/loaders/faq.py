@@ -62,9 +62,7 @@ class FaqCsvLoader:
             fields = [f.strip().lower() for f in reader.fieldnames or []]
             missing = [c for c in REQUIRED if c not in fields]
             if missing:
-                raise LoadError(
-                    f"CSV is missing column(s) {', '.join(missing)}; header has: {', '.join(fields) or '(nothing)'}"
-                )
+                raise LoadError(f"CSV is missing column(s) {', '.join(missing)}; header has: {', '.join(fields) or '(nothing)'}")
             reader.fieldnames = fields
             rows = [(f"row {reader.line_num}", {k: v for k, v in row.items() if k}) for row in reader]
         except csv.Error as exc:

@@ -26,11 +26,15 @@ class HtmlLoader:
         canonical = soup.find("link", rel="canonical")
         url = str(canonical.get("href")) if isinstance(canonical, Tag) and canonical.get("href") else None
         title = soup.title.get_text(" ", strip=True) if soup.title else ""
+        document_id = meta("supportbot:id") or source.document_id
+        visibility = parse_visibility(meta("supportbot:visibility"), "meta supportbot:visibility")
+        tags = parse_tags(meta("keywords"))
+        # Metadata is read above: removing <head> with the other invisible parts drops it.
         for tag in soup.find_all(_INVISIBLE):
             tag.decompose()
-        for tag in soup.find_all(attrs={"hidden": True}):
+        for tag in soup.find_all(None, attrs={"hidden": True}):
             tag.decompose()
-        for tag in soup.find_all(attrs={"aria-hidden": "true"}):
+        for tag in soup.find_all(None, attrs={"aria-hidden": "true"}):
             tag.decompose()
 
         sections: list[Section] = []
@@ -65,12 +69,12 @@ class HtmlLoader:
             raise LoadError("no visible text in the page body")
         return [
             Document(
-                id=meta("supportbot:id") or source.document_id,
+                id=document_id,
                 title=title or source.path.stem.replace("-", " ").capitalize(),
                 source=str(source.path),
                 sections=tuple(sections),
                 url=url,
-                visibility=parse_visibility(meta("supportbot:visibility"), "meta supportbot:visibility"),
-                tags=parse_tags(meta("keywords")),
+                visibility=visibility,
+                tags=tags,
             )
         ]

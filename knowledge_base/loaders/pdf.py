@@ -31,9 +31,7 @@ class PdfLoader:
         except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
             raise LoadError(f"broken PDF: {exc}") from None
         sections = tuple(
-            Section((f"Page {number}",) if len(pages) > 1 else (), text)
-            for number, text in enumerate(pages, start=1)
-            if text
+            Section((f"Page {number}",) if len(pages) > 1 else (), text) for number, text in enumerate(pages, start=1) if text
         )
         if not sections:
             raise LoadError("PDF has no extractable text (scanned images need OCR first)")

@@ -1,0 +1,99 @@
+"""The server as `make serve` starts it: a real process on a free port, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, sample_index: Path) -> Iterator[str]:
+    data = tmp_path_factory.mktemp("server-data")
+    shutil.copytree(sample_index, data / "index")
+    port = free_port()
+    env = {**os.environ, "SUPPORTBOT_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"}
+    log_path = data / "server.log"
+    with log_path.open("w") as log:  # a file, not a pipe: an undrained pipe would block the server
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited: {log_path.read_text()}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail("server did not become ready within 120 s")
+    yield base
+    process.send_signal(signal.SIGTERM)
+    # uvicorn shuts down cleanly, then re-raises SIGTERM so the exit status tells why it stopped.
+    assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def test_health_and_search(server: str) -> None:
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{server}/readyz").json()["status"] == "ready"
+    body = httpx.get(f"{server}/v1/search", params={"q": "my kettle shows E-1042", "k": 2}).json()
+    assert body["passages"][0]["document_id"] == "troubleshooting/error-codes"
+    assert body["passages"][0]["url"] == "https://help.brewlo.example/troubleshooting/error-codes"
+    assert 0.0 <= body["confidence"] <= 1.0
+
+
+def test_public_search_hides_internal_articles(server: str) -> None:
+    body = httpx.get(f"{server}/v1/search", params={"q": "chargeback goodwill credit agents", "k": 20}).json()
+    assert all(not p["document_id"].startswith("internal/") for p in body["passages"])
+
+
+@pytest.mark.parametrize(
+    ("params", "status"), [({"q": "  "}, 422), ({"q": "x" * 1001}, 422), ({"q": "refund", "k": 0}, 422), ({}, 422)]
+)
+def test_bad_search_requests(server: str, params: dict[str, object], status: int) -> None:
+    assert httpx.get(f"{server}/v1/search", params=params).status_code == status
+
+
+def test_first_start_builds_the_sample_index(tmp_path: Path) -> None:
+    """`make serve` on a fresh machine: no index yet, so the server builds the sample one."""
+    port = free_port()
+    env = {**os.environ, "SUPPORTBOT_DATA_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("server with no index did not become ready")
+        assert (tmp_path / "index" / "CURRENT").read_text().strip() == "000001"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
