@@ -47,11 +47,6 @@ def embeddings_like(rows: int, seed: int, topics: int = 2000, latent: int = 64) 
     return out
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-
-
 def measure(index: VectorIndex, queries: np.ndarray, truth: np.ndarray | None) -> dict[str, float]:
     for q in queries[:20]:
         index.search(q, 10)
@@ -94,11 +89,12 @@ def main() -> None:
                 if kind == "hnsw"
                 else [{"ivf_nprobe": p} for p in args.nprobe]
             )
-            before = rss_mb()
             started = time.perf_counter()
             index = exact if kind == "flat" else VectorIndex.build(vectors, VectorIndexParams(kind=kind))  # type: ignore[arg-type]
             build_s = time.perf_counter() - started
-            memory = rss_mb() - before if kind != "flat" else vectors.nbytes / 1e6
+            # Serialized size is the index's own memory (vectors + graph or lists); RSS deltas
+            # are unreliable once the allocator reuses freed pages.
+            memory = faiss.serialize_index(index._index).nbytes / 1e6
             for extra in settings:
                 if extra:
                     index._params = VectorIndexParams(kind=kind, **extra)  # type: ignore[arg-type]
