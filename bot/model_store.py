@@ -37,6 +37,10 @@ def _dequantize_bundled(target: Path) -> None:
         log.info("dequantizing %s once; later starts load %s", gguf.name, target)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # The weights are dense now; only the "quantized with gguf" marker blocks saving them.
+        model.hf_quantizer = None  # type: ignore[assignment]
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
     (staging / _COMPLETE_MARKER).write_text("ok\n")

