@@ -11,7 +11,7 @@ from bm25s.stopwords import STOPWORDS_EN
 
 # A word, or a code made of word parts joined by - _ . / (E-1042, BRW-K2, v2.3.1).
 _TOKEN = re.compile(r"[a-z0-9]+(?:[-_./][a-z0-9]+)*")
-_STOPWORDS = frozenset(STOPWORDS_EN) | {"i", "my", "me", "you", "your", "can", "do", "does", "how", "what", "why"}
+STOPWORDS = frozenset(STOPWORDS_EN) | {"i", "my", "me", "you", "your", "can", "do", "does", "how", "what", "why"}
 
 
 class LexicalTokenizer:
@@ -28,11 +28,11 @@ class LexicalTokenizer:
         tokens: list[str] = []
         for match in _TOKEN.finditer(text.lower()):
             token = match.group()
-            if token in _STOPWORDS:
+            if token in STOPWORDS:
                 continue
             if any(sep in token for sep in "-_./"):
                 tokens.append(token)
-                tokens.extend(part for part in re.split(r"[-_./]", token) if part and part not in _STOPWORDS)
+                tokens.extend(part for part in re.split(r"[-_./]", token) if part and part not in STOPWORDS)
             else:
                 tokens.append(self._stemmer.stemWord(token))
         return tokens

