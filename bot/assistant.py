@@ -10,6 +10,7 @@ as it is complete and only supported sentences reach the user. Every turn ends w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -96,7 +97,7 @@ class Assistant:
         checker: GroundednessChecker,
         *,
         prompt_builder: PromptBuilder | None = None,
-        confidence_threshold: float = 0.5,
+        confidence_threshold: float = 0.35,
         top_k: int = 4,
         max_new_tokens: int = 128,
         timeout_s: float = 60.0,
@@ -140,6 +141,22 @@ class Assistant:
         kept: list[str] = []
         buffer = ""
 
+        said: set[str] = set()  # every sentence the model produced, kept or not
+
+        def fresh(sentences: list[str]) -> tuple[list[str], bool]:
+            """Sentences not said before, and whether the model repeated itself.
+
+            Small base models loop; a sentence said twice means nothing new is coming.
+            """
+            new: list[str] = []
+            for sentence in sentences:
+                key = _sentence_key(sentence)
+                if key in said:
+                    return new, True
+                said.add(key)
+                new.append(sentence)
+            return new, False
+
         async def checked(sentences: list[str]) -> list[str]:
             """Supported sentences that do not echo the prompt (its delimiters or its canary)."""
             checks = await asyncio.to_thread(self._checker.check, sentences, evidence)
@@ -155,15 +172,22 @@ class Assistant:
             request = GenerationRequest(
                 prompt.text, max_new_tokens=self._max_new_tokens, stop=prompt.stop, timeout_s=self._timeout_s
             )
-            async for delta in self._generator.stream(request, stats):
-                buffer += delta
-                sentences, buffer = complete_sentences(buffer)
-                if sentences:
-                    first = not kept
-                    good = await checked(sentences)
-                    if good:
-                        yield AnswerDelta(("" if first else " ") + " ".join(good))
-            tail = split_sentences(buffer)
+            # aclosing: leaving the loop early closes the stream now (cancelling the request),
+            # not whenever the event loop gets round to finalising the generator.
+            async with contextlib.aclosing(self._generator.stream(request, stats)) as stream:
+                async for delta in stream:
+                    buffer += delta
+                    sentences, buffer = complete_sentences(buffer)
+                    if sentences:
+                        new, looping = fresh(sentences)
+                        first = not kept
+                        good = await checked(new) if new else []
+                        if good:
+                            yield AnswerDelta(("" if first else " ") + " ".join(good))
+                        if looping:
+                            buffer = ""
+                            break  # leaving the stream cancels the generation and frees its slot
+            tail, _ = fresh(split_sentences(buffer))
             if tail:
                 first = not kept
                 good = await checked(tail)
@@ -192,6 +216,10 @@ class Assistant:
         result.prompt_tokens, result.completion_tokens = stats.prompt_tokens, stats.completion_tokens
         result.total_s = time.perf_counter() - started
         yield TurnDone(result)
+
+
+def _sentence_key(sentence: str) -> str:
+    return " ".join(sentence.lower().split())
 
 
 def _source(passage: Passage) -> Source:

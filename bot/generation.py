@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -72,7 +72,7 @@ class Generator(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
-    def stream(self, request: GenerationRequest, stats: GenerationStats | None = None) -> AsyncIterator[str]: ...
+    def stream(self, request: GenerationRequest, stats: GenerationStats | None = None) -> AsyncGenerator[str, None]: ...
 
 
 class StopMatcher:
@@ -199,7 +199,7 @@ class TransformersGenerator:
         scheduler = getattr(processor, "scheduler", None)
         return set(getattr(scheduler, "active_requests", {}) or {})
 
-    async def stream(self, request: GenerationRequest, stats: GenerationStats | None = None) -> AsyncIterator[str]:
+    async def stream(self, request: GenerationRequest, stats: GenerationStats | None = None) -> AsyncGenerator[str, None]:
         """Text deltas as tokens are produced; stops at a stop string, EOS or the budget.
 
         Leaving the iteration early (the user pressed stop, the socket closed, the task was

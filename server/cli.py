@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from knowledge_base.cli import kb_app
+from knowledge_base.cli import EVAL_QUESTIONS, kb_app
 from server.settings import Settings
 
 app = typer.Typer(help="Supportbot: a self-hosted customer-support assistant.", no_args_is_help=True, add_completion=False)
 app.add_typer(kb_app, name="kb")
+bot_app = typer.Typer(help="Evaluate whole turns: retrieval, generation and answer policy.", no_args_is_help=True)
+app.add_typer(bot_app, name="bot")
 
 
 @app.callback()
@@ -22,6 +25,74 @@ def _root(ctx: typer.Context) -> None:
     except ValueError as exc:
         typer.echo(f"error: invalid settings: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+@bot_app.command("eval")
+def bot_eval(
+    ctx: typer.Context,
+    questions: Annotated[
+        Path, typer.Option(help="JSONL of {question, document_id}; document_id null = out of scope.")
+    ] = EVAL_QUESTIONS,
+    limit: Annotated[int, typer.Option(min=0, help="Use only the first N in-scope and N out-of-scope questions (0: all).")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=1024, help="Answer length budget.")] = 64,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Questions in flight at once.")] = 8,
+    show: Annotated[bool, typer.Option(help="Print every question with its path and answer.")] = False,
+) -> None:
+    """Share of answers citing the right article, fully supported, and out-of-scope questions answered "not sure"."""
+    import asyncio
+
+    from bot.assistant import Assistant
+    from bot.evaluation import LabelledTurn, evaluate_turns
+    from bot.generation import TransformersGenerator
+    from bot.grounding import GroundednessChecker
+    from knowledge_base.components import build_embedder, build_retriever
+    from retrieval.evaluation import load_questions
+
+    settings: Settings = ctx.obj
+    labelled = [LabelledTurn(q.question, q.document_id) for q in load_questions(questions)]
+    if limit:
+        labelled = [q for q in labelled if q.document_id][:limit] + [q for q in labelled if not q.document_id][:limit]
+    embedder = build_embedder(settings)
+    retriever = build_retriever(settings, embedder)
+    generator = TransformersGenerator(
+        settings.generator_model,
+        settings.models_dir,
+        device=settings.generator_device,
+        context_window=settings.generator_context_tokens,
+    )
+    generator.warm_up()
+    assistant = Assistant(
+        retriever,
+        generator,
+        GroundednessChecker(embedder),
+        confidence_threshold=settings.answer_confidence_threshold,
+        top_k=settings.answer_top_k,
+        max_new_tokens=max_new_tokens,
+        timeout_s=settings.generator_timeout_s,
+    )
+    evidence: dict[str, str] = {}
+    for chunk in retriever.snapshot.chunks:
+        evidence[chunk.document_id] = evidence.get(chunk.document_id, "") + " " + chunk.text
+    try:
+        report = asyncio.run(evaluate_turns(assistant, labelled, evidence, concurrency))
+    finally:
+        generator.close()
+    if show:
+        for item, result in report.results:
+            typer.echo(
+                f"[{result.path.value}] {item.question!r} -> {result.answer[:160]!r} sources={[s.document_id for s in result.sources]}"
+            )
+    ttft = sorted(report.ttft_s)
+    typer.echo(f"{report.in_scope} in-scope and {report.out_of_scope} out-of-scope questions; paths: {dict(report.paths)}")
+    typer.echo(
+        f"cited the right article:        {report.share(report.cited_right_article, report.in_scope):.3f} of in-scope questions"
+    )
+    typer.echo(
+        f"all sentences supported:        {report.share(report.fully_supported, report.answered):.3f} of {report.answered} answers (independent lexical check)"
+    )
+    typer.echo(f"out of scope answered not sure: {report.share(report.out_of_scope_not_sure, report.out_of_scope):.3f}")
+    if ttft:
+        typer.echo(f"time to first text: p50 {ttft[len(ttft) // 2]:.2f} s, p90 {ttft[int(len(ttft) * 0.9)]:.2f} s")
 
 
 @app.command()

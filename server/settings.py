@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         None, gt=0, description="Tokens per continuous-batching step; None lets transformers size it."
     )
 
+    answer_confidence_threshold: float = Field(
+        0.35, ge=0, le=1, description="Below this retrieval confidence the bot says it is not sure and offers a human."
+    )
+    answer_top_k: int = Field(4, gt=0, le=20, description="Passages given to the generator.")
+    answer_max_message_chars: int = Field(2000, gt=0, le=100_000)
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.chunk_overlap_tokens * 2 >= self.chunk_max_tokens:

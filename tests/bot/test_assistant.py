@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
 import pytest
@@ -137,7 +137,7 @@ class FailingGenerator:
     def count_tokens(self, text: str) -> int:
         return self._real.count_tokens(text)
 
-    async def stream(self, request: GenerationRequest, stats: GenerationStats | None = None) -> AsyncIterator[str]:
+    async def stream(self, request: GenerationRequest, stats: GenerationStats | None = None) -> AsyncGenerator[str, None]:
         yield "Refunds"
         raise GenerationError("generation took longer than 0.1 s")
 
@@ -157,3 +157,28 @@ def test_turn_done_is_always_last(assistant: Assistant) -> None:
 
     seen = asyncio.run(events())
     assert isinstance(seen[-1], TurnDone) and all(isinstance(e, AnswerDelta) for e in seen[:-1])
+
+
+class LoopingGenerator(FailingGenerator):
+    """Fault injection: a model stuck repeating itself, which small base models do."""
+
+    model_id = "looping-test-double"
+
+    def __init__(self, real: TransformersGenerator) -> None:
+        super().__init__(real)
+        self.closed_after = 0
+
+    async def stream(self, request: GenerationRequest, stats: GenerationStats | None = None) -> AsyncGenerator[str, None]:
+        for _ in range(1000):
+            self.closed_after += 1
+            yield "Card refunds take 5 to 10 business days. "
+
+
+def test_a_looping_model_is_stopped_at_the_first_repeat(
+    sample_retriever: Retriever, generator: TransformersGenerator, embedder: SentenceEmbedder
+) -> None:
+    looping = LoopingGenerator(generator)
+    bot = Assistant(sample_retriever, looping, GroundednessChecker(embedder))
+    text, result = run_turn(bot, "How long do card refunds take to arrive?")
+    assert text == "Card refunds take 5 to 10 business days." and result.path is AnswerPath.GENERATED
+    assert looping.closed_after <= 3, "the stream was closed at the repeat, not drained"

@@ -22,34 +22,42 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, sample_index: Path) -> Iterator[str]:
-    data = tmp_path_factory.mktemp("server-data")
-    shutil.copytree(sample_index, data / "index")
+def start_server(data_dir: Path, ready_within_s: float) -> tuple[subprocess.Popen[bytes], str]:
+    """`supportbot serve` as a real process on a free port; returns once /readyz says ready."""
     port = free_port()
-    env = {**os.environ, "SUPPORTBOT_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"}
-    log_path = data / "server.log"
+    env = {**os.environ, "SUPPORTBOT_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
+    log_path = data_dir / "server.log"
     with log_path.open("w") as log:  # a file, not a pipe: an undrained pipe would block the server
         process = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
         )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + ready_within_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"server exited: {log_path.read_text()}")
         try:
             if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
+                return process, base
         except httpx.TransportError:
             time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("server did not become ready within 120 s")
-    yield base
+    process.kill()
+    pytest.fail(f"server did not become ready within {ready_within_s:g} s: {log_path.read_text()}")
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
     process.send_signal(signal.SIGTERM)
     # uvicorn shuts down cleanly, then re-raises SIGTERM so the exit status tells why it stopped.
     assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, sample_index: Path) -> Iterator[str]:
+    data = tmp_path_factory.mktemp("server-data")
+    shutil.copytree(sample_index, data / "index")
+    process, base = start_server(data, ready_within_s=120)
+    yield base
+    stop_server(process)
 
 
 def test_health_and_search(server: str) -> None:
@@ -75,25 +83,8 @@ def test_bad_search_requests(server: str, params: dict[str, object], status: int
 
 def test_first_start_builds_the_sample_index(tmp_path: Path) -> None:
     """`make serve` on a fresh machine: no index yet, so the server builds the sample one."""
-    port = free_port()
-    env = {**os.environ, "SUPPORTBOT_DATA_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process, _ = start_server(tmp_path, ready_within_s=180)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("server with no index did not become ready")
         assert (tmp_path / "index" / "CURRENT").read_text().strip() == "000001"
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_server(process)

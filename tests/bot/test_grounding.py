@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from bot.grounding import GroundednessChecker, complete_sentences, split_sentences
+from retrieval.embedder import SentenceEmbedder
+
+PASSAGE = (
+    "Club Monthly costs $4.99 per month and includes a filter pack every 3 months. "
+    "Club Annual costs $49 per year, billed once a year. Card refunds take 5 to 10 business days."
+)
+
+
+def test_sentence_splitting_keeps_the_unfinished_rest() -> None:
+    assert complete_sentences("One. Two! Thr") == (["One.", "Two!"], "Thr")
+    assert complete_sentences("no end yet") == ([], "no end yet")
+    assert split_sentences(" A b. C d? ") == ["A b.", "C d?"]
+
+
+def test_supported_and_unsupported_sentences(embedder: SentenceEmbedder) -> None:
+    checks = GroundednessChecker(embedder).check(
+        [
+            "Club Annual costs $49 per year [2].",
+            "Card refunds take 5 to 10 business days.",
+            "You can pay with Bitcoin at any Brewlo store.",
+            "Club Monthly is $49 per month.",
+        ],
+        [PASSAGE],
+    )
+    assert [c.supported for c in checks] == [True, True, False, False], checks
