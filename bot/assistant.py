@@ -62,6 +62,7 @@ class TurnResult:
     total_s: float = 0.0
     removed_sentences: list[str] = field(default_factory=list)
     error: str | None = None
+    quoted: str = ""  # on the fallback path: the article text the answer quotes
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +209,7 @@ class Assistant:
                 clean = [x for x in split_sentences(best.text) if not self.prompts.looks_like_injection(x)]
                 fallback = " ".join(clean[:3]) or best.title
                 result.path, result.sources = AnswerPath.FALLBACK, [_source(best)]
+                result.quoted = fallback
                 result.answer = f'Here is what our help center says in "{best.title}": {fallback}'
                 result.time_to_first_token_s = time.perf_counter() - started
                 yield AnswerDelta(result.answer)

