@@ -42,11 +42,13 @@ def bot_eval(
     import asyncio
 
     from bot.assistant import Assistant
-    from bot.evaluation import LabelledTurn, evaluate_turns
+    from bot.evaluation import BotEvalReport, LabelledTurn, evaluate_turns
     from bot.generation import TransformersGenerator
     from bot.grounding import GroundednessChecker
+    from bot.remote_generation import OpenAICompatibleGenerator
     from knowledge_base.components import build_embedder, build_retriever
     from retrieval.evaluation import load_questions
+    from server.components import build_generator
 
     settings: Settings = ctx.obj
     labelled = [LabelledTurn(q.question, q.document_id) for q in load_questions(questions)]
@@ -54,13 +56,9 @@ def bot_eval(
         labelled = [q for q in labelled if q.document_id][:limit] + [q for q in labelled if not q.document_id][:limit]
     embedder = build_embedder(settings)
     retriever = build_retriever(settings, embedder)
-    generator = TransformersGenerator(
-        settings.generator_model,
-        settings.models_dir,
-        device=settings.generator_device,
-        context_window=settings.generator_context_tokens,
-    )
-    generator.warm_up()
+    generator = build_generator(settings)
+    if isinstance(generator, TransformersGenerator):
+        generator.warm_up()
     assistant = Assistant(
         retriever,
         generator,
@@ -73,10 +71,19 @@ def bot_eval(
     evidence: dict[str, str] = {}
     for chunk in retriever.snapshot.chunks:
         evidence[chunk.document_id] = evidence.get(chunk.document_id, "") + " " + chunk.text
+
+    async def run() -> BotEvalReport:
+        try:
+            return await evaluate_turns(assistant, labelled, evidence, concurrency)
+        finally:
+            if isinstance(generator, OpenAICompatibleGenerator):
+                await generator.aclose()
+
     try:
-        report = asyncio.run(evaluate_turns(assistant, labelled, evidence, concurrency))
+        report = asyncio.run(run())
     finally:
-        generator.close()
+        if isinstance(generator, TransformersGenerator):
+            generator.close()
     if show:
         for item, result in report.results:
             typer.echo(

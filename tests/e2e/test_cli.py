@@ -83,6 +83,15 @@ def test_errors_are_clear_and_exit_non_zero(tmp_path: Path) -> None:
         env={**os.environ, "SUPPORTBOT_CHUNK_MAX_TOKENS": "lots"},
     )
     assert env_bad.returncode == 2 and "invalid settings" in env_bad.stderr and "chunk_max_tokens" in env_bad.stderr
+    no_url = subprocess.run(
+        [*SUPPORTBOT, "kb", "stats"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "SUPPORTBOT_GENERATOR_BACKEND": "openai"},
+    )
+    assert no_url.returncode == 2 and "generator_backend=openai needs SUPPORTBOT_GENERATOR_BASE_URL" in no_url.stderr
 
 
 def test_sample_help_center_meets_the_content_floor() -> None:

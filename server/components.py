@@ -1,0 +1,31 @@
+"""Builds the bot's components from settings: one place, used by the CLI and the app."""
+
+from __future__ import annotations
+
+from bot.generation import Generator, TransformersGenerator
+from bot.model_store import resolve_generator
+from bot.remote_generation import OpenAICompatibleGenerator
+from server.settings import Settings
+
+
+def build_generator(settings: Settings) -> Generator:
+    """The configured backend; the in-process one still needs `warm_up()`."""
+    if settings.generator_backend == "openai":
+        assert settings.generator_base_url is not None  # checked by Settings
+        tokenizer = settings.generator_tokenizer or resolve_generator(settings.generator_model, settings.models_dir)[0]
+        api_key = settings.generator_api_key.get_secret_value() if settings.generator_api_key else None
+        return OpenAICompatibleGenerator(
+            settings.generator_base_url,
+            settings.generator_model,
+            tokenizer,
+            api_key=api_key,
+            context_window=settings.generator_context_tokens,
+        )
+    return TransformersGenerator(
+        settings.generator_model,
+        settings.models_dir,
+        device=settings.generator_device,
+        context_window=settings.generator_context_tokens,
+        max_batch_tokens=settings.generator_max_batch_tokens,
+        kv_cache_blocks=settings.generator_kv_cache_blocks,
+    )
