@@ -39,6 +39,13 @@ class GenerationTimeout(GenerationError):
 class ContextOverflow(GenerationError):
     """The prompt plus the token budget does not fit the model's context window."""
 
+    @classmethod
+    def check(cls, prompt_tokens: int, max_new_tokens: int, context_window: int) -> None:
+        if prompt_tokens + max_new_tokens > context_window:
+            raise cls(
+                f"prompt of {prompt_tokens} tokens plus {max_new_tokens} new tokens exceeds the {context_window}-token context"
+            )
+
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
@@ -223,10 +230,7 @@ class TransformersGenerator:
         stats = stats or GenerationStats()
         prompt_ids = self._tokenizer.encode(request.prompt)
         stats.prompt_tokens = len(prompt_ids)
-        if len(prompt_ids) + request.max_new_tokens > self.context_window:
-            raise ContextOverflow(
-                f"prompt of {len(prompt_ids)} tokens plus {request.max_new_tokens} new tokens exceeds the {self.context_window}-token context"
-            )
+        ContextOverflow.check(len(prompt_ids), request.max_new_tokens, self.context_window)
         if not self._manager.is_running():
             raise GenerationError("the generation thread is not running")
         request_id = f"gen-{uuid.uuid4().hex}"

@@ -55,10 +55,7 @@ class OpenAICompatibleGenerator:
     async def stream(self, request: GenerationRequest, stats: GenerationStats | None = None) -> AsyncGenerator[str, None]:
         stats = stats or GenerationStats()
         stats.prompt_tokens = await asyncio.to_thread(self.count_tokens, request.prompt)
-        if stats.prompt_tokens + request.max_new_tokens > self._context_window:
-            raise ContextOverflow(
-                f"prompt of {stats.prompt_tokens} tokens plus {request.max_new_tokens} new tokens exceeds the {self._context_window}-token context"
-            )
+        ContextOverflow.check(stats.prompt_tokens, request.max_new_tokens, self._context_window)
         matcher = StopMatcher(request.stop)
         produced = ""
         try:
