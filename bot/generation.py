@@ -74,6 +74,11 @@ class GenerationStats:
     total_s: float = 0.0
     started: float = field(default_factory=time.perf_counter)
 
+    def mark_output(self) -> None:
+        """Call when text is first handed to the caller: that moment is the time to first token."""
+        if self.time_to_first_token_s is None:
+            self.time_to_first_token_s = time.perf_counter() - self.started
+
 
 class Generator(Protocol):
     @property
@@ -262,8 +267,7 @@ class TransformersGenerator:
                 delta, sent_text = text[len(sent_text) :], text
                 emit = matcher.feed(delta)
                 if emit:
-                    if stats.time_to_first_token_s is None:
-                        stats.time_to_first_token_s = time.perf_counter() - stats.started
+                    stats.mark_output()
                     yield emit
                 if matcher.stopped:
                     stats.finish_reason = "stop"

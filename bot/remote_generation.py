@@ -76,8 +76,7 @@ class OpenAICompatibleGenerator:
                         produced += choice.text or ""
                         emit = matcher.feed(choice.text or "")
                         if emit:
-                            if stats.time_to_first_token_s is None:
-                                stats.time_to_first_token_s = time.perf_counter() - stats.started
+                            stats.mark_output()
                             yield emit
                         if matcher.stopped:
                             stats.finish_reason = "stop"
