@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +26,10 @@ log = logging.getLogger("supportbot.generation")
 CPU_KV_CACHE_BLOCKS = 64
 # Tokens per step: one ~800-token prompt's prefill fits.
 CPU_MAX_BATCH_TOKENS = 1024
+# Static engine: sequences decoded together. On a GPU a 270M model's step costs about the
+# same at 1 and 128 rows; on a CPU more rows only queue behind each other.
+GPU_SLOTS = 128
+CPU_SLOTS = 8
 
 
 class GenerationError(Exception):
@@ -127,8 +131,95 @@ class StopMatcher:
         return out
 
 
+class IncrementalDecoder:
+    """Text deltas from a growing list of token ids, decoding only a short window per step.
+
+    Decoding the whole output on every token costs O(n) per token per stream, which at a
+    hundred streams shows up on the event loop. This decodes the tokens since the last
+    emitted text with a little context before them (so spaces and merges come out as
+    in a full decode), and holds back a multi-byte character split across tokens.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._prefix = 0  # window start: context tokens already emitted
+        self._read = 0  # tokens up to here are emitted
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self._tokenizer.decode(ids, skip_special_tokens=True))
+
+    def feed(self, ids: list[int], final: bool = False) -> str:
+        """The new text that `ids` (all tokens so far) adds to what was returned before."""
+        before = self._decode(ids[self._prefix : self._read])
+        after = self._decode(ids[self._prefix :])
+        if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
+            return ""
+        self._prefix, self._read = self._read, len(ids)
+        return after[len(before) :]
+
+
+class _Engine(Protocol):
+    """What the generator needs from a batching engine running on its own thread."""
+
+    def submit(self, request_id: str, prompt_ids: list[int], max_new_tokens: int, handler: Callable[[Any], None]) -> None: ...
+
+    def cancel(self, request_id: str) -> None: ...
+
+    def is_running(self) -> bool: ...
+
+    def active_request_ids(self) -> set[str]: ...
+
+    def stop(self, timeout: float = 30.0) -> None: ...
+
+
+class _ContinuousBatching:
+    """transformers' continuous-batching manager behind the `_Engine` calls."""
+
+    def __init__(self, manager: Any) -> None:
+        self._manager = manager
+
+    def submit(self, request_id: str, prompt_ids: list[int], max_new_tokens: int, handler: Callable[[Any], None]) -> None:
+        self._manager.register_result_handler(request_id, handler)
+        self._manager.add_request(prompt_ids, request_id=request_id, max_new_tokens=max_new_tokens, streaming=True)
+
+    def cancel(self, request_id: str) -> None:
+        self._forget_handler(request_id)
+        self._manager.cancel_request(request_id)
+
+    def is_running(self) -> bool:
+        return bool(self._manager.is_running())
+
+    def active_request_ids(self) -> set[str]:
+        processor = getattr(self._manager, "batch_processor", None)
+        scheduler = getattr(processor, "scheduler", None)
+        return set(getattr(scheduler, "active_requests", {}) or {})
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._manager.stop(block=True, timeout=timeout)
+
+    def _forget_handler(self, request_id: str) -> None:
+        """Stop routing results of `request_id` to its stream's event loop.
+
+        transformers drops a handler only when its request finishes. A request we leave
+        early still has a step in flight, and posting that result to a closed event loop
+        raises inside the batching thread, which would stop generation for everyone. There
+        is no public call for this, hence the guarded private access.
+        """
+        router = getattr(self._manager, "output_router", None)
+        handlers = getattr(router, "result_handlers", None)
+        if router is not None and handlers is not None:
+            with router._lock:
+                handlers.pop(request_id, None)
+
+
 class TransformersGenerator:
-    """In-process generation with continuous batching; same code on CUDA and CPU."""
+    """In-process generation, batched across requests; same code on CUDA and CPU.
+
+    Two engines: `static` (ours, bot/static_batching.py: fixed slots over a static KV
+    cache, CUDA-graph decode steps) and `continuous` (transformers' continuous-batching
+    manager with a paged cache). `auto` picks static on a GPU and continuous on a CPU,
+    the faster of the two on each (docs/benchmarks.md).
+    """
 
     def __init__(
         self,
@@ -137,10 +228,18 @@ class TransformersGenerator:
         *,
         device: str = "auto",
         context_window: int = 4096,
+        engine: str = "auto",
+        slots: int | None = None,
         max_batch_tokens: int | None = None,
         kv_cache_blocks: int | None = None,
+        batching_options: dict[str, Any] | None = None,
     ) -> None:
+        if engine not in ("auto", "static", "continuous"):
+            raise ValueError(f"engine must be auto, static or continuous, got {engine!r}")
         self._model_setting = model
+        self._engine_setting = engine
+        self._slots = slots
+        self._batching_options = dict(batching_options or {})
         self._kv_cache_blocks = kv_cache_blocks
         self._models_dir = models_dir
         self._device_setting = device
@@ -148,9 +247,11 @@ class TransformersGenerator:
         self._max_batch_tokens = max_batch_tokens
         self._model: Any = None
         self._tokenizer: Any = None
-        self._manager: Any = None
+        self._engine: _Engine | None = None
         self._model_id = model
+        self._eos: set[int] = set()
         self._lock = threading.Lock()
+        self.engine_name = engine
 
     @property
     def model_id(self) -> str:
@@ -173,10 +274,10 @@ class TransformersGenerator:
     def warm_up(self) -> None:
         """Load (dequantizing on the very first start), start the batching thread, run one request."""
         with self._lock:
-            if self._manager is not None:
+            if self._engine is not None:
                 return
             import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+            from transformers import AutoModelForCausalLM, AutoTokenizer
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
@@ -184,45 +285,68 @@ class TransformersGenerator:
             device = self._device_setting
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+            on_gpu = device.startswith("cuda")
+            dtype = torch.bfloat16 if on_gpu else torch.float32
             self._tokenizer = AutoTokenizer.from_pretrained(load_from)
             model: Any = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype)
             self._model = model.to(device).eval()
-            eos = self._model.generation_config.eos_token_id or self._tokenizer.eos_token_id
-            config = GenerationConfig(
-                max_new_tokens=256, do_sample=False, eos_token_id=eos, pad_token_id=self._tokenizer.pad_token_id
-            )
-            from transformers.generation import ContinuousBatchingConfig
+            self._eos = _as_set(self._model.generation_config.eos_token_id or self._tokenizer.eos_token_id)
+            self.engine_name = self._engine_setting if self._engine_setting != "auto" else ("static" if on_gpu else "continuous")
+            self._engine = self._start_static(on_gpu) if self.engine_name == "static" else self._start_continuous(on_gpu)
+            log.info("generator %s on %s (%s), %s batching, ready", self._model_id, device, dtype, self.engine_name)
+        # The first request pays one-off set-up (seconds on a CPU); pay it here instead of
+        # in a user's time to first token.
+        _run_coroutine_in_thread(self._drain(GenerationRequest("Hello", max_new_tokens=2, timeout_s=300)))
 
-            # transformers sizes the paged KV cache and the step buffers from free memory. On
-            # a GPU that is the point; on a CPU it is the whole machine's RAM (a 13 GB process
-            # was seen here), so CPUs get fixed sizes unless configured: 3.1 GB peak RSS in
-            # all, at the same tokens/s.
-            on_gpu = device.startswith("cuda")
-            cb_config = ContinuousBatchingConfig(
-                num_blocks=self._kv_cache_blocks or (None if on_gpu else CPU_KV_CACHE_BLOCKS),
-                max_batch_tokens=self._max_batch_tokens or (None if on_gpu else CPU_MAX_BATCH_TOKENS),
-            )
-            self._manager = self._model.init_continuous_batching(generation_config=config, continuous_batching_config=cb_config)
-            self._manager.start()
-            log.info("generator %s on %s (%s) ready", self._model_id, device, dtype)
-        # The first request through the manager pays one-off set-up (seconds on a CPU);
-        # pay it here instead of in a user's time to first token.
-        warm = f"warmup-{uuid.uuid4().hex}"
-        self._manager.add_request(self._tokenizer.encode("Hello"), request_id=warm, max_new_tokens=2)
-        self._manager.get_result(request_id=warm, timeout=120)
+    def _start_static(self, on_gpu: bool) -> _Engine:
+        from bot.static_batching import StaticBatchEngine
+
+        engine = StaticBatchEngine(
+            self._model,
+            slots=self._slots or (GPU_SLOTS if on_gpu else CPU_SLOTS),
+            max_len=self.context_window,
+            eos_token_ids=self._eos,
+            use_cuda_graphs=self._batching_options.get("use_cuda_graph"),
+            prefill_tokens=self._max_batch_tokens or (8192 if on_gpu else CPU_MAX_BATCH_TOKENS),
+        )
+        engine.start()
+        return engine
+
+    def _start_continuous(self, on_gpu: bool) -> _Engine:
+        from transformers import GenerationConfig
+        from transformers.generation import ContinuousBatchingConfig
+
+        config = GenerationConfig(
+            max_new_tokens=256, do_sample=False, eos_token_id=sorted(self._eos), pad_token_id=self._tokenizer.pad_token_id
+        )
+        # transformers sizes the paged KV cache and the step buffers from free memory. On
+        # a GPU that is the point; on a CPU it is the whole machine's RAM (a 13 GB process
+        # was seen here), so CPUs get fixed sizes unless configured: 3.1 GB peak RSS in
+        # all, at the same tokens/s.
+        cb_config = ContinuousBatchingConfig(
+            num_blocks=self._kv_cache_blocks or (None if on_gpu else CPU_KV_CACHE_BLOCKS),
+            max_batch_tokens=self._max_batch_tokens or (None if on_gpu else CPU_MAX_BATCH_TOKENS),
+            **self._batching_options,
+        )
+        manager = self._model.init_continuous_batching(generation_config=config, continuous_batching_config=cb_config)
+        if on_gpu:
+            manager.warmup()  # capture CUDA graphs now, not during users' first requests
+        manager.start()
+        return _ContinuousBatching(manager)
+
+    async def _drain(self, request: GenerationRequest) -> None:
+        async for _ in self.stream(request):
+            pass
 
     def close(self) -> None:
         with self._lock:
-            if self._manager is not None:
-                self._manager.stop(block=True, timeout=30)
-                self._manager = None
+            if self._engine is not None:
+                self._engine.stop(timeout=30)
+                self._engine = None
 
     def active_request_ids(self) -> set[str]:
         """Requests the batching thread is working on now (for tests and metrics)."""
-        processor = getattr(self._manager, "batch_processor", None)
-        scheduler = getattr(processor, "scheduler", None)
-        return set(getattr(scheduler, "active_requests", {}) or {})
+        return self._engine.active_request_ids() if self._engine is not None else set()
 
     async def stream(self, request: GenerationRequest, stats: GenerationStats | None = None) -> AsyncGenerator[str, None]:
         """Text deltas as tokens are produced; stops at a stop string, EOS or the budget.
@@ -230,22 +354,24 @@ class TransformersGenerator:
         Leaving the iteration early (the user pressed stop, the socket closed, the task was
         cancelled) cancels the request, which frees its batch slot within one decode step.
         """
-        if self._manager is None:
+        if self._engine is None:
             await asyncio.to_thread(self.warm_up)
+        engine = self._engine
+        if engine is None:
+            raise GenerationError("the generator is closed")
         stats = stats or GenerationStats()
         prompt_ids = self._tokenizer.encode(request.prompt)
         stats.prompt_tokens = len(prompt_ids)
         ContextOverflow.check(len(prompt_ids), request.max_new_tokens, self.context_window)
-        if not self._manager.is_running():
+        if not engine.is_running():
             raise GenerationError("the generation thread is not running")
         request_id = f"gen-{uuid.uuid4().hex}"
         results: asyncio.Queue[Any] = asyncio.Queue()
-        self._manager.register_result_handler(request_id, results.put_nowait)
-        self._manager.add_request(prompt_ids, request_id=request_id, max_new_tokens=request.max_new_tokens, streaming=True)
+        engine.submit(request_id, prompt_ids, request.max_new_tokens, results.put_nowait)
         matcher = StopMatcher(request.stop)
+        decoder = IncrementalDecoder(self._tokenizer)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.timeout_s
-        sent_text = ""
         finished = False
         try:
             while True:
@@ -261,11 +387,7 @@ class TransformersGenerator:
                     raise GenerationError(f"generation failed: {result.error}")
                 tokens = list(result.generated_tokens)
                 stats.completion_tokens = len(tokens)
-                text = self._tokenizer.decode(tokens, skip_special_tokens=True)
-                if text.endswith("\ufffd") and not result.is_finished():
-                    continue  # a multi-byte character is split across tokens; wait for the rest
-                delta, sent_text = text[len(sent_text) :], text
-                emit = matcher.feed(delta)
+                emit = matcher.feed(decoder.feed(tokens, final=result.is_finished()))
                 if emit:
                     stats.mark_output()
                     yield emit
@@ -277,28 +399,29 @@ class TransformersGenerator:
                     tail = matcher.flush()
                     if tail:
                         yield tail
-                    eos = tokens and tokens[-1] in _as_set(self._model.generation_config.eos_token_id)
-                    stats.finish_reason = "eos" if eos else "length"
+                    stats.finish_reason = "eos" if tokens and tokens[-1] in self._eos else "length"
                     break
         finally:
-            self._forget_handler(request_id)
             if not finished:
-                self._manager.cancel_request(request_id)
+                engine.cancel(request_id)
             stats.total_s = time.perf_counter() - stats.started
 
-    def _forget_handler(self, request_id: str) -> None:
-        """Stop routing results of `request_id` to this stream's event loop.
 
-        transformers drops a handler only when its request finishes. A request we leave
-        early still has a step in flight, and posting that result to a closed event loop
-        raises inside the batching thread, which would stop generation for everyone. There
-        is no public call for this, hence the guarded private access.
-        """
-        router = getattr(self._manager, "output_router", None)
-        handlers = getattr(router, "result_handlers", None)
-        if router is not None and handlers is not None:
-            with router._lock:
-                handlers.pop(request_id, None)
+def _run_coroutine_in_thread(coroutine: Any) -> None:
+    """Run a coroutine to completion from sync code, whether or not this thread has a loop."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coroutine)
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="generator-warm-up")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
 
 
 def _as_set(value: int | list[int] | None) -> set[int]:

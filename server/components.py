@@ -26,6 +26,8 @@ def build_generator(settings: Settings) -> Generator:
         settings.models_dir,
         device=settings.generator_device,
         context_window=settings.generator_context_tokens,
+        engine=settings.generator_engine,
+        slots=settings.generator_slots,
         max_batch_tokens=settings.generator_max_batch_tokens,
         kv_cache_blocks=settings.generator_kv_cache_blocks,
     )

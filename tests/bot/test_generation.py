@@ -1,4 +1,7 @@
-"""The real bundled Gemma 3 270M through the real batching thread; generations stay short."""
+"""The real bundled Gemma 3 270M through the real batching threads; generations stay short.
+
+Behaviour every engine must have runs against both: transformers' continuous batching
+(the CPU default) and our static-slot engine (the GPU default)."""
 
 from __future__ import annotations
 
@@ -11,11 +14,20 @@ from bot.generation import (
     GenerationRequest,
     GenerationStats,
     GenerationTimeout,
+    IncrementalDecoder,
     StopMatcher,
     TransformersGenerator,
 )
 
 PROMPT = "Question: How do I descale my kettle?\nAnswer:"
+
+
+@pytest.fixture(params=["continuous", "static"])
+def any_generator(request: pytest.FixtureRequest) -> TransformersGenerator:
+    name = "generator" if request.param == "continuous" else "static_generator"
+    generator: TransformersGenerator = request.getfixturevalue(name)
+    assert generator.engine_name == request.param
+    return generator
 
 
 async def collect(generator: TransformersGenerator, request: GenerationRequest) -> tuple[list[str], GenerationStats]:
@@ -33,53 +45,63 @@ def test_stop_matcher_holds_back_partial_matches() -> None:
     assert plain.feed("abc") == "abc" and plain.flush() == ""
 
 
-def test_streams_deltas_up_to_the_budget(generator: TransformersGenerator) -> None:
-    deltas, stats = asyncio.run(collect(generator, GenerationRequest(PROMPT, max_new_tokens=12)))
+def test_incremental_decoding_matches_a_full_decode(generator: TransformersGenerator) -> None:
+    tokenizer = generator._tokenizer
+    text = "Descale monthly ☕ — café crème, 2 × 250 ml.\n  Error E-1042: 🔌 check the base. 日本語も"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    decoder = IncrementalDecoder(tokenizer)
+    deltas = [decoder.feed(ids[: n + 1], final=n + 1 == len(ids)) for n in range(len(ids))]
+    assert "".join(deltas) == tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert not any("\ufffd" in d for d in deltas)  # split characters are held back, never shown half
+
+
+def test_streams_deltas_up_to_the_budget(any_generator: TransformersGenerator) -> None:
+    deltas, stats = asyncio.run(collect(any_generator, GenerationRequest(PROMPT, max_new_tokens=12)))
     assert len(deltas) > 1 and "".join(deltas).strip()
     assert stats.completion_tokens == 12 and stats.finish_reason == "length"
-    assert stats.prompt_tokens == generator.count_tokens(PROMPT) + 1  # plus BOS
+    assert stats.prompt_tokens == any_generator.count_tokens(PROMPT) + 1  # plus BOS
     assert stats.time_to_first_token_s is not None and 0 < stats.time_to_first_token_s <= stats.total_s
-    assert generator.model_id.startswith("google/gemma-3-270m")
+    assert any_generator.model_id.startswith("google/gemma-3-270m")
 
 
-def test_stop_string_ends_the_answer(generator: TransformersGenerator) -> None:
-    deltas, stats = asyncio.run(collect(generator, GenerationRequest(PROMPT, max_new_tokens=40, stop=(" ",))))
+def test_stop_string_ends_the_answer(any_generator: TransformersGenerator) -> None:
+    deltas, stats = asyncio.run(collect(any_generator, GenerationRequest(PROMPT, max_new_tokens=40, stop=(" ",))))
     text = "".join(deltas)
     assert stats.finish_reason == "stop" and " " not in text
 
 
-def test_concurrent_requests_are_served_together(generator: TransformersGenerator) -> None:
+def test_concurrent_requests_are_served_together(any_generator: TransformersGenerator) -> None:
     async def many() -> list[tuple[list[str], GenerationStats]]:
         requests = [GenerationRequest(f"Question: what does error E-10{i} mean?\nAnswer:", max_new_tokens=8) for i in range(4)]
-        return await asyncio.gather(*(collect(generator, r) for r in requests))
+        return await asyncio.gather(*(collect(any_generator, r) for r in requests))
 
     results = asyncio.run(many())
     assert [stats.completion_tokens for _, stats in results] == [8, 8, 8, 8]
 
 
-def test_leaving_the_stream_frees_the_slot(generator: TransformersGenerator) -> None:
+def test_leaving_the_stream_frees_the_slot(any_generator: TransformersGenerator) -> None:
     async def leave_early() -> None:
-        stream = generator.stream(GenerationRequest(PROMPT, max_new_tokens=200))
+        stream = any_generator.stream(GenerationRequest(PROMPT, max_new_tokens=200))
         async for _ in stream:
             break
         await stream.aclose()  # what `async for ... break` in a cancelled task does
         for _ in range(50):  # a decode step is about 0.1 s on 2 cores
-            if not generator.active_request_ids():
+            if not any_generator.active_request_ids():
                 return
             await asyncio.sleep(0.05)
-        pytest.fail(f"requests still active: {generator.active_request_ids()}")
+        pytest.fail(f"requests still active: {any_generator.active_request_ids()}")
 
     asyncio.run(leave_early())
 
 
-def test_timeout_cancels_the_request(generator: TransformersGenerator) -> None:
+def test_timeout_cancels_the_request(any_generator: TransformersGenerator) -> None:
     with pytest.raises(GenerationTimeout, match="longer than 0.3 s"):
-        asyncio.run(collect(generator, GenerationRequest(PROMPT, max_new_tokens=400, timeout_s=0.3)))
+        asyncio.run(collect(any_generator, GenerationRequest(PROMPT, max_new_tokens=400, timeout_s=0.3)))
 
 
-def test_prompt_too_long_for_the_context(generator: TransformersGenerator) -> None:
+def test_prompt_too_long_for_the_context(any_generator: TransformersGenerator) -> None:
     with pytest.raises(ContextOverflow, match="exceeds the 1024-token context"):
-        asyncio.run(collect(generator, GenerationRequest("word " * 1100, max_new_tokens=8)))
+        asyncio.run(collect(any_generator, GenerationRequest("word " * 1100, max_new_tokens=8)))
 
 
 @pytest.mark.parametrize(
@@ -91,13 +113,13 @@ def test_bad_requests_are_refused(kwargs: dict[str, object], message: str) -> No
         GenerationRequest("x", **kwargs)  # type: ignore[arg-type]
 
 
-def test_a_stream_left_early_on_a_closed_loop_does_not_stop_generation(generator: TransformersGenerator) -> None:
+def test_a_stream_left_early_on_a_closed_loop_does_not_stop_generation(any_generator: TransformersGenerator) -> None:
     """Regression: a result posted to a closed event loop used to kill the batching thread."""
 
     async def first_delta_only() -> None:
-        async for _ in generator.stream(GenerationRequest(PROMPT, max_new_tokens=50)):
+        async for _ in any_generator.stream(GenerationRequest(PROMPT, max_new_tokens=50)):
             break
 
     asyncio.run(first_delta_only())  # this loop closes while a decode step is still in flight
-    deltas, stats = asyncio.run(collect(generator, GenerationRequest(PROMPT, max_new_tokens=6)))
+    deltas, stats = asyncio.run(collect(any_generator, GenerationRequest(PROMPT, max_new_tokens=6)))
     assert stats.completion_tokens == 6 and deltas
