@@ -109,7 +109,7 @@ class Assistant:
         self._retriever = retriever
         self._generator = generator
         self._checker = checker
-        self.prompts = prompt_builder or PromptBuilder(generator.count_tokens)
+        self.prompts = prompt_builder or PromptBuilder(generator.count_tokens, format_chat=generator.format_chat)
         self._threshold = confidence_threshold
         self._top_k = top_k
         self._max_new_tokens = max_new_tokens

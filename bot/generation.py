@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot.model_store import resolve_generator
+from bot.prompt import render_chat
 
 log = logging.getLogger("supportbot.generation")
 
@@ -92,6 +93,10 @@ class Generator(Protocol):
     def context_window(self) -> int: ...
 
     def count_tokens(self, text: str) -> int: ...
+
+    def format_chat(self, messages: list[dict[str, str]]) -> str | None:
+        """The model's chat template applied to `messages`; None for a model without one."""
+        ...
 
     def stream(self, request: GenerationRequest, stats: GenerationStats | None = None) -> AsyncGenerator[str, None]: ...
 
@@ -270,6 +275,10 @@ class TransformersGenerator:
     def count_tokens(self, text: str) -> int:
         self.warm_up()
         return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def format_chat(self, messages: list[dict[str, str]]) -> str | None:
+        self.warm_up()
+        return render_chat(self._tokenizer, messages)
 
     def warm_up(self) -> None:
         """Load (dequantizing on the very first start), start the batching thread, run one request."""

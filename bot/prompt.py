@@ -14,6 +14,7 @@ import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from retrieval.types import Passage
 
@@ -32,6 +33,28 @@ def neutralise(text: str) -> str:
     return _ROLE_LINE.sub(lambda m: m.group(0).replace(":", " -"), text)
 
 
+ChatFormat = Callable[[list[dict[str, str]]], str | None]
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str | None:
+    """The model's own chat template applied to `messages`, or None when it has none.
+
+    Templates that refuse a system role (some older ones raise) get the system text folded
+    into the first user message instead.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    except Exception:  # jinja2's TemplateError for "system role not supported"
+        if not messages or messages[0]["role"] != "system":
+            raise
+        system, rest = messages[0]["content"], [dict(m) for m in messages[1:]]
+        first_user = next(m for m in rest if m["role"] == "user")
+        first_user["content"] = f"{system}\n\n{first_user['content']}"
+        return str(tokenizer.apply_chat_template(rest, tokenize=False, add_generation_prompt=True))
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryTurn:
     role: str  # "user" or "assistant"
@@ -47,12 +70,22 @@ class BuiltPrompt:
 
 
 class PromptBuilder:
-    """Plain-text prompt for base models such as the bundled Gemma 3 270M."""
+    """The prompt in the model's chat template when it has one (instruct models), else plain
+    text for base models such as the bundled Gemma 3 270M. Same content either way."""
 
     STOP = ("\nQuestion:", "\nUser:", "\n<", "\n\n\n")
+    CHAT_STOP = ("\n<", "\n\n\n")
+    CHAT_OVERHEAD_TOKENS = 8  # role markers per message in a chat template
 
-    def __init__(self, count_tokens: Callable[[str], int], company: str = "Brewlo", canary: str | None = None) -> None:
+    def __init__(
+        self,
+        count_tokens: Callable[[str], int],
+        company: str = "Brewlo",
+        canary: str | None = None,
+        format_chat: ChatFormat | None = None,
+    ) -> None:
         self._count = count_tokens
+        self._format_chat = format_chat
         self.canary = canary or f"SB-CANARY-{secrets.token_hex(8)}"
         self._system = (
             f"You are the customer-support assistant of {company}. Answer the customer's question using only the "
@@ -77,7 +110,8 @@ class PromptBuilder:
     ) -> BuiltPrompt:
         """Fit instructions, question and as many passages, then as much recent history, as the budget allows."""
         tail = f"\nQuestion: <user_message>{neutralise(question)}</user_message>\nAnswer:"
-        used = self._count(self._system) + self._count(tail)
+        overhead = self.CHAT_OVERHEAD_TOKENS if self._format_chat else 0
+        used = self._count(self._system) + self._count(tail) + 2 * overhead
         if used > budget_tokens:
             raise ValueError(f"the question alone needs {used} tokens, more than the {budget_tokens}-token prompt budget")
         blocks: list[str] = []
@@ -99,13 +133,29 @@ class PromptBuilder:
                 if turn.role == "user"
                 else f"{label}: {neutralise(turn.text)}"
             )
-            cost = self._count(line)
+            cost = self._count(line) + overhead
             if used + cost > budget_tokens:
                 break  # history is trimmed from the oldest end, never the question or passages
             lines.append(line)
             used += cost
         lines.reverse()
+        if self._format_chat is not None:
+            chat = self._chat(question, blocks, list(history)[len(history) - len(lines) :])
+            if chat is not None:
+                return BuiltPrompt(chat, kept, len(lines), self.CHAT_STOP)
         sections = [self._system, "Passages:", *blocks] if blocks else [self._system, "Passages: (none)"]
         if lines:
             sections += ["Earlier in this conversation:", *lines]
         return BuiltPrompt("\n\n".join(sections) + "\n" + tail, kept, len(lines), self.STOP)
+
+    def _chat(self, question: str, blocks: list[str], history: list[HistoryTurn]) -> str | None:
+        assert self._format_chat is not None
+        passages = "\n\n".join(blocks) if blocks else "(none)"
+        messages = [{"role": "system", "content": f"{self._system}\n\nPassages:\n\n{passages}"}]
+        for turn in history:
+            if turn.role == "user":
+                messages.append({"role": "user", "content": f"<user_message>{neutralise(turn.text)}</user_message>"})
+            else:
+                messages.append({"role": "assistant", "content": neutralise(turn.text)})
+        messages.append({"role": "user", "content": f"<user_message>{neutralise(question)}</user_message>"})
+        return self._format_chat(messages)

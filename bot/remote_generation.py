@@ -17,6 +17,7 @@ from typing import Any
 import openai
 
 from bot.generation import ContextOverflow, GenerationError, GenerationRequest, GenerationStats, GenerationTimeout, StopMatcher
+from bot.prompt import render_chat
 
 
 class OpenAICompatibleGenerator:
@@ -39,14 +40,21 @@ class OpenAICompatibleGenerator:
     def context_window(self) -> int:
         return self._context_window
 
-    def count_tokens(self, text: str) -> int:
-        """Counted locally with the model's tokenizer, so prompts are budgeted without a round trip."""
+    def _local_tokenizer(self) -> Any:
         with self._lock:
             if self._tokenizer is None:
                 from transformers import AutoTokenizer
 
                 self._tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_name)
-        return len(self._tokenizer.encode(text, add_special_tokens=False))
+        return self._tokenizer
+
+    def count_tokens(self, text: str) -> int:
+        """Counted locally with the model's tokenizer, so prompts are budgeted without a round trip."""
+        return len(self._local_tokenizer().encode(text, add_special_tokens=False))
+
+    def format_chat(self, messages: list[dict[str, str]]) -> str | None:
+        """Rendered here with the same tokenizer's template and sent as a completion prompt."""
+        return render_chat(self._local_tokenizer(), messages)
 
     async def aclose(self) -> None:
         """Close pooled connections; call on shutdown, from the event loop that used them."""

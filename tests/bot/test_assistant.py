@@ -137,6 +137,9 @@ class FailingGenerator:
     def count_tokens(self, text: str) -> int:
         return self._real.count_tokens(text)
 
+    def format_chat(self, messages: list[dict[str, str]]) -> str | None:
+        return None
+
     async def stream(self, request: GenerationRequest, stats: GenerationStats | None = None) -> AsyncGenerator[str, None]:
         yield "Refunds"
         raise GenerationError("generation took longer than 0.1 s")
