@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -59,6 +59,8 @@ class TurnResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     time_to_first_token_s: float | None = None
+    generator_ttft_s: float | None = None  # the generator's own share of the time to first token
+    retrieval_s: float = 0.0
     total_s: float = 0.0
     removed_sentences: list[str] = field(default_factory=list)
     error: str | None = None
@@ -116,7 +118,7 @@ class Assistant:
         self._timeout_s = timeout_s
         self.max_message_chars = max_message_chars
 
-    async def respond(self, message: str, history: Sequence[HistoryTurn] = ()) -> AsyncIterator[TurnEvent]:
+    async def respond(self, message: str, history: Sequence[HistoryTurn] = ()) -> AsyncGenerator[TurnEvent, None]:
         """Answer deltas as they pass the grounding check, then one `TurnDone`."""
         message = message.strip()
         if not message:
@@ -126,6 +128,7 @@ class Assistant:
         started = time.perf_counter()
         result = TurnResult(question=message, search_query=standalone_query(message, history), model_id=self._generator.model_id)
         search = await asyncio.to_thread(self._retriever.search, result.search_query, self._top_k)
+        result.retrieval_s = time.perf_counter() - started
         result.confidence = search.confidence
         if search.confidence < self._threshold or not search.passages:
             result.path, result.handoff, result.answer = AnswerPath.NOT_SURE, True, NOT_SURE_ANSWER
@@ -216,6 +219,7 @@ class Assistant:
         if kept:
             result.answer = " ".join(kept)
         result.prompt_tokens, result.completion_tokens = stats.prompt_tokens, stats.completion_tokens
+        result.generator_ttft_s = stats.time_to_first_token_s
         result.total_s = time.perf_counter() - started
         yield TurnDone(result)
 

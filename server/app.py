@@ -7,13 +7,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from bot.conversations import ConversationStore
+from bot.generation import TransformersGenerator
+from bot.remote_generation import OpenAICompatibleGenerator
 from knowledge_base.components import build_builder, build_embedder, build_retriever
 from retrieval.index_files import IndexFormatError
 from retrieval.retriever import Retriever
+from server.chat import ChatService
+from server.components import build_assistant, build_generator
+from server.metrics import Metrics
+from server.redis_server import EmbeddedRedis
 from server.settings import Settings
 
 log = logging.getLogger("supportbot.server")
@@ -57,9 +68,36 @@ def create_app(settings: Settings) -> FastAPI:
         retriever = build_retriever(settings, embedder)
         await run_in_threadpool(retriever.reload)
         app.state.retriever = retriever
-        yield
 
+        embedded = None
+        redis_url = settings.redis_url
+        if redis_url is None:
+            embedded = EmbeddedRedis(settings.data_dir / "redis")
+            redis_url = await run_in_threadpool(embedded.start)
+        redis = Redis.from_url(redis_url, socket_timeout=15, socket_connect_timeout=2, health_check_interval=10)
+        generator = build_generator(settings)
+        if isinstance(generator, TransformersGenerator):
+            await run_in_threadpool(generator.warm_up)
+        app.state.generator = generator
+        app.state.redis = redis
+        store = ConversationStore(redis, prefix=settings.redis_prefix, ttl_s=settings.conversation_ttl_s)
+        app.state.chat = ChatService(settings, store, build_assistant(settings, retriever, embedder, generator), metrics)
+        log.info("ready: generator %s, redis %s", generator.model_id, "embedded" if embedded else "external")
+        try:
+            yield
+        finally:
+            await app.state.chat.drain(0)
+            if isinstance(generator, TransformersGenerator):
+                await run_in_threadpool(generator.close)
+            elif isinstance(generator, OpenAICompatibleGenerator):
+                await generator.aclose()
+            await redis.aclose()
+            if embedded is not None:
+                await run_in_threadpool(embedded.stop)
+
+    metrics = Metrics()
     app = FastAPI(title="Supportbot", version="0.1.0", lifespan=lifespan)
+    app.state.chat = None
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -67,10 +105,34 @@ def create_app(settings: Settings) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz(request: Request) -> dict[str, str]:
-        """The index is loaded and searches can be served."""
-        retriever = get_retriever(request)
-        return {"status": "ready", "index_version": retriever.snapshot.version}
+    async def readyz(request: Request) -> JSONResponse:
+        """Redis answers, the index and the model are loaded: chats can be served."""
+        checks: dict[str, str] = {}
+        retriever: Retriever | None = getattr(request.app.state, "retriever", None)
+        checks["index"] = retriever.snapshot.version if retriever is not None else "not loaded"
+        checks["generator"] = "loaded" if getattr(request.app.state, "generator", None) is not None else "not loaded"
+        redis: Redis | None = getattr(request.app.state, "redis", None)
+        try:
+            checks["redis"] = "ok" if redis is not None and await redis.ping() else "not connected"
+        except RedisError as exc:
+            checks["redis"] = f"unreachable: {type(exc).__name__}"
+        ready = retriever is not None and checks["generator"] == "loaded" and checks["redis"] == "ok"
+        return JSONResponse({"status": "ready" if ready else "not ready", **checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics(request: Request) -> Response:
+        generator = getattr(request.app.state, "generator", None)
+        if isinstance(generator, TransformersGenerator):
+            metrics.queue_depth.set(len(generator.active_request_ids()))
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.websocket("/v1/chat")
+    async def chat(ws: WebSocket) -> None:
+        service: ChatService | None = ws.app.state.chat
+        if service is None:
+            await ws.close(code=1013, reason="starting up")
+            return
+        await service.handle(ws)
 
     @app.get("/v1/search", response_model=SearchOut)
     async def search(

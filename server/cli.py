@@ -41,14 +41,12 @@ def bot_eval(
     """Share of answers citing the right article, fully supported, and out-of-scope questions answered "not sure"."""
     import asyncio
 
-    from bot.assistant import Assistant
     from bot.evaluation import BotEvalReport, LabelledTurn, evaluate_turns
     from bot.generation import TransformersGenerator
-    from bot.grounding import GroundednessChecker
     from bot.remote_generation import OpenAICompatibleGenerator
     from knowledge_base.components import build_embedder, build_retriever
     from retrieval.evaluation import load_questions
-    from server.components import build_generator
+    from server.components import build_assistant, build_generator
 
     settings: Settings = ctx.obj
     labelled = [LabelledTurn(q.question, q.document_id) for q in load_questions(questions)]
@@ -59,15 +57,7 @@ def bot_eval(
     generator = build_generator(settings)
     if isinstance(generator, TransformersGenerator):
         generator.warm_up()
-    assistant = Assistant(
-        retriever,
-        generator,
-        GroundednessChecker(embedder),
-        confidence_threshold=settings.answer_confidence_threshold,
-        top_k=settings.answer_top_k,
-        max_new_tokens=max_new_tokens,
-        timeout_s=settings.generator_timeout_s,
-    )
+    assistant = build_assistant(settings, retriever, embedder, generator, max_new_tokens=max_new_tokens)
     evidence: dict[str, str] = {}
     for chunk in retriever.snapshot.chunks:
         evidence[chunk.document_id] = evidence.get(chunk.document_id, "") + " " + chunk.text
@@ -110,12 +100,52 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
 ) -> None:
     """Run the server; on first start it indexes the sample help center."""
+    import asyncio
+    import signal
+    from types import FrameType
+
     import uvicorn
 
     from server.app import create_app
+    from server.log_format import configure_json_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(ctx.obj), host=host, port=port, log_level="info")
+    settings: Settings = ctx.obj
+    configure_json_logging()
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        ws_max_size=settings.ws_max_frame_bytes,
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_interval_s,
+        timeout_graceful_shutdown=int(settings.shutdown_drain_s) + 5,
+    )
+
+    class DrainingServer(uvicorn.Server):
+        """SIGTERM: refuse new chats (1001), let answers in flight finish, then stop. A second signal stops at once."""
+
+        draining = False
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            service = getattr(app.state, "chat", None)
+            if self.draining or service is None or sig not in (signal.SIGTERM, signal.SIGINT):
+                super().handle_exit(sig, frame)
+                return
+            self.draining = True
+            logging.getLogger("supportbot.server").info("signal %d: draining for up to %g s", sig, settings.shutdown_drain_s)
+
+            async def drain_then_exit() -> None:
+                try:
+                    await service.drain(settings.shutdown_drain_s)
+                finally:
+                    uvicorn.Server.handle_exit(self, sig, frame)
+
+            loop = asyncio.get_event_loop()
+            loop.call_soon_threadsafe(lambda: loop.create_task(drain_then_exit()))
+
+    DrainingServer(config).run()
 
 
 def main() -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from bot.assistant import Assistant
 from bot.generation import Generator, TransformersGenerator
+from bot.grounding import GroundednessChecker
 from bot.model_store import resolve_generator
 from bot.remote_generation import OpenAICompatibleGenerator
+from retrieval.embedder import SentenceEmbedder
+from retrieval.retriever import Retriever
 from server.settings import Settings
 
 
@@ -30,4 +34,24 @@ def build_generator(settings: Settings) -> Generator:
         slots=settings.generator_slots,
         max_batch_tokens=settings.generator_max_batch_tokens,
         kv_cache_blocks=settings.generator_kv_cache_blocks,
+    )
+
+
+def build_assistant(
+    settings: Settings,
+    retriever: Retriever,
+    embedder: SentenceEmbedder,
+    generator: Generator,
+    *,
+    max_new_tokens: int | None = None,
+) -> Assistant:
+    return Assistant(
+        retriever,
+        generator,
+        GroundednessChecker(embedder),
+        confidence_threshold=settings.answer_confidence_threshold,
+        top_k=settings.answer_top_k,
+        max_new_tokens=max_new_tokens or settings.generator_max_new_tokens,
+        timeout_s=settings.generator_timeout_s,
+        max_message_chars=settings.answer_max_message_chars,
     )

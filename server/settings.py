@@ -18,6 +18,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SUPPORTBOT_", env_file=".env", extra="ignore", frozen=True)
 
     data_dir: Path = Field(Path("data"), description="Where indexes, model caches and state live.")
+    model_cache_dir: Path | None = Field(
+        None, description="Where the dequantized generator is cached; unset: DATA_DIR/models (shareable between data dirs)."
+    )
     index_dir: Path | None = Field(None, description="Index root; default DATA_DIR/index.")
     sample_kb_dir: Path = Field(SAMPLE_KB_DIR, description="Help center that `make serve` indexes when no index exists.")
 
@@ -81,6 +84,30 @@ class Settings(BaseSettings):
         description="Tokens per prefill step (both engines); None: transformers sizes it on a GPU (static: 8192), 1024 on a CPU.",
     )
 
+    redis_url: str | None = Field(
+        None,
+        description="redis:// rediss:// or unix:// URL; unset: `serve` starts the bundled redis-server with "
+        "append-only persistence in DATA_DIR/redis.",
+    )
+    redis_prefix: str = Field("sb:", min_length=1, max_length=32, description="Prefix of every key Supportbot writes.")
+    conversation_ttl_s: int = Field(30 * 24 * 3600, gt=0, description="A conversation expires this long after its last event.")
+    allowed_origins: list[str] = Field(
+        ["http://localhost:8000", "http://127.0.0.1:8000"],
+        description="Exact Origin values allowed to open the chat websocket; clients that send none (not browsers) are allowed.",
+    )
+    ws_max_frame_bytes: int = Field(
+        64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest websocket frame read; bigger ones close with 1009."
+    )
+    ws_idle_timeout_s: float = Field(300.0, gt=0, description="A connection that sends nothing for this long is closed.")
+    ws_ping_interval_s: float = Field(20.0, gt=0, description="Protocol-level ping; a peer that misses pongs is dropped.")
+    ws_max_connections: int = Field(5000, gt=0, description="Open chat connections per worker; more get close code 1013.")
+    rate_frames_per_s: float = Field(2.0, gt=0, description="Sustained frames per second per connection.")
+    rate_burst: int = Field(10, gt=0, description="Frames a connection may send at once before the rate applies.")
+    rate_client_frames_per_s: float = Field(10.0, gt=0, description="Sustained frames per second per client address.")
+    rate_client_burst: int = Field(40, gt=0, description="Burst per client address, across all its connections.")
+    conversations_per_client_per_hour: int = Field(30, gt=0, description="New conversations one client address may start.")
+    shutdown_drain_s: float = Field(30.0, ge=0, description="On SIGTERM, answers in flight get this long to finish.")
+
     answer_confidence_threshold: float = Field(
         0.35, ge=0, le=1, description="Below this retrieval confidence the bot says it is not sure and offers a human."
     )
@@ -101,4 +128,4 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.model_cache_dir or self.data_dir / "models"

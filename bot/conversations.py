@@ -1,0 +1,161 @@
+"""Conversation state in Redis: metadata, messages, and the sequenced event log clients resume from.
+
+Key layout (all under one prefix, documented in docs/protocol.md):
+
+    {p}conv:{id}              hash    created, updated, channel, status (bot|handoff|closed), client, last_seq
+    {p}conv:{id}:messages     list    one JSON object per message, oldest first
+    {p}conv:{id}:events       stream  every sequenced frame sent to clients; entry id 0-{seq}
+    {p}conv:{id}:cmid:{cmid}  string  the message id a client message id was answered as (resends)
+    {p}conv:{id}:answering    string  lock token while an answer streams (one answer at a time)
+    {p}conversations          zset    conversation ids scored by last update (agents list by time)
+
+Every key of a conversation expires `ttl_s` after its last update. Sequence numbers come
+from the hash's `last_seq`, incremented in the same Lua script that appends the event, so
+two workers appending to one conversation can never reuse or reorder a number.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+STATUSES = ("bot", "handoff", "closed")
+
+_APPEND_EVENT = """
+local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
+redis.call('HSET', KEYS[1], 'updated', ARGV[2])
+local rest = ARGV[1]
+if rest ~= '}' then rest = ',' .. rest end
+redis.call('XADD', KEYS[2], '0-' .. seq, 'frame', '{"seq":' .. seq .. rest)
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
+for i = 1, 2 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+return seq
+"""
+
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class ConversationNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    id: str
+    created: float
+    updated: float
+    channel: str
+    status: str
+    client: dict[str, Any]
+    last_seq: int
+
+
+class ConversationStore:
+    def __init__(self, redis: Redis, *, prefix: str = "sb:", ttl_s: int = 30 * 24 * 3600) -> None:
+        self.redis: Any = redis  # redis-py's stubs type replies loosely; replies here are bytes
+        self._p = prefix
+        self._ttl = ttl_s
+        self._append = redis.register_script(_APPEND_EVENT)
+        self._release = redis.register_script(_RELEASE_LOCK)
+
+    def _key(self, conversation_id: str, part: str = "") -> str:
+        return f"{self._p}conv:{conversation_id}{':' + part if part else ''}"
+
+    async def create(self, *, channel: str = "widget", client: dict[str, Any] | None = None) -> Conversation:
+        conversation_id = f"c_{uuid.uuid4().hex}"
+        now = time.time()
+        meta = {
+            "created": now,
+            "updated": now,
+            "channel": channel,
+            "status": "bot",
+            "client": json.dumps(client or {}),
+            "last_seq": 0,
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._key(conversation_id), mapping=meta)
+            pipe.expire(self._key(conversation_id), self._ttl)
+            pipe.zadd(f"{self._p}conversations", {conversation_id: now})
+            await pipe.execute()
+        return Conversation(conversation_id, now, now, channel, "bot", client or {}, 0)
+
+    async def get(self, conversation_id: str) -> Conversation:
+        if not conversation_id.startswith("c_") or len(conversation_id) > 64:
+            raise ConversationNotFound(conversation_id)
+        raw = await self.redis.hgetall(self._key(conversation_id))
+        if not raw:
+            raise ConversationNotFound(conversation_id)
+        meta = {k.decode(): v.decode() for k, v in raw.items()}
+        return Conversation(
+            conversation_id,
+            float(meta["created"]),
+            float(meta["updated"]),
+            meta["channel"],
+            meta["status"],
+            json.loads(meta.get("client", "{}")),
+            int(meta.get("last_seq", 0)),
+        )
+
+    async def set_status(self, conversation_id: str, status: str) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+        await self.redis.hset(self._key(conversation_id), mapping={"status": status, "updated": time.time()})
+
+    async def append_event(self, conversation_id: str, frame: dict[str, Any]) -> int:
+        """Store a frame for clients and return its sequence number (also written into the frame)."""
+        now = time.time()
+        body = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)[1:]  # the script puts "seq" first
+        keys = [self._key(conversation_id), self._key(conversation_id, "events"), f"{self._p}conversations"]
+        return int(await self._append(keys=keys, args=[body, now, self._ttl, conversation_id]))
+
+    async def events_after(self, conversation_id: str, seq: int, *, block_ms: int | None = None) -> list[dict[str, Any]]:
+        """Frames with sequence numbers above `seq`, oldest first; optionally wait for the next ones."""
+        key = self._key(conversation_id, "events")
+        if block_ms is None:
+            entries = await self.redis.xrange(key, min=f"0-{seq + 1}", max="+")
+        else:
+            result = await self.redis.xread({key: f"0-{seq}"}, block=block_ms, count=256)
+            entries = result[0][1] if result else []
+        return [json.loads(fields[b"frame"]) for _, fields in entries]
+
+    async def add_message(self, conversation_id: str, message: dict[str, Any]) -> None:
+        key = self._key(conversation_id, "messages")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, json.dumps(message, ensure_ascii=False))
+            pipe.expire(key, self._ttl)
+            await pipe.execute()
+
+    async def messages(self, conversation_id: str) -> list[dict[str, Any]]:
+        return [json.loads(m) for m in await self.redis.lrange(self._key(conversation_id, "messages"), 0, -1)]
+
+    async def claim_client_message(self, conversation_id: str, client_message_id: str, message_id: str) -> str | None:
+        """Record that `client_message_id` is answered as `message_id`; the earlier id if it was already."""
+        key = self._key(conversation_id, f"cmid:{client_message_id}")
+        if await self.redis.set(key, message_id, nx=True, ex=self._ttl):
+            return None
+        earlier = await self.redis.get(key)
+        return earlier.decode() if earlier else message_id
+
+    async def lock_answer(self, conversation_id: str, ttl_s: float) -> str | None:
+        """A token if this caller may answer now; None while another answer streams (any worker)."""
+        token = secrets.token_hex(8)
+        acquired = await self.redis.set(self._key(conversation_id, "answering"), token, nx=True, px=int(ttl_s * 1000))
+        return token if acquired else None
+
+    async def unlock_answer(self, conversation_id: str, token: str) -> None:
+        await self._release(keys=[self._key(conversation_id, "answering")], args=[token])
+
+    async def list_recent(self, limit: int = 50, before: float | None = None) -> Sequence[str]:
+        top = "+inf" if before is None else f"({before}"
+        ids = await self.redis.zrevrangebyscore(f"{self._p}conversations", top, "-inf", start=0, num=limit)
+        return [i.decode() for i in ids]

@@ -1,0 +1,457 @@
+"""`ws /v1/chat`: the chat protocol (docs/protocol.md) over the assistant and Redis state.
+
+Each connection runs two tasks: a reader that validates and handles client frames, and a
+forwarder that sends the conversation's sequenced events from Redis (answer tokens,
+sources, done, handoff, agent messages) in order. Answers are written to Redis as they
+stream, so whichever socket or worker a client is on, and after any reconnect, it reads
+the same numbered frames: resume is "send me everything after seq N".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from redis.exceptions import RedisError
+from starlette.websockets import WebSocketState
+
+from bot.assistant import AnswerDelta, Assistant, TurnDone
+from bot.conversations import ConversationNotFound, ConversationStore
+from bot.prompt import HistoryTurn
+from server.limits import RateLimiter
+from server.metrics import Metrics
+from server.settings import Settings
+
+log = logging.getLogger("supportbot.chat")
+
+PROTOCOL_VERSION = 1
+HISTORY_TURNS = 12  # most recent messages offered to the prompt builder (it trims to fit)
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    v: Literal[1] = 1
+
+
+class StartFrame(_Frame):
+    type: Literal["start"]
+    conversation_id: str | None = Field(None, max_length=64)
+    last_seq: int | None = Field(None, ge=0)
+
+
+class MessageFrame(_Frame):
+    type: Literal["message"]
+    client_message_id: str = Field(min_length=1, max_length=64)
+    text: str
+
+
+class CancelFrame(_Frame):
+    type: Literal["cancel"]
+
+
+class RateFrame(_Frame):
+    type: Literal["rate"]
+    message_id: str = Field(max_length=64)
+    rating: Literal["up", "down"]
+    comment: str | None = Field(None, max_length=2000)
+
+
+class PingFrame(_Frame):
+    type: Literal["ping"]
+
+
+ClientFrame = Annotated[StartFrame | MessageFrame | CancelFrame | RateFrame | PingFrame, Field(discriminator="type")]
+_FRAMES: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
+FRAME_TYPES = ("start", "message", "cancel", "rate", "ping")
+
+
+class FrameError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_frame(raw: str) -> ClientFrame:
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise FrameError("bad_json", f"frame is not valid JSON: {exc.msg} at character {exc.pos}") from None
+    if not isinstance(data, dict):
+        raise FrameError("invalid_frame", f"a frame must be a JSON object, got {type(data).__name__}")
+    kind = data.get("type")
+    if kind not in FRAME_TYPES:
+        raise FrameError("unknown_type", f"unknown frame type {kind!r}; expected one of {', '.join(FRAME_TYPES)}")
+    if data.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+        raise FrameError("unsupported_version", f"protocol version {data.get('v')!r} is not supported; this server speaks v1")
+    try:
+        return _FRAMES.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"][1:]) or "frame"
+        raise FrameError("invalid_frame", f"{where}: {first['msg']}") from None
+
+
+class ChatService:
+    """Shared by all connections of one worker."""
+
+    def __init__(self, settings: Settings, store: ConversationStore, assistant: Assistant, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.assistant = assistant
+        self.metrics = metrics
+        self.limiter = RateLimiter(store.redis, settings.redis_prefix)
+        self.connections: set[Connection] = set()
+        self.draining = False
+
+    async def handle(self, ws: WebSocket) -> None:
+        origin = ws.headers.get("origin")
+        if origin is not None and origin not in self.settings.allowed_origins:
+            self.metrics.connections_refused.labels("origin").inc()
+            log.warning("refused websocket from origin %r", origin)
+            await ws.close(code=1008, reason="origin not allowed")  # before accept: the upgrade gets HTTP 403
+            return
+        if self.draining:
+            self.metrics.connections_refused.labels("shutting_down").inc()
+            await ws.close(code=1001, reason="server shutting down")
+            return
+        if len(self.connections) >= self.settings.ws_max_connections:
+            self.metrics.connections_refused.labels("capacity").inc()
+            await ws.close(code=1013, reason="too many connections, try again later")
+            return
+        await ws.accept()
+        connection = Connection(self, ws)
+        self.connections.add(connection)
+        self.metrics.connections.inc()
+        try:
+            await connection.run()
+        finally:
+            self.connections.discard(connection)
+            self.metrics.connections.dec()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new connections, let answers in flight finish, then close every socket (1001)."""
+        self.draining = True
+        answers = [c.answer for c in self.connections if c.answer is not None and not c.answer.done()]
+        if answers:
+            log.info("draining: waiting up to %g s for %d answers", timeout_s, len(answers))
+            _, pending = await asyncio.wait(answers, timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+        for connection in list(self.connections):
+            await connection.close(1001, "server shutting down")
+
+
+class Connection:
+    def __init__(self, service: ChatService, ws: WebSocket) -> None:
+        self.service = service
+        self.ws = ws
+        self.settings = service.settings
+        self.store = service.store
+        self.client = ws.client.host if ws.client else "unknown"
+        self.connection_id = uuid.uuid4().hex[:12]
+        self.conversation_id: str | None = None
+        self.answer: asyncio.Task[None] | None = None
+        self._forwarder: asyncio.Task[None] | None = None
+        self._send_lock = asyncio.Lock()
+        self._sent_seq = 0
+
+    # ---------------------------------------------------------------- sending
+    async def send(self, frame: dict[str, Any]) -> None:
+        async with self._send_lock:
+            if self.ws.application_state != WebSocketState.CONNECTED:
+                return
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                await self.ws.send_text(json.dumps({"v": PROTOCOL_VERSION, **frame}, ensure_ascii=False))
+
+    async def error(self, code: str, message: str, **extra: Any) -> None:
+        self.service.metrics.errors.labels(code).inc()
+        log.info("error frame", extra={"conversation_id": self.conversation_id, "code": code})
+        await self.send({"type": "error", "code": code, "message": message, **extra})
+
+    async def close(self, code: int, reason: str) -> None:
+        async with self._send_lock:
+            if self.ws.application_state == WebSocketState.CONNECTED:
+                with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                    await self.ws.close(code=code, reason=reason)
+
+    # ---------------------------------------------------------------- the reader
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(self.ws.receive(), self.settings.ws_idle_timeout_s)
+                except TimeoutError:
+                    await self.close(1000, "idle timeout")
+                    return
+                if message["type"] == "websocket.disconnect":
+                    return
+                if not await self._within_rate():
+                    continue
+                text = message.get("text")
+                if text is None:
+                    await self.error("binary_not_supported", "frames must be UTF-8 JSON text, not binary")
+                    continue
+                try:
+                    frame = parse_frame(text)
+                except FrameError as exc:
+                    await self.error(exc.code, str(exc))
+                    continue
+                self.service.metrics.frames.labels(frame.type).inc()
+                try:
+                    await self._dispatch(frame)
+                except RedisError as exc:
+                    log.warning("redis unavailable: %s", exc, extra={"conversation_id": self.conversation_id})
+                    await self.error("unavailable", "the service is temporarily unavailable; please retry in a few seconds")
+        except WebSocketDisconnect:
+            return
+        finally:
+            for task in (self.answer, self._forwarder):
+                if task is not None and not task.done():
+                    task.cancel()
+
+    async def _within_rate(self) -> bool:
+        s = self.settings
+        try:
+            wait = await self.service.limiter.take(f"conn:{self.connection_id}", s.rate_frames_per_s, s.rate_burst)
+            if not wait:
+                wait = await self.service.limiter.take(f"client:{self.client}", s.rate_client_frames_per_s, s.rate_client_burst)
+        except RedisError:
+            return True  # without Redis the frame itself will get "unavailable"; do not add a second error
+        if wait:
+            await self.error("rate_limited", f"too many frames; retry in {wait:.1f} s", retry_after_s=round(wait, 2))
+            return False
+        return True
+
+    async def _dispatch(self, frame: ClientFrame) -> None:
+        if isinstance(frame, PingFrame):
+            await self.send({"type": "pong", "time": time.time()})
+        elif isinstance(frame, StartFrame):
+            await self._start(frame)
+        elif self.conversation_id is None:
+            await self.error("not_started", "send a start frame first")
+        elif isinstance(frame, MessageFrame):
+            await self._message(frame)
+        elif isinstance(frame, CancelFrame):
+            if self.answer is not None and not self.answer.done():
+                self.answer.cancel()
+            else:
+                await self.error("nothing_to_cancel", "no answer is streaming on this connection")
+        elif isinstance(frame, RateFrame):
+            await self._rate(frame)
+
+    async def _start(self, frame: StartFrame) -> None:
+        if self.conversation_id is not None:
+            await self.error("already_started", f"this connection is already on conversation {self.conversation_id}")
+            return
+        if frame.conversation_id is None:
+            wait = await self.service.limiter.take(
+                f"newconv:{self.client}",
+                self.settings.conversations_per_client_per_hour / 3600,
+                self.settings.conversations_per_client_per_hour,
+            )
+            if wait:
+                await self.error("too_many_conversations", f"too many new conversations from this address; retry in {wait:.0f} s")
+                return
+            user_agent = self.ws.headers.get("user-agent", "")[:200]
+            conversation = await self.store.create(client={"address": self.client, "user_agent": user_agent})
+            log.info("conversation started", extra={"conversation_id": conversation.id})
+        else:
+            try:
+                conversation = await self.store.get(frame.conversation_id)
+            except ConversationNotFound:
+                await self.error("unknown_conversation", f"no conversation {frame.conversation_id!r} (it may have expired)")
+                return
+        self.conversation_id = conversation.id
+        resume_from = conversation.last_seq if frame.last_seq is None else min(frame.last_seq, conversation.last_seq)
+        await self.send(
+            {
+                "type": "ready",
+                "conversation_id": conversation.id,
+                "status": conversation.status,
+                "last_seq": conversation.last_seq,
+                "history": await self.store.messages(conversation.id),
+            }
+        )
+        self._sent_seq = resume_from
+        self._forwarder = asyncio.create_task(self._forward(), name=f"forward-{conversation.id}")
+
+    async def _message(self, frame: MessageFrame) -> None:
+        assert self.conversation_id is not None
+        received = time.perf_counter()
+        text = frame.text.strip()
+        if not text:
+            await self.error("empty_message", "the message is empty", client_message_id=frame.client_message_id)
+            return
+        limit = self.settings.answer_max_message_chars
+        if len(text) > limit:
+            await self.error(
+                "message_too_long",
+                f"the message is {len(text)} characters; the limit is {limit}",
+                client_message_id=frame.client_message_id,
+            )
+            return
+        answer_id = f"m_{uuid.uuid4().hex}"
+        earlier = await self.store.claim_client_message(self.conversation_id, frame.client_message_id, answer_id)
+        if earlier is not None:
+            await self.send({"type": "duplicate", "client_message_id": frame.client_message_id, "message_id": earlier})
+            return
+        conversation = await self.store.get(self.conversation_id)
+        lock = None
+        if conversation.status == "bot":
+            lock = await self.store.lock_answer(self.conversation_id, self.settings.generator_timeout_s + 30)
+            if lock is None:
+                await self.store.redis.delete(
+                    f"{self.settings.redis_prefix}conv:{self.conversation_id}:cmid:{frame.client_message_id}"
+                )
+                await self.error(
+                    "busy", "an answer is still streaming in this conversation", client_message_id=frame.client_message_id
+                )
+                return
+        user = {"id": f"u_{uuid.uuid4().hex}", "role": "user", "text": text, "client_message_id": frame.client_message_id}
+        history = [HistoryTurn(m["role"], m["text"]) for m in (await self.store.messages(self.conversation_id))[-HISTORY_TURNS:]]
+        await self.store.add_message(self.conversation_id, {**user, "created": time.time()})
+        await self.store.append_event(self.conversation_id, {"type": "user_message", "message_id": user["id"], **_public(user)})
+        if lock is None:
+            return  # a human agent has this conversation: the bot stays silent
+        self.answer = asyncio.create_task(self._answer(answer_id, text, history, lock, received), name=f"answer-{answer_id}")
+
+    async def _answer(self, answer_id: str, text: str, history: list[HistoryTurn], lock: str, received: float) -> None:
+        assert self.conversation_id is not None
+        cid, store, metrics = self.conversation_id, self.store, self.service.metrics
+        parts: list[str] = []
+        result = None
+        first_sent: float | None = None
+        try:
+            async with contextlib.aclosing(self.service.assistant.respond(text, history)) as events:
+                async for event in events:
+                    if isinstance(event, AnswerDelta):
+                        if not parts:
+                            metrics.time_to_first_token.observe(time.perf_counter() - received)
+                        parts.append(event.text)
+                        await store.append_event(cid, {"type": "token", "message_id": answer_id, "delta": event.text})
+                        if first_sent is None:
+                            first_sent = time.perf_counter()
+                    elif isinstance(event, TurnDone):
+                        result = event.result
+            assert result is not None
+            sources = [
+                {"title": s.title, "url": s.url, "document_id": s.document_id, "snippet": s.snippet, "score": round(s.score, 4)}
+                for s in result.sources
+            ]
+            timings = {
+                "time_to_first_token_s": result.time_to_first_token_s,
+                "generator_ttft_s": result.generator_ttft_s,
+                "retrieval_s": result.retrieval_s,
+                "total_s": result.total_s,
+                # Time to the first token frame that the assistant (retrieval, generation, grounding) did not spend.
+                "server_overhead_s": (
+                    first_sent - received - result.time_to_first_token_s
+                    if first_sent is not None and result.time_to_first_token_s is not None
+                    else None
+                ),
+            }
+            record = {
+                "id": answer_id,
+                "role": "assistant",
+                "text": result.answer,
+                "sources": sources,
+                "confidence": round(result.confidence, 4),
+                "path": str(result.path),
+                "model_id": result.model_id,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "timings": timings,
+                "created": time.time(),
+            }
+            await store.add_message(cid, record)
+            await store.append_event(cid, {"type": "sources", "message_id": answer_id, "sources": sources})
+            await store.append_event(
+                cid,
+                {
+                    "type": "done",
+                    "message_id": answer_id,
+                    "path": str(result.path),
+                    "confidence": record["confidence"],
+                    "model_id": result.model_id,
+                    "timings": timings,
+                },
+            )
+            if result.handoff:
+                await store.append_event(
+                    cid, {"type": "handoff", "message_id": answer_id, "reason": str(result.path), "message": "A person can help."}
+                )
+            metrics.answers.labels(str(result.path)).inc()
+            if result.generator_ttft_s is not None:
+                metrics.generator_ttft.observe(result.generator_ttft_s)
+            metrics.retrieval_seconds.observe(result.retrieval_s)
+            if result.completion_tokens and result.total_s > 0:
+                metrics.tokens_per_second.observe(result.completion_tokens / result.total_s)
+            log.info("answer done", extra={"conversation_id": cid, "path": str(result.path), "total_s": round(result.total_s, 3)})
+        except asyncio.CancelledError:
+            await self._record_cancelled(answer_id, "".join(parts))
+            raise
+        except ValueError as exc:  # the assistant refused the message
+            await self.error("invalid_message", str(exc))
+        except RedisError as exc:
+            log.warning("redis failed mid-answer: %s", exc, extra={"conversation_id": cid})
+            await self.error("unavailable", "the service is temporarily unavailable; the answer was interrupted")
+        finally:
+            with contextlib.suppress(RedisError):
+                await asyncio.shield(store.unlock_answer(cid, lock))
+
+    async def _record_cancelled(self, answer_id: str, partial: str) -> None:
+        assert self.conversation_id is not None
+        cid = self.conversation_id
+        with contextlib.suppress(RedisError):
+            record = {"id": answer_id, "role": "assistant", "text": partial, "path": "cancelled", "created": time.time()}
+            await asyncio.shield(self.store.add_message(cid, record))
+            await asyncio.shield(self.store.append_event(cid, {"type": "done", "message_id": answer_id, "path": "cancelled"}))
+        self.service.metrics.answers.labels("cancelled").inc()
+
+    async def _rate(self, frame: RateFrame) -> None:
+        assert self.conversation_id is not None
+        messages = {m["id"]: m for m in await self.store.messages(self.conversation_id)}
+        target = messages.get(frame.message_id)
+        if target is None:
+            await self.error("unknown_message", f"no message {frame.message_id!r} in this conversation")
+            return
+        if target["role"] != "assistant":
+            await self.error("not_rateable", "only the bot's answers can be rated")
+            return
+        await self.store.redis.hset(
+            f"{self.settings.redis_prefix}conv:{self.conversation_id}:ratings",
+            frame.message_id,
+            json.dumps({"rating": frame.rating, "comment": frame.comment, "time": time.time()}),
+        )
+        await self.send({"type": "rated", "message_id": frame.message_id, "rating": frame.rating})
+
+    # ---------------------------------------------------------------- the forwarder
+    async def _forward(self) -> None:
+        """Send every event after `_sent_seq`, in order, once; survive Redis restarts."""
+        assert self.conversation_id is not None
+        backoff = 0.2
+        while True:
+            try:
+                events = await self.store.events_after(self.conversation_id, self._sent_seq, block_ms=10_000)
+                backoff = 0.2
+            except RedisError as exc:
+                log.warning("event stream read failed (%s); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for event in events:
+                if event["seq"] <= self._sent_seq:
+                    continue
+                self._sent_seq = event["seq"]
+                await self.send(event)
+
+
+def _public(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if k in ("text", "client_message_id")}

@@ -1,0 +1,37 @@
+"""Prometheus metrics of one app instance (its own registry, so tests can build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge("supportbot_ws_connections", "Open chat websocket connections.", registry=r)
+        self.connections_refused = Counter("supportbot_ws_refused_total", "Websocket upgrades refused.", ["reason"], registry=r)
+        self.frames = Counter("supportbot_ws_frames_total", "Client frames received, by type.", ["type"], registry=r)
+        self.errors = Counter("supportbot_errors_total", "Error frames sent, by code.", ["code"], registry=r)
+        self.answers = Counter("supportbot_answers_total", "Answers finished, by path.", ["path"], registry=r)
+        self.time_to_first_token = Histogram(
+            "supportbot_time_to_first_token_seconds",
+            "From the user's message arriving to the first answer token sent.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.generator_ttft = Histogram(
+            "supportbot_generator_ttft_seconds", "The generator's own time to first token.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.tokens_per_second = Histogram(
+            "supportbot_tokens_per_second",
+            "Completion tokens per second of each answer.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=r,
+        )
+        self.retrieval_seconds = Histogram(
+            "supportbot_retrieval_seconds", "Retrieval time per turn.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("supportbot_generator_requests", "Requests in the generator (running or waiting).", registry=r)

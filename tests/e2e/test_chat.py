@@ -1,0 +1,335 @@
+"""The chat websocket end to end: a real server process, its real Redis, a real websocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from bot.generation import TransformersGenerator
+from server.redis_server import EmbeddedRedis
+from tests.e2e.test_server import start_server, stop_server
+
+QUESTION = "How do I descale my kettle?"
+
+
+class Client:
+    """A chat client speaking the v1 protocol over a real websocket."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    @classmethod
+    async def open(cls, base: str, **kwargs: Any) -> Client:
+        return cls(await websockets.connect(base.replace("http", "ws") + "/v1/chat", **kwargs))
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(frame))
+
+    async def recv(self, timeout: float = 60) -> dict[str, Any]:
+        return dict(json.loads(await asyncio.wait_for(self.ws.recv(), timeout)))
+
+    async def start(self, **fields: Any) -> dict[str, Any]:
+        await self.send({"type": "start", **fields})
+        return await self.recv()
+
+    async def until(self, kind: str, timeout: float = 90) -> list[dict[str, Any]]:
+        """Frames up to and including the first of type `kind`."""
+        frames = [await self.recv(timeout)]
+        while frames[-1]["type"] != kind:
+            frames.append(await self.recv(timeout))
+        return frames
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator) -> Iterator[str]:
+    data = tmp_path_factory.mktemp("chat")
+    shutil.copytree(sample_index, data / "index")
+    process, base = start_server(data, ready_within_s=180)
+    yield base
+    stop_server(process)
+
+
+def test_an_answer_streams_with_sources_and_is_stored(server: str) -> None:
+    async def scenario() -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+        client = await Client.open(server)
+        ready = await client.start()
+        await client.send({"type": "message", "client_message_id": "q1", "text": QUESTION})
+        frames = await client.until("done")
+        await client.close()
+        again = await Client.open(server)
+        restored = await again.start(conversation_id=ready["conversation_id"])
+        await again.close()
+        return ready, frames, restored
+
+    ready, frames, restored = run(scenario())
+    assert ready["type"] == "ready" and ready["conversation_id"].startswith("c_") and ready["history"] == []
+    kinds = [f["type"] for f in frames]
+    assert kinds[0] == "user_message" and "token" in kinds and kinds[-2:] == ["sources", "done"]
+    assert [f["seq"] for f in frames] == list(range(1, len(frames) + 1))
+    answer = "".join(f["delta"] for f in frames if f["type"] == "token")
+    sources, done = frames[-2], frames[-1]
+    assert answer.strip() and sources["sources"][0]["url"] == "https://help.brewlo.example/usage/descaling"
+    assert done["path"] in ("generated", "fallback") and done["timings"]["total_s"] > 0
+    assert [m["role"] for m in restored["history"]] == ["user", "assistant"]
+    assert restored["history"][1]["text"] == answer and restored["last_seq"] == len(frames)
+
+
+def test_resume_replays_what_was_missed_once(server: str) -> None:
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        client = await Client.open(server)
+        ready = await client.start()
+        await client.send({"type": "message", "client_message_id": "q1", "text": QUESTION})
+        first = await client.until("done")
+        await client.close()  # the client saw everything, but pretend it only kept seq 1
+        resumed = await Client.open(server)
+        await resumed.start(conversation_id=ready["conversation_id"], last_seq=1)
+        replayed = [await resumed.recv() for _ in range(len(first) - 1)]
+        with pytest.raises(TimeoutError):
+            await resumed.recv(timeout=1.5)  # nothing twice
+        await resumed.send({"type": "message", "client_message_id": "q2", "text": "And how often should I do it?"})
+        later = await resumed.until("done")
+        await resumed.close()
+        return first, replayed, later
+
+    first, replayed, later = run(scenario())
+    assert replayed == first[1:]
+    assert later[0]["seq"] == first[-1]["seq"] + 1 and later[0]["type"] == "user_message"
+
+
+def test_a_resent_message_is_answered_once(server: str) -> None:
+    async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        client = await Client.open(server)
+        await client.start()
+        await client.send({"type": "message", "client_message_id": "same", "text": QUESTION})
+        frames = await client.until("done")
+        await client.send({"type": "message", "client_message_id": "same", "text": QUESTION})
+        duplicate = await client.recv()
+        await client.close()
+        return frames, duplicate
+
+    frames, duplicate = run(scenario())
+    assert duplicate == {"v": 1, "type": "duplicate", "client_message_id": "same", "message_id": frames[-1]["message_id"]}
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("not json", "bad_json"),
+        ("[1, 2]", "invalid_frame"),
+        ('{"type": "teleport"}', "unknown_type"),
+        ('{"type": "message", "text": "hi"}', "invalid_frame"),
+        ('{"type": "message", "client_message_id": 7, "text": "hi"}', "invalid_frame"),
+        ('{"type": "ping", "v": 2}', "unsupported_version"),
+        ('{"type": "ping", "extra": 1}', "invalid_frame"),
+        ('{"type": "message", "client_message_id": "a", "text": "hi"}', "not_started"),
+        ('{"type": "cancel"}', "not_started"),
+        ('{"type": "start", "conversation_id": "c_nope"}', "unknown_conversation"),
+        (b"\x00\x01binary", "binary_not_supported"),
+    ],
+)
+def test_bad_frames_get_a_specific_error_and_the_connection_stays_usable(server: str, raw: str | bytes, code: str) -> None:
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        client = await Client.open(server)
+        await client.ws.send(raw)
+        error = await client.recv()
+        await client.send({"type": "ping"})
+        pong = await client.recv()
+        await client.close()
+        return error, pong
+
+    error, pong = run(scenario())
+    assert error["type"] == "error" and error["code"] == code and error["message"]
+    assert pong["type"] == "pong"
+
+
+def test_message_limits(server: str) -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        client = await Client.open(server)
+        await client.start()
+        out = []
+        for text in ("   ", "x" * 2001):
+            await client.send({"type": "message", "client_message_id": f"m{len(text)}", "text": text})
+            out.append(await client.recv())
+        await client.close()
+        return out
+
+    empty, too_long = run(scenario())
+    assert empty["code"] == "empty_message"
+    assert too_long["code"] == "message_too_long" and "2001 characters; the limit is 2000" in too_long["message"]
+
+
+def test_a_10_mb_frame_closes_with_1009_and_others_are_unaffected(server: str) -> None:
+    async def scenario() -> tuple[int | None, dict[str, Any]]:
+        bystander = await Client.open(server)
+        await bystander.start()
+        big = await Client.open(server, max_size=None)
+        await big.ws.send(json.dumps({"type": "ping", "pad": "x" * 10_000_000}))
+        with pytest.raises(ConnectionClosed):
+            await big.recv(timeout=10)
+        code = big.ws.close_code
+        await bystander.send({"type": "ping"})
+        pong = await bystander.recv()
+        await bystander.close()
+        return code, pong
+
+    code, pong = run(scenario())
+    assert code == 1009 and pong["type"] == "pong"
+    assert httpx.get(f"{server}/healthz").status_code == 200
+
+
+def test_a_flood_of_frames_is_rate_limited_without_overshoot(server: str) -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        client = await Client.open(server)
+        for _ in range(40):
+            await client.send({"type": "ping"})
+        replies = [await client.recv() for _ in range(40)]
+        await client.close()
+        return replies
+
+    replies = run(scenario())
+    pongs = [r for r in replies if r["type"] == "pong"]
+    limited = [r for r in replies if r.get("code") == "rate_limited"]
+    assert len(pongs) + len(limited) == 40
+    assert 10 <= len(pongs) <= 12, "burst of 10, plus what 2/s refills during the flood"
+    assert limited[0]["retry_after_s"] > 0
+
+
+def test_origins_are_checked_before_the_upgrade(server: str) -> None:
+    async def scenario() -> dict[str, Any]:
+        with pytest.raises(InvalidStatus) as refused:
+            await Client.open(server, origin="https://evil.example")
+        assert refused.value.response.status_code == 403
+        allowed = await Client.open(server, origin="http://localhost:8000")
+        ready = await allowed.start()
+        await allowed.close()
+        return ready
+
+    assert run(scenario())["type"] == "ready"
+
+
+def test_one_answer_at_a_time_per_conversation_and_both_sockets_see_it(server: str) -> None:
+    async def scenario() -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+        one = await Client.open(server)
+        ready = await one.start()
+        two = await Client.open(server)
+        await two.start(conversation_id=ready["conversation_id"])
+        await one.send({"type": "message", "client_message_id": "a", "text": QUESTION})
+        await asyncio.sleep(0.3)
+        await two.send({"type": "message", "client_message_id": "b", "text": "Do you ship to Canada?"})
+        seen_by_two = await two.until("done")
+        seen_by_one = await one.until("done")
+        await one.close()
+        await two.close()
+        busy = next(f for f in seen_by_two if f["type"] == "error")
+        return busy, seen_by_one, [f for f in seen_by_two if f["type"] != "error"]
+
+    busy, seen_by_one, seen_by_two = run(scenario())
+    assert busy["code"] == "busy" and busy["client_message_id"] == "b"
+    assert seen_by_one == seen_by_two  # the same numbered frames on both sockets
+
+
+def test_cancel_stops_the_answer(server: str) -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        client = await Client.open(server)
+        await client.start()
+        await client.send({"type": "message", "client_message_id": "c", "text": QUESTION})
+        assert (await client.recv())["type"] == "user_message"
+        await client.send({"type": "cancel"})
+        frames = await client.until("done")
+        await client.close()
+        return frames
+
+    assert run(scenario())[-1]["path"] == "cancelled"
+
+
+def test_metrics_are_exported(server: str) -> None:
+    body = httpx.get(f"{server}/metrics").text
+    for name in (
+        "supportbot_ws_connections",
+        "supportbot_answers_total",
+        "supportbot_errors_total",
+        "supportbot_time_to_first_token_seconds_bucket",
+        "supportbot_retrieval_seconds_count",
+        "supportbot_generator_requests",
+    ):
+        assert name in body
+    assert 'supportbot_errors_total{code="bad_json"}' in body
+
+
+def test_redis_going_away_is_survived_and_nothing_is_lost(
+    tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator
+) -> None:
+    data = tmp_path_factory.mktemp("redis-outage")
+    shutil.copytree(sample_index, data / "index")
+    redis_server = EmbeddedRedis(data / "external-redis")
+    url = redis_server.start()
+    process, base = start_server(data, ready_within_s=180, env={"SUPPORTBOT_REDIS_URL": url})
+
+    async def scenario() -> None:
+        client = await Client.open(base)
+        ready = await client.start()
+        await client.send({"type": "message", "client_message_id": "before", "text": QUESTION})
+        before = await client.until("done")
+        redis_server.stop()  # SIGTERM: Redis writes its append-only file and exits
+        await client.send({"type": "message", "client_message_id": "during", "text": QUESTION})
+        error = await client.recv(timeout=30)
+        assert error["code"] == "unavailable" and "temporarily unavailable" in error["message"]
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        assert httpx.get(f"{base}/readyz").status_code == 503
+        redis_server.start()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{base}/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "server did not recover"
+            await asyncio.sleep(0.5)
+        await client.send({"type": "message", "client_message_id": "after", "text": QUESTION})
+        after = await client.until("done")
+        assert after[0]["seq"] == before[-1]["seq"] + 1  # the same socket, nothing renumbered
+        await client.close()
+        again = await Client.open(base)
+        restored = await again.start(conversation_id=ready["conversation_id"])
+        await again.close()
+        assert [m["client_message_id"] for m in restored["history"] if m["role"] == "user"] == ["before", "after"]
+
+    try:
+        run(scenario())
+    finally:
+        _graceful_shutdown_drains(process, base)
+        redis_server.stop()
+
+
+def _graceful_shutdown_drains(process: subprocess.Popen[bytes], base: str) -> None:
+    """SIGTERM mid-answer: the answer finishes, then the socket closes 1001 and the process exits."""
+
+    async def scenario() -> tuple[list[dict[str, Any]], int | None]:
+        client = await Client.open(base)
+        await client.start()
+        await client.send({"type": "message", "client_message_id": "last", "text": QUESTION})
+        assert (await client.recv())["type"] == "user_message"
+        process.send_signal(signal.SIGTERM)
+        frames = await client.until("done")
+        with pytest.raises(ConnectionClosed):
+            await client.recv(timeout=30)
+        return frames, client.ws.close_code
+
+    frames, code = run(scenario())
+    assert frames[-1]["path"] in ("generated", "fallback") and code == 1001
+    stop_server(process)
