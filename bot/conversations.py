@@ -8,6 +8,7 @@ Key layout (all under one prefix, documented in docs/protocol.md):
     {p}conv:{id}:cmid:{cmid}  string  the message id a client message id was answered as (resends)
     {p}conv:{id}:answering    string  lock token while an answer streams (one answer at a time)
     {p}conversations          zset    conversation ids scored by last update (agents list by time)
+    {p}live:{id}              channel each event as it is appended (server/events.py fans it out)
 
 Every key of a conversation expires `ttl_s` after its last update. Sequence numbers come
 from the hash's `last_seq`, incremented in the same Lua script that appends the event, so
@@ -33,7 +34,9 @@ local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
 redis.call('HSET', KEYS[1], 'updated', ARGV[2])
 local rest = ARGV[1]
 if rest ~= '}' then rest = ',' .. rest end
-redis.call('XADD', KEYS[2], '0-' .. seq, 'frame', '{"seq":' .. seq .. rest)
+local frame = '{"seq":' .. seq .. rest
+redis.call('XADD', KEYS[2], '0-' .. seq, 'frame', frame)
+redis.call('PUBLISH', ARGV[5], frame)
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
 for i = 1, 2 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 return seq
@@ -116,16 +119,12 @@ class ConversationStore:
         now = time.time()
         body = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)[1:]  # the script puts "seq" first
         keys = [self._key(conversation_id), self._key(conversation_id, "events"), f"{self._p}conversations"]
-        return int(await self._append(keys=keys, args=[body, now, self._ttl, conversation_id]))
+        channel = f"{self._p}live:{conversation_id}"
+        return int(await self._append(keys=keys, args=[body, now, self._ttl, conversation_id, channel]))
 
-    async def events_after(self, conversation_id: str, seq: int, *, block_ms: int | None = None) -> list[dict[str, Any]]:
-        """Frames with sequence numbers above `seq`, oldest first; optionally wait for the next ones."""
-        key = self._key(conversation_id, "events")
-        if block_ms is None:
-            entries = await self.redis.xrange(key, min=f"0-{seq + 1}", max="+")
-        else:
-            result = await self.redis.xread({key: f"0-{seq}"}, block=block_ms, count=256)
-            entries = result[0][1] if result else []
+    async def events_after(self, conversation_id: str, seq: int) -> list[dict[str, Any]]:
+        """Frames with sequence numbers above `seq`, oldest first."""
+        entries = await self.redis.xrange(self._key(conversation_id, "events"), min=f"0-{seq + 1}", max="+")
         return [json.loads(fields[b"frame"]) for _, fields in entries]
 
     async def add_message(self, conversation_id: str, message: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from retrieval.index_files import IndexFormatError
 from retrieval.retriever import Retriever
 from server.chat import ChatService
 from server.components import build_assistant, build_generator
+from server.events import EventHub
 from server.metrics import Metrics
 from server.redis_server import EmbeddedRedis
 from server.settings import Settings
@@ -81,12 +82,16 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.generator = generator
         app.state.redis = redis
         store = ConversationStore(redis, prefix=settings.redis_prefix, ttl_s=settings.conversation_ttl_s)
-        app.state.chat = ChatService(settings, store, build_assistant(settings, retriever, embedder, generator), metrics)
+        events = EventHub(redis, settings.redis_prefix)
+        await events.start()
+        assistant = build_assistant(settings, retriever, embedder, generator)
+        app.state.chat = ChatService(settings, store, assistant, metrics, events)
         log.info("ready: generator %s, redis %s", generator.model_id, "embedded" if embedded else "external")
         try:
             yield
         finally:
             await app.state.chat.drain(0)
+            await events.stop()
             if isinstance(generator, TransformersGenerator):
                 await run_in_threadpool(generator.close)
             elif isinstance(generator, OpenAICompatibleGenerator):

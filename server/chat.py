@@ -1,10 +1,11 @@
 """`ws /v1/chat`: the chat protocol (docs/protocol.md) over the assistant and Redis state.
 
 Each connection runs two tasks: a reader that validates and handles client frames, and a
-forwarder that sends the conversation's sequenced events from Redis (answer tokens,
-sources, done, handoff, agent messages) in order. Answers are written to Redis as they
-stream, so whichever socket or worker a client is on, and after any reconnect, it reads
-the same numbered frames: resume is "send me everything after seq N".
+forwarder that sends the conversation's sequenced events (answer tokens, sources, done,
+handoff, agent messages) in order. Answers are appended to Redis as they stream and
+published to every worker (server/events.py), so whichever socket or worker a client is
+on, and after any reconnect, it gets the same numbered frames: resume is "send me
+everything after seq N", read from the stream.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from starlette.websockets import WebSocketState
 from bot.assistant import AnswerDelta, Assistant, TurnDone
 from bot.conversations import ConversationNotFound, ConversationStore
 from bot.prompt import HistoryTurn
+from server.events import EventHub
 from server.limits import RateLimiter
 from server.metrics import Metrics
 from server.settings import Settings
@@ -33,6 +35,7 @@ log = logging.getLogger("supportbot.chat")
 
 PROTOCOL_VERSION = 1
 HISTORY_TURNS = 12  # most recent messages offered to the prompt builder (it trims to fit)
+OUTBOX_FRAMES = 4096  # live frames queued for one socket; a client this far behind is closed and resumes
 
 
 class _Frame(BaseModel):
@@ -101,7 +104,10 @@ def parse_frame(raw: str) -> ClientFrame:
 class ChatService:
     """Shared by all connections of one worker."""
 
-    def __init__(self, settings: Settings, store: ConversationStore, assistant: Assistant, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, store: ConversationStore, assistant: Assistant, metrics: Metrics, events: EventHub
+    ) -> None:
+        self.events = events
         self.settings = settings
         self.store = store
         self.assistant = assistant
@@ -161,6 +167,7 @@ class Connection:
         self._forwarder: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._sent_seq = 0
+        self._inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=OUTBOX_FRAMES)
 
     # ---------------------------------------------------------------- sending
     async def send(self, frame: dict[str, Any]) -> None:
@@ -215,6 +222,8 @@ class Connection:
             for task in (self.answer, self._forwarder):
                 if task is not None and not task.done():
                     task.cancel()
+            if self.conversation_id is not None:
+                await self.service.events.unsubscribe(self.conversation_id, self._on_event)
 
     async def _within_rate(self) -> bool:
         s = self.settings
@@ -280,6 +289,8 @@ class Connection:
             }
         )
         self._sent_seq = resume_from
+        await self.service.events.subscribe(conversation.id, self._on_event)
+        self._inbox.put_nowait(None)  # read what came after resume_from from the stream
         self._forwarder = asyncio.create_task(self._forward(), name=f"forward-{conversation.id}")
 
     async def _message(self, frame: MessageFrame) -> None:
@@ -433,22 +444,34 @@ class Connection:
         await self.send({"type": "rated", "message_id": frame.message_id, "rating": frame.rating})
 
     # ---------------------------------------------------------------- the forwarder
+    async def _on_event(self, frame: dict[str, Any] | None) -> None:
+        """From the worker's event hub: a live frame, or None for "catch up from the stream"."""
+        try:
+            self._inbox.put_nowait(frame)
+        except asyncio.QueueFull:
+            log.warning("client too slow; closing", extra={"conversation_id": self.conversation_id})
+            asyncio.get_running_loop().create_task(self.close(1013, "too far behind; reconnect and resume"))
+
     async def _forward(self) -> None:
-        """Send every event after `_sent_seq`, in order, once; survive Redis restarts."""
+        """Send every sequenced frame once, in order: live ones as they come, gaps from the stream."""
         assert self.conversation_id is not None
-        backoff = 0.2
         while True:
-            try:
-                events = await self.store.events_after(self.conversation_id, self._sent_seq, block_ms=10_000)
-                backoff = 0.2
-            except RedisError as exc:
-                log.warning("event stream read failed (%s); retrying in %.1f s", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            for event in events:
-                if event["seq"] <= self._sent_seq:
-                    continue
+            frame = await self._inbox.get()
+            if frame is None or frame["seq"] > self._sent_seq + 1:
+                await self._catch_up()
+            if frame is not None and frame["seq"] == self._sent_seq + 1:
+                self._sent_seq = frame["seq"]
+                await self.send(frame)
+
+    async def _catch_up(self) -> None:
+        assert self.conversation_id is not None
+        try:
+            missed = await self.store.events_after(self.conversation_id, self._sent_seq)
+        except RedisError as exc:  # the hub sends another catch-up once Redis is back
+            log.warning("catch-up read failed (%s)", type(exc).__name__, extra={"conversation_id": self.conversation_id})
+            return
+        for event in missed:
+            if event["seq"] == self._sent_seq + 1:
                 self._sent_seq = event["seq"]
                 await self.send(event)
 

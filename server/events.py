@@ -1,0 +1,103 @@
+"""Live conversation events for the sockets of one worker, over one Redis pub/sub connection.
+
+Every sequenced frame is appended to the conversation's Redis stream and published on
+`{prefix}live:{conversation id}` by the same Lua script (bot/conversations.py), so any
+worker or machine holding a socket on that conversation hears it: answer tokens written by
+another worker, agent messages sent through the REST API, takeovers.
+
+Pub/sub is fire-and-forget, so the stream stays the source of truth: a subscriber that
+sees a gap in sequence numbers (or has just (re)subscribed) reads what it missed from the
+stream, and drops anything it has already sent. One pub/sub connection per worker, however
+many sockets: 1,000 idle chats cost no Redis connections of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("supportbot.events")
+
+Listener = Callable[[dict[str, Any] | None], Awaitable[None]]  # None: "you may have missed frames, catch up"
+
+
+class EventHub:
+    def __init__(self, redis: Redis, prefix: str = "sb:") -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._listeners: dict[str, set[Listener]] = {}
+        self._pubsub: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    def channel(self, conversation_id: str) -> str:
+        return f"{self._prefix}live:{conversation_id}"
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="event-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def subscribe(self, conversation_id: str, listener: Listener) -> None:
+        listeners = self._listeners.setdefault(conversation_id, set())
+        first = not listeners
+        listeners.add(listener)
+        if first and self._pubsub is not None:
+            with contextlib.suppress(RedisError, ConnectionError):
+                await self._pubsub.subscribe(self.channel(conversation_id))
+
+    async def unsubscribe(self, conversation_id: str, listener: Listener) -> None:
+        listeners = self._listeners.get(conversation_id)
+        if not listeners:
+            return
+        listeners.discard(listener)
+        if not listeners:
+            del self._listeners[conversation_id]
+            if self._pubsub is not None:
+                with contextlib.suppress(RedisError, ConnectionError):
+                    await self._pubsub.unsubscribe(self.channel(conversation_id))
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                # A placeholder channel keeps the connection in subscribe mode with no chats open.
+                await self._pubsub.subscribe(f"{self._prefix}live:-", *(self.channel(c) for c in self._listeners))
+                await self._notify_all(None)  # anything published while we were not listening
+                backoff = 0.2
+                async for message in self._pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    channel = message["channel"].decode()
+                    conversation_id = channel.removeprefix(f"{self._prefix}live:")
+                    frame = json.loads(message["data"])
+                    for listener in list(self._listeners.get(conversation_id, ())):
+                        await listener(frame)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, ConnectionError, OSError) as exc:
+                log.warning("live events connection lost (%s); reconnecting in %.1f s", type(exc).__name__, backoff)
+            finally:
+                pubsub, self._pubsub = self._pubsub, None
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _notify_all(self, frame: dict[str, Any] | None) -> None:
+        for listeners in list(self._listeners.values()):
+            for listener in list(listeners):
+                await listener(frame)
