@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from bot.conversations import ConversationStore
@@ -75,7 +75,17 @@ def create_app(settings: Settings) -> FastAPI:
         if redis_url is None:
             embedded = EmbeddedRedis(settings.data_dir / "redis")
             redis_url = await run_in_threadpool(embedded.start)
-        redis = Redis.from_url(redis_url, socket_timeout=15, socket_connect_timeout=2, health_check_interval=10)
+        # A bounded pool that makes callers wait for a free connection: a burst of chats queues
+        # for a few milliseconds instead of failing with "Too many connections".
+        pool = BlockingConnectionPool.from_url(
+            redis_url,
+            max_connections=settings.redis_max_connections,
+            timeout=5,
+            socket_timeout=15,
+            socket_connect_timeout=2,
+            health_check_interval=10,
+        )
+        redis = Redis(connection_pool=pool)
         generator = build_generator(settings)
         if isinstance(generator, TransformersGenerator):
             await run_in_threadpool(generator.warm_up)

@@ -219,9 +219,10 @@ class Connection:
         except WebSocketDisconnect:
             return
         finally:
-            for task in (self.answer, self._forwarder):
-                if task is not None and not task.done():
-                    task.cancel()
+            tasks = [t for t in (self.answer, self._forwarder) if t is not None and not t.done()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if self.conversation_id is not None:
                 await self.service.events.unsubscribe(self.conversation_id, self._on_event)
 

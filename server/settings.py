@@ -89,6 +89,9 @@ class Settings(BaseSettings):
         description="redis:// rediss:// or unix:// URL; unset: `serve` starts the bundled redis-server with "
         "append-only persistence in DATA_DIR/redis.",
     )
+    redis_max_connections: int = Field(
+        64, gt=1, le=10_000, description="Redis connections per worker; callers queue for a free one (5 s at most)."
+    )
     redis_prefix: str = Field("sb:", min_length=1, max_length=32, description="Prefix of every key Supportbot writes.")
     conversation_ttl_s: int = Field(30 * 24 * 3600, gt=0, description="A conversation expires this long after its last event.")
     allowed_origins: list[str] = Field(
