@@ -7,7 +7,8 @@ free port with a scratch data directory, then, from this process:
    conversation, holds them, and reads the server's RSS and its Redis's before and after;
 2. frames/s: `--conversations` connections (default 100) ping-pong as fast as they can for
    `--seconds`; the baseline in the same run is one connection doing the same;
-3. overhead: the same connections each send one question at once; the server reports per
+3. overhead: the same connections each send one question, all at once and then spread
+   over `--spread` seconds (visitors do not type in lockstep); the server reports per
    answer `server_overhead_s` = receive -> first token frame, minus the assistant's own time
    to first token (retrieval, generation, grounding), i.e. parsing, Redis state, the lock,
    history, event log, fan-out. Also the client-side round trip of the `user_message` echo.
@@ -24,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -151,10 +153,15 @@ async def frames_per_second(url: str, connections: int, seconds: float) -> float
     return sum(counts) / elapsed
 
 
-async def overhead(url: str, conversations: int, question: str) -> dict[str, Any]:
+async def overhead(url: str, conversations: int, question: str, spread_s: float) -> dict[str, Any]:
+    """Every conversation asks once: all at the same instant (spread 0) or at uniform random
+    times over `spread_s` seconds, as visitors do."""
     sockets = await asyncio.gather(*(connect(url) for _ in range(conversations)))
+    rng = random.Random(0)
+    delays = [rng.uniform(0, spread_s) for _ in sockets]
 
     async def ask(i: int, ws: Any) -> tuple[float, dict[str, Any]]:
+        await asyncio.sleep(delays[i])
         sent = time.perf_counter()
         await ws.send(json.dumps({"type": "message", "client_message_id": "q", "text": question}))
         echo_s = None
@@ -178,6 +185,7 @@ async def overhead(url: str, conversations: int, question: str) -> dict[str, Any
         paths[frame["path"]] = paths.get(frame["path"], 0) + 1
     return {
         "conversations": conversations,
+        "spread_s": spread_s,
         "all_answered_s": elapsed,
         "paths": paths,
         "server_overhead_p50_ms": statistics.median(overheads) * 1000,
@@ -192,6 +200,9 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--conversations", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--spread", type=float, nargs="+", default=[0.0, 20.0], help="seconds over which the questions arrive (0: all at once)"
+    )
     parser.add_argument(
         "--question",
         action="append",
@@ -218,10 +229,11 @@ def main() -> None:
         print(json.dumps({"frames": report["frames"]}), flush=True)
         questions = args.question or ["What is the capital of Peru?", "How do I descale my kettle?"]
         report["overhead"] = []
-        for question in questions:
-            row = {"question": question, **asyncio.run(overhead(url, args.conversations, question))}
-            report["overhead"].append(row)
-            print(json.dumps({"overhead": row}), flush=True)
+        for spread in args.spread:
+            for question in questions:
+                row = {"question": question, **asyncio.run(overhead(url, args.conversations, question, spread))}
+                report["overhead"].append(row)
+                print(json.dumps({"overhead": row}), flush=True)
     finally:
         process.terminate()
         process.wait(60)

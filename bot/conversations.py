@@ -42,6 +42,34 @@ for i = 1, 2 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 return seq
 """
 
+# The whole "a user message arrived" step in one round trip: refuse a resent client message
+# id (returning the answer it got), take the one-answer lock when the bot has the
+# conversation, read the recent history, store the message and append its event.
+_BEGIN_TURN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local earlier = redis.call('GET', KEYS[2])
+if earlier then return {'duplicate', earlier} end
+local status = redis.call('HGET', KEYS[1], 'status')
+local locked = '0'
+if status == 'bot' then
+  if not redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'busy'} end
+  locked = '1'
+end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[7])
+local history = redis.call('LRANGE', KEYS[4], -tonumber(ARGV[10]), -1)
+redis.call('RPUSH', KEYS[4], ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[7])
+local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
+redis.call('HSET', KEYS[1], 'updated', ARGV[6])
+local frame = '{"seq":' .. seq .. ',' .. ARGV[5]
+redis.call('XADD', KEYS[5], '0-' .. seq, 'frame', frame)
+redis.call('PUBLISH', ARGV[9], frame)
+redis.call('ZADD', KEYS[6], ARGV[6], ARGV[8])
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+redis.call('EXPIRE', KEYS[5], ARGV[7])
+return {'ok', status, locked, seq, history}
+"""
+
 _RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -50,6 +78,16 @@ return 0
 
 class ConversationNotFound(LookupError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStart:
+    outcome: str  # ok | duplicate | busy
+    status: str = ""  # the conversation's status (ok)
+    lock_token: str = ""  # ok, bot's turn: the caller holds the answer lock; answer, then unlock with this
+    seq: int = 0  # ok: the user message's event
+    history: tuple[dict[str, Any], ...] = ()  # ok: the messages before this one, oldest first
+    earlier_answer_id: str = ""  # duplicate
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +108,7 @@ class ConversationStore:
         self._ttl = ttl_s
         self._append = redis.register_script(_APPEND_EVENT)
         self._release = redis.register_script(_RELEASE_LOCK)
+        self._begin = redis.register_script(_BEGIN_TURN)
 
     def _key(self, conversation_id: str, part: str = "") -> str:
         return f"{self._p}conv:{conversation_id}{':' + part if part else ''}"
@@ -137,19 +176,55 @@ class ConversationStore:
     async def messages(self, conversation_id: str) -> list[dict[str, Any]]:
         return [json.loads(m) for m in await self.redis.lrange(self._key(conversation_id, "messages"), 0, -1)]
 
-    async def claim_client_message(self, conversation_id: str, client_message_id: str, message_id: str) -> str | None:
-        """Record that `client_message_id` is answered as `message_id`; the earlier id if it was already."""
-        key = self._key(conversation_id, f"cmid:{client_message_id}")
-        if await self.redis.set(key, message_id, nx=True, ex=self._ttl):
-            return None
-        earlier = await self.redis.get(key)
-        return earlier.decode() if earlier else message_id
-
-    async def lock_answer(self, conversation_id: str, ttl_s: float) -> str | None:
-        """A token if this caller may answer now; None while another answer streams (any worker)."""
+    async def begin_turn(
+        self,
+        conversation_id: str,
+        *,
+        client_message_id: str,
+        answer_id: str,
+        user_message: dict[str, Any],
+        event: dict[str, Any],
+        lock_ttl_s: float,
+        history: int,
+    ) -> TurnStart:
+        """Store a user message and decide, atomically, whether the bot answers it (see _BEGIN_TURN)."""
         token = secrets.token_hex(8)
-        acquired = await self.redis.set(self._key(conversation_id, "answering"), token, nx=True, px=int(ttl_s * 1000))
-        return token if acquired else None
+        now = time.time()
+        keys = [
+            self._key(conversation_id),
+            self._key(conversation_id, f"cmid:{client_message_id}"),
+            self._key(conversation_id, "answering"),
+            self._key(conversation_id, "messages"),
+            self._key(conversation_id, "events"),
+            f"{self._p}conversations",
+        ]
+        args: list[str | int | float] = [
+            answer_id,
+            token,
+            int(lock_ttl_s * 1000),
+            json.dumps(user_message, ensure_ascii=False),
+            json.dumps(event, separators=(",", ":"), ensure_ascii=False)[1:],
+            now,
+            self._ttl,
+            conversation_id,
+            f"{self._p}live:{conversation_id}",
+            history,
+        ]
+        reply = await self._begin(keys=keys, args=args)
+        outcome = reply[0].decode()
+        if outcome == "missing":
+            raise ConversationNotFound(conversation_id)
+        if outcome == "duplicate":
+            return TurnStart("duplicate", earlier_answer_id=reply[1].decode())
+        if outcome == "busy":
+            return TurnStart("busy")
+        return TurnStart(
+            "ok",
+            status=reply[1].decode(),
+            lock_token=token if reply[2] == b"1" else "",
+            seq=int(reply[3]),
+            history=tuple(json.loads(m) for m in reply[4]),
+        )
 
     async def unlock_answer(self, conversation_id: str, token: str) -> None:
         await self._release(keys=[self._key(conversation_id, "answering")], args=[token])

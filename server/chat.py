@@ -167,6 +167,7 @@ class Connection:
         self._forwarder: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._sent_seq = 0
+        self._received = 0.0  # when the frame being handled arrived
         self._inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=OUTBOX_FRAMES)
 
     # ---------------------------------------------------------------- sending
@@ -199,6 +200,7 @@ class Connection:
                     return
                 if message["type"] == "websocket.disconnect":
                     return
+                self._received = time.perf_counter()
                 if not await self._within_rate():
                     continue
                 text = message.get("text")
@@ -213,6 +215,8 @@ class Connection:
                 self.service.metrics.frames.labels(frame.type).inc()
                 try:
                     await self._dispatch(frame)
+                except ConversationNotFound:
+                    await self.error("unknown_conversation", f"conversation {self.conversation_id} has expired; start a new one")
                 except RedisError as exc:
                     log.warning("redis unavailable: %s", exc, extra={"conversation_id": self.conversation_id})
                     await self.error("unavailable", "the service is temporarily unavailable; please retry in a few seconds")
@@ -222,16 +226,18 @@ class Connection:
             tasks = [t for t in (self.answer, self._forwarder) if t is not None and not t.done()]
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if tasks:  # bounded: a task stuck on a dead peer must not hold up shutdown
+                await asyncio.wait(tasks, timeout=5)
             if self.conversation_id is not None:
                 await self.service.events.unsubscribe(self.conversation_id, self._on_event)
 
     async def _within_rate(self) -> bool:
         s = self.settings
         try:
-            wait = await self.service.limiter.take(f"conn:{self.connection_id}", s.rate_frames_per_s, s.rate_burst)
-            if not wait:
-                wait = await self.service.limiter.take(f"client:{self.client}", s.rate_client_frames_per_s, s.rate_client_burst)
+            wait = await self.service.limiter.take(
+                (f"conn:{self.connection_id}", s.rate_frames_per_s, s.rate_burst),
+                (f"client:{self.client}", s.rate_client_frames_per_s, s.rate_client_burst),
+            )
         except RedisError:
             return True  # without Redis the frame itself will get "unavailable"; do not add a second error
         if wait:
@@ -261,11 +267,8 @@ class Connection:
             await self.error("already_started", f"this connection is already on conversation {self.conversation_id}")
             return
         if frame.conversation_id is None:
-            wait = await self.service.limiter.take(
-                f"newconv:{self.client}",
-                self.settings.conversations_per_client_per_hour / 3600,
-                self.settings.conversations_per_client_per_hour,
-            )
+            hourly = self.settings.conversations_per_client_per_hour
+            wait = await self.service.limiter.take((f"newconv:{self.client}", hourly / 3600, hourly))
             if wait:
                 await self.error("too_many_conversations", f"too many new conversations from this address; retry in {wait:.0f} s")
                 return
@@ -296,7 +299,6 @@ class Connection:
 
     async def _message(self, frame: MessageFrame) -> None:
         assert self.conversation_id is not None
-        received = time.perf_counter()
         text = frame.text.strip()
         if not text:
             await self.error("empty_message", "the message is empty", client_message_id=frame.client_message_id)
@@ -310,29 +312,32 @@ class Connection:
             )
             return
         answer_id = f"m_{uuid.uuid4().hex}"
-        earlier = await self.store.claim_client_message(self.conversation_id, frame.client_message_id, answer_id)
-        if earlier is not None:
-            await self.send({"type": "duplicate", "client_message_id": frame.client_message_id, "message_id": earlier})
-            return
-        conversation = await self.store.get(self.conversation_id)
-        lock = None
-        if conversation.status == "bot":
-            lock = await self.store.lock_answer(self.conversation_id, self.settings.generator_timeout_s + 30)
-            if lock is None:
-                await self.store.redis.delete(
-                    f"{self.settings.redis_prefix}conv:{self.conversation_id}:cmid:{frame.client_message_id}"
-                )
-                await self.error(
-                    "busy", "an answer is still streaming in this conversation", client_message_id=frame.client_message_id
-                )
-                return
         user = {"id": f"u_{uuid.uuid4().hex}", "role": "user", "text": text, "client_message_id": frame.client_message_id}
-        history = [HistoryTurn(m["role"], m["text"]) for m in (await self.store.messages(self.conversation_id))[-HISTORY_TURNS:]]
-        await self.store.add_message(self.conversation_id, {**user, "created": time.time()})
-        await self.store.append_event(self.conversation_id, {"type": "user_message", "message_id": user["id"], **_public(user)})
-        if lock is None:
-            return  # a human agent has this conversation: the bot stays silent
-        self.answer = asyncio.create_task(self._answer(answer_id, text, history, lock, received), name=f"answer-{answer_id}")
+        turn = await self.store.begin_turn(
+            self.conversation_id,
+            client_message_id=frame.client_message_id,
+            answer_id=answer_id,
+            user_message={**user, "created": time.time()},
+            event={"type": "user_message", "message_id": user["id"], **_public(user)},
+            lock_ttl_s=self.settings.generator_timeout_s + 30,
+            history=HISTORY_TURNS,
+        )
+        if turn.outcome == "duplicate":
+            await self.send(
+                {"type": "duplicate", "client_message_id": frame.client_message_id, "message_id": turn.earlier_answer_id}
+            )
+            return
+        if turn.outcome == "busy":
+            await self.error(
+                "busy", "an answer is still streaming in this conversation", client_message_id=frame.client_message_id
+            )
+            return
+        if not turn.lock_token:
+            return  # a human agent has this conversation: the message is stored and forwarded, the bot stays silent
+        history = [HistoryTurn(m["role"], m["text"]) for m in turn.history]
+        self.answer = asyncio.create_task(
+            self._answer(answer_id, text, history, turn.lock_token, self._received), name=f"answer-{answer_id}"
+        )
 
     async def _answer(self, answer_id: str, text: str, history: list[HistoryTurn], lock: str, received: float) -> None:
         assert self.conversation_id is not None
