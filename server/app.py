@@ -145,7 +145,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def chat(ws: WebSocket) -> None:
         service: ChatService | None = ws.app.state.chat
         if service is None:
-            await ws.close(code=1013, reason="starting up")
+            await ws.accept()
+            await ws.close(code=1013, reason="starting up, try again shortly")
             return
         await service.handle(ws)
 

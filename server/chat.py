@@ -123,12 +123,16 @@ class ChatService:
             log.warning("refused websocket from origin %r", origin)
             await ws.close(code=1008, reason="origin not allowed")  # before accept: the upgrade gets HTTP 403
             return
+        # These two are accepted and then closed, so the client reads a close code it can act on
+        # (a refused upgrade reaches browser code only as 1006).
         if self.draining:
             self.metrics.connections_refused.labels("shutting_down").inc()
+            await ws.accept()
             await ws.close(code=1001, reason="server shutting down")
             return
         if len(self.connections) >= self.settings.ws_max_connections:
             self.metrics.connections_refused.labels("capacity").inc()
+            await ws.accept()
             await ws.close(code=1013, reason="too many connections, try again later")
             return
         await ws.accept()

@@ -333,3 +333,36 @@ def _graceful_shutdown_drains(process: subprocess.Popen[bytes], base: str) -> No
     frames, code = run(scenario())
     assert frames[-1]["path"] in ("generated", "fallback") and code == 1001
     stop_server(process)
+
+
+def test_connection_cap_idle_timeout_and_invalid_utf8(
+    tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator
+) -> None:
+    data = tmp_path_factory.mktemp("tight-limits")
+    shutil.copytree(sample_index, data / "index")
+    env = {"SUPPORTBOT_WS_MAX_CONNECTIONS": "2", "SUPPORTBOT_WS_IDLE_TIMEOUT_S": "2"}
+    process, base = start_server(data, ready_within_s=180, env=env)
+
+    async def scenario() -> None:
+        first, second = await Client.open(base), await Client.open(base)
+        third = await Client.open(base)  # accepted by the websocket layer, then closed by the app
+        with pytest.raises(ConnectionClosed):
+            await third.recv(timeout=10)
+        assert third.ws.close_code == 1013 and "too many connections" in third.ws.close_reason
+        await second.close()
+        await asyncio.sleep(0.3)
+        garbled = await Client.open(base)
+        await garbled.ws.send(b'{"type": "ping", "x": "\xff\xfe"}', text=True)  # a text frame that is not UTF-8
+        with pytest.raises(ConnectionClosed):
+            await garbled.recv(timeout=10)
+        assert garbled.ws.close_code == 1007
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosed):
+            await first.recv(timeout=10)  # `first` has said nothing for over 2 s
+        assert first.ws.close_code == 1000 and first.ws.close_reason == "idle timeout"
+        assert time.monotonic() - started < 3
+
+    try:
+        run(scenario())
+    finally:
+        stop_server(process)
