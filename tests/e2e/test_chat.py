@@ -366,3 +366,42 @@ def test_connection_cap_idle_timeout_and_invalid_utf8(
         run(scenario())
     finally:
         stop_server(process)
+
+
+def test_two_servers_on_one_redis_share_conversations(
+    tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator
+) -> None:
+    """Several workers or machines behind a load balancer: one Redis, any socket on any of them."""
+    shared = tmp_path_factory.mktemp("shared-redis")
+    redis_server = EmbeddedRedis(shared / "redis")
+    url = redis_server.start()
+    servers = []
+    try:
+        for name in ("one", "two"):
+            data = tmp_path_factory.mktemp(f"worker-{name}")
+            shutil.copytree(sample_index, data / "index")
+            servers.append(start_server(data, ready_within_s=180, env={"SUPPORTBOT_REDIS_URL": url}))
+        (_, base_one), (_, base_two) = servers
+
+        async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+            on_one = await Client.open(base_one)
+            ready = await on_one.start()
+            on_two = await Client.open(base_two)
+            await on_two.start(conversation_id=ready["conversation_id"])
+            await on_one.send({"type": "message", "client_message_id": "a", "text": QUESTION})
+            assert (await on_two.recv())["type"] == "user_message"  # published by server one, heard by two
+            await on_two.send({"type": "message", "client_message_id": "b", "text": QUESTION})
+            seen_by_two = await on_two.until("done")
+            seen_by_one = await on_one.until("done")
+            await on_one.close()
+            await on_two.close()
+            busy = next(f for f in seen_by_two if f["type"] == "error")  # server one holds the answer lock
+            return seen_by_one, [f for f in seen_by_two if f["type"] != "error"], busy
+
+        seen_by_one, seen_by_two, busy = run(scenario())
+        assert busy["code"] == "busy"
+        assert seen_by_one[1:] == seen_by_two and seen_by_one[-1]["path"] in ("generated", "fallback")
+    finally:
+        for process, _ in servers:
+            stop_server(process)
+        redis_server.stop()
