@@ -7,6 +7,7 @@ Key layout (all under one prefix, documented in docs/protocol.md):
     {p}conv:{id}:events       stream  every sequenced frame sent to clients; entry id 0-{seq}
     {p}conv:{id}:cmid:{cmid}  string  the message id a client message id was answered as (resends)
     {p}conv:{id}:answering    string  lock token while an answer streams (one answer at a time)
+    {p}conv:{id}:ratings      hash    answer id -> its latest rating
     {p}conversations          zset    conversation ids scored by last update (agents list by time)
     {p}live:{id}              channel each event as it is appended (server/events.py fans it out)
 
@@ -21,31 +22,42 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
-STATUSES = ("bot", "handoff", "closed")
-
-_APPEND_EVENT = """
-local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
-redis.call('HSET', KEYS[1], 'updated', ARGV[2])
-local rest = ARGV[1]
-if rest ~= '}' then rest = ',' .. rest end
-local frame = '{"seq":' .. seq .. rest
-redis.call('XADD', KEYS[2], '0-' .. seq, 'frame', frame)
-redis.call('PUBLISH', ARGV[5], frame)
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
-for i = 1, 2 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-return seq
+# Appends one frame (JSON without its opening brace) to a conversation's event stream under the
+# next sequence number, publishes it for live sockets, and refreshes the expiries. Shared by
+# the scripts below, so a user message and an answer token are numbered the same way.
+_APPEND_FUNCTION = """
+local function append(meta, events, index, body, now, ttl, id, channel)
+  local seq = redis.call('HINCRBY', meta, 'last_seq', 1)
+  redis.call('HSET', meta, 'updated', now)
+  if body ~= '}' then body = ',' .. body end
+  local frame = '{"seq":' .. seq .. body
+  redis.call('XADD', events, '0-' .. seq, 'frame', frame)
+  redis.call('PUBLISH', channel, frame)
+  redis.call('ZADD', index, now, id)
+  redis.call('EXPIRE', meta, ttl)
+  redis.call('EXPIRE', events, ttl)
+  return seq
+end
 """
+
+_APPEND_EVENT = (
+    _APPEND_FUNCTION
+    + """
+return append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+"""
+)
 
 # The whole "a user message arrived" step in one round trip: refuse a resent client message
 # id (returning the answer it got), take the one-answer lock when the bot has the
 # conversation, read the recent history, store the message and append its event.
-_BEGIN_TURN = """
+_BEGIN_TURN = (
+    _APPEND_FUNCTION
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local earlier = redis.call('GET', KEYS[2])
 if earlier then return {'duplicate', earlier} end
@@ -59,16 +71,10 @@ redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[7])
 local history = redis.call('LRANGE', KEYS[4], -tonumber(ARGV[10]), -1)
 redis.call('RPUSH', KEYS[4], ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[7])
-local seq = redis.call('HINCRBY', KEYS[1], 'last_seq', 1)
-redis.call('HSET', KEYS[1], 'updated', ARGV[6])
-local frame = '{"seq":' .. seq .. ',' .. ARGV[5]
-redis.call('XADD', KEYS[5], '0-' .. seq, 'frame', frame)
-redis.call('PUBLISH', ARGV[9], frame)
-redis.call('ZADD', KEYS[6], ARGV[6], ARGV[8])
-redis.call('EXPIRE', KEYS[1], ARGV[7])
-redis.call('EXPIRE', KEYS[5], ARGV[7])
+local seq = append(KEYS[1], KEYS[5], KEYS[6], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 return {'ok', status, locked, seq, history}
 """
+)
 
 _RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -148,11 +154,6 @@ class ConversationStore:
             int(meta.get("last_seq", 0)),
         )
 
-    async def set_status(self, conversation_id: str, status: str) -> None:
-        if status not in STATUSES:
-            raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
-        await self.redis.hset(self._key(conversation_id), mapping={"status": status, "updated": time.time()})
-
     async def append_event(self, conversation_id: str, frame: dict[str, Any]) -> int:
         """Store a frame for clients and return its sequence number (also written into the frame)."""
         now = time.time()
@@ -226,10 +227,9 @@ class ConversationStore:
             history=tuple(json.loads(m) for m in reply[4]),
         )
 
+    async def set_rating(self, conversation_id: str, message_id: str, rating: dict[str, Any]) -> None:
+        """The latest rating of an answer (issue 5 replaces this with the feedback stream)."""
+        await self.redis.hset(self._key(conversation_id, "ratings"), message_id, json.dumps(rating))
+
     async def unlock_answer(self, conversation_id: str, token: str) -> None:
         await self._release(keys=[self._key(conversation_id, "answering")], args=[token])
-
-    async def list_recent(self, limit: int = 50, before: float | None = None) -> Sequence[str]:
-        top = "+inf" if before is None else f"({before}"
-        ids = await self.redis.zrevrangebyscore(f"{self._p}conversations", top, "-inf", start=0, num=limit)
-        return [i.decode() for i in ids]

@@ -322,7 +322,7 @@ class Connection:
             client_message_id=frame.client_message_id,
             answer_id=answer_id,
             user_message={**user, "created": time.time()},
-            event={"type": "user_message", "message_id": user["id"], **_public(user)},
+            event={"type": "user_message", "message_id": user["id"], "text": text, "client_message_id": frame.client_message_id},
             lock_ttl_s=self.settings.generator_timeout_s + 30,
             history=HISTORY_TURNS,
         )
@@ -353,12 +353,11 @@ class Connection:
             async with contextlib.aclosing(self.service.assistant.respond(text, history)) as events:
                 async for event in events:
                     if isinstance(event, AnswerDelta):
-                        if not parts:
-                            metrics.time_to_first_token.observe(time.perf_counter() - received)
                         parts.append(event.text)
                         await store.append_event(cid, {"type": "token", "message_id": answer_id, "delta": event.text})
                         if first_sent is None:
                             first_sent = time.perf_counter()
+                            metrics.time_to_first_token.observe(first_sent - received)
                     elif isinstance(event, TurnDone):
                         result = event.result
             assert result is not None
@@ -446,11 +445,8 @@ class Connection:
         if target["role"] != "assistant":
             await self.error("not_rateable", "only the bot's answers can be rated")
             return
-        await self.store.redis.hset(
-            f"{self.settings.redis_prefix}conv:{self.conversation_id}:ratings",
-            frame.message_id,
-            json.dumps({"rating": frame.rating, "comment": frame.comment, "time": time.time()}),
-        )
+        rating = {"rating": frame.rating, "comment": frame.comment, "time": time.time()}
+        await self.store.set_rating(self.conversation_id, frame.message_id, rating)
         await self.send({"type": "rated", "message_id": frame.message_id, "rating": frame.rating})
 
     # ---------------------------------------------------------------- the forwarder
@@ -484,7 +480,3 @@ class Connection:
             if event["seq"] == self._sent_seq + 1:
                 self._sent_seq = event["seq"]
                 await self.send(event)
-
-
-def _public(message: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in message.items() if k in ("text", "client_message_id")}
