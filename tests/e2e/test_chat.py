@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bot.generation import TransformersGenerator
 from server.redis_server import EmbeddedRedis
-from tests.e2e.test_server import start_server, stop_server
+from tests.e2e.servers import data_dir_with_sample_index, start_server, stop_server
 
 QUESTION = "How do I descale my kettle?"
 
@@ -57,15 +55,6 @@ class Client:
 
 def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator) -> Iterator[str]:
-    data = tmp_path_factory.mktemp("chat")
-    shutil.copytree(sample_index, data / "index")
-    process, base = start_server(data, ready_within_s=180)
-    yield base
-    stop_server(process)
 
 
 def test_an_answer_streams_with_sources_and_is_stored(server: str) -> None:
@@ -278,8 +267,7 @@ def test_metrics_are_exported(server: str) -> None:
 def test_redis_going_away_is_survived_and_nothing_is_lost(
     tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator
 ) -> None:
-    data = tmp_path_factory.mktemp("redis-outage")
-    shutil.copytree(sample_index, data / "index")
+    data = data_dir_with_sample_index(tmp_path_factory, sample_index, "redis-outage")
     redis_server = EmbeddedRedis(data / "external-redis")
     url = redis_server.start()
     process, base = start_server(data, ready_within_s=180, env={"SUPPORTBOT_REDIS_URL": url})
@@ -338,8 +326,7 @@ def _graceful_shutdown_drains(process: subprocess.Popen[bytes], base: str) -> No
 def test_connection_cap_idle_timeout_and_invalid_utf8(
     tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator
 ) -> None:
-    data = tmp_path_factory.mktemp("tight-limits")
-    shutil.copytree(sample_index, data / "index")
+    data = data_dir_with_sample_index(tmp_path_factory, sample_index, "tight-limits")
     env = {"SUPPORTBOT_WS_MAX_CONNECTIONS": "2", "SUPPORTBOT_WS_IDLE_TIMEOUT_S": "2"}
     process, base = start_server(data, ready_within_s=180, env=env)
 
@@ -378,8 +365,7 @@ def test_two_servers_on_one_redis_share_conversations(
     servers = []
     try:
         for name in ("one", "two"):
-            data = tmp_path_factory.mktemp(f"worker-{name}")
-            shutil.copytree(sample_index, data / "index")
+            data = data_dir_with_sample_index(tmp_path_factory, sample_index, f"worker-{name}")
             servers.append(start_server(data, ready_within_s=180, env={"SUPPORTBOT_REDIS_URL": url}))
         (_, base_one), (_, base_two) = servers
 

@@ -1,0 +1,84 @@
+"""Real server processes for the end-to-end tests: started as `make serve` starts them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import MODELS_DIR
+
+
+def data_dir_with_sample_index(tmp_path_factory: pytest.TempPathFactory, sample_index: Path, name: str) -> Path:
+    """A fresh data directory holding a copy of the session's sample index."""
+    data = tmp_path_factory.mktemp(name)
+    shutil.copytree(sample_index, data / "index")
+    return data
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(data_dir: Path, ready_within_s: float, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """`supportbot serve` as a real process on a free port; returns once /readyz says ready.
+
+    It shares the test session's dequantized model and runs its own embedded Redis in
+    `data_dir` unless `env` names one. Answers are kept short for the 2-core machine.
+    """
+    port = free_port()
+    env = {
+        **os.environ,
+        "SUPPORTBOT_DATA_DIR": str(data_dir),
+        "SUPPORTBOT_MODEL_CACHE_DIR": str(MODELS_DIR),
+        "SUPPORTBOT_GENERATOR_MAX_NEW_TOKENS": "24",
+        "HF_HUB_OFFLINE": "1",
+        **(env or {}),
+    }
+    log_path = data_dir / "server.log"
+    with log_path.open("w") as log:  # a file, not a pipe: an undrained pipe would block the server
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    process.log_path = log_path  # type: ignore[attr-defined]
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ready_within_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited: {log_path.read_text()}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            time.sleep(0.3)
+    process.kill()
+    pytest.fail(f"server did not become ready within {ready_within_s:g} s: {log_path.read_text()}")
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    # uvicorn shuts down cleanly, then re-raises SIGTERM so the exit status tells why it stopped.
+    assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def redis_children(data_dir: Path) -> list[int]:
+    """Pids of redis-server processes serving `data_dir`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if "redis-server" in cmdline and str(data_dir.resolve() / "redis") in cmdline:
+            pids.append(int(proc.name))
+    return pids
