@@ -19,7 +19,7 @@ from enum import StrEnum
 
 from bot.generation import GenerationError, GenerationRequest, GenerationStats, Generator
 from bot.grounding import GroundednessChecker, complete_sentences, split_sentences
-from bot.prompt import HistoryTurn, PromptBuilder
+from bot.prompt import PROMPT_VERSION, HistoryTurn, PromptBuilder
 from retrieval.retriever import Retriever
 from retrieval.types import Passage
 
@@ -27,6 +27,13 @@ NOT_SURE_ANSWER = "I'm not sure about that: I couldn't find it in our help cente
 ERROR_ANSWER = (
     "Sorry, something went wrong while I was writing the answer. Please try again, or ask for a person from our support team."
 )
+# "talk to a person", "can I speak with a human agent?", "I want a real person": the visitor
+# asks for a human, so the bot does not try to answer.
+_WANTS_HUMAN = re.compile(
+    r"(?i)\b(talk|speak|chat|connect|transfer|put)\b.{0,30}\b(person|human|agent|representative|someone|somebody|staff)\b"
+    r"|\b(real|live|actual)\s+(person|human|agent)\b|^\s*(human|agent|operator|representative)\W*$"
+)
+HUMAN_ANSWER = "I'm asking a person from our support team to join this chat. They will reply here."
 _FOLLOW_UP = re.compile(r"(?i)^(and|also|what about|how about|but|then|so)\b|\b(it|that|this|those|these|they|them|its|one)\b")
 
 
@@ -35,6 +42,7 @@ class AnswerPath(StrEnum):
     FALLBACK = "fallback"  # nothing the model wrote was supported: the best passage itself
     NOT_SURE = "not_sure"  # retrieval was not confident enough to answer: offer a human
     ERROR = "error"  # the generator failed or timed out
+    HUMAN = "human_requested"  # the visitor asked for a person: the conversation joins the handoff queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +52,16 @@ class Source:
     document_id: str
     snippet: str
     score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """A passage as the generator saw it: kept with the answer, exported for retraining."""
+
+    document_id: str
+    title: str
+    heading: str
+    text: str
 
 
 @dataclass(slots=True)
@@ -65,6 +83,8 @@ class TurnResult:
     removed_sentences: list[str] = field(default_factory=list)
     error: str | None = None
     quoted: str = ""  # on the fallback path: the article text the answer quotes
+    prompt_version: str = PROMPT_VERSION
+    evidence: list[Evidence] = field(default_factory=list)  # the passages the answer was written from
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +98,11 @@ class TurnDone:
 
 
 TurnEvent = AnswerDelta | TurnDone
+
+
+def wants_human(message: str) -> bool:
+    """The visitor asks for a human agent rather than asking a question."""
+    return bool(_WANTS_HUMAN.search(message))
 
 
 def standalone_query(message: str, history: Sequence[HistoryTurn]) -> str:
@@ -126,6 +151,12 @@ class Assistant:
         if len(message) > self.max_message_chars:
             raise ValueError(f"message is {len(message)} characters; the limit is {self.max_message_chars}")
         started = time.perf_counter()
+        if wants_human(message):
+            result = TurnResult(message, message, HUMAN_ANSWER, path=AnswerPath.HUMAN, handoff=True, confidence=1.0)
+            result.total_s = result.time_to_first_token_s = time.perf_counter() - started
+            yield AnswerDelta(HUMAN_ANSWER)
+            yield TurnDone(result)
+            return
         result = TurnResult(question=message, search_query=standalone_query(message, history), model_id=self._generator.model_id)
         search = await asyncio.to_thread(self._retriever.search, result.search_query, self._top_k)
         result.retrieval_s = time.perf_counter() - started
@@ -140,6 +171,7 @@ class Assistant:
         budget = self._generator.context_window - self._max_new_tokens
         prompt = self.prompts.build(message, search.passages, history, budget)
         result.sources = _sources(prompt.passages)
+        result.evidence = [_evidence(p) for p in prompt.passages]
         evidence = [p.text for p in prompt.passages]
         stats = GenerationStats()
         kept: list[str] = []
@@ -212,6 +244,7 @@ class Assistant:
                 clean = [x for x in split_sentences(best.text) if not self.prompts.looks_like_injection(x)]
                 fallback = " ".join(clean[:3]) or best.title
                 result.path, result.sources = AnswerPath.FALLBACK, [_source(best)]
+                result.evidence = [_evidence(best)]
                 result.quoted = fallback
                 result.answer = f'Here is what our help center says in "{best.title}": {fallback}'
                 result.time_to_first_token_s = time.perf_counter() - started
@@ -230,6 +263,10 @@ def _sentence_key(sentence: str) -> str:
 
 def _source(passage: Passage) -> Source:
     return Source(passage.title, passage.url, passage.document_id, passage.text[:240], round(passage.confidence, 4))
+
+
+def _evidence(passage: Passage) -> Evidence:
+    return Evidence(passage.document_id, passage.title, passage.chunk.heading, passage.text)
 
 
 def _sources(passages: Sequence[Passage]) -> list[Source]:

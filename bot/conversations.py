@@ -2,13 +2,16 @@
 
 Key layout (all under one prefix, documented in docs/protocol.md):
 
-    {p}conv:{id}              hash    created, updated, channel, status (bot|handoff|closed), client, last_seq
-    {p}conv:{id}:messages     list    one JSON object per message, oldest first
+    {p}conv:{id}              hash    created, updated, channel, status (bot|handoff|closed), agent, client, last_seq,
+                                      answers, min_confidence, path:{path} counts, corrections
+    {p}conv:{id}:messages     list    one JSON object per message (user, assistant, agent), oldest first
     {p}conv:{id}:events       stream  every sequenced frame sent to clients; entry id 0-{seq}
     {p}conv:{id}:cmid:{cmid}  string  the message id a client message id was answered as (resends)
     {p}conv:{id}:answering    string  lock token while an answer streams (one answer at a time)
-    {p}conv:{id}:ratings      hash    answer id -> its latest rating
+    {p}conv:{id}:ratings      hash    answer id -> its latest rating, up or down (bot/feedback.py)
+    {p}conv:{id}:feedback     list    every feedback event on the conversation, oldest first (bot/feedback.py)
     {p}conversations          zset    conversation ids scored by last update (agents list by time)
+    {p}handoff_queue          zset    conversations waiting for a person, scored by when they asked
     {p}live:{id}              channel each event as it is appended (server/events.py fans it out)
 
 Every key of a conversation expires `ttl_s` after its last update. Sequence numbers come
@@ -62,6 +65,10 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local earlier = redis.call('GET', KEYS[2])
 if earlier then return {'duplicate', earlier} end
 local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'closed' then
+  status = 'bot'  -- a visitor writing into a closed conversation reopens it with the bot
+  redis.call('HSET', KEYS[1], 'status', status)
+end
 local locked = '0'
 if status == 'bot' then
   if not redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'busy'} end
@@ -76,6 +83,63 @@ return {'ok', status, locked, seq, history}
 """
 )
 
+# Status changes: a visitor asks for a person (request), an agent takes over, hands back or
+# closes. One script checks who holds the conversation and records the change as an event,
+# so every open widget hears it and two agents cannot both take one conversation.
+_SET_STATUS = (
+    _APPEND_FUNCTION
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local action, agent, now = ARGV[1], ARGV[2], ARGV[3]
+local status = redis.call('HGET', KEYS[1], 'status')
+local holder = redis.call('HGET', KEYS[1], 'agent') or ''
+if action == 'request' then
+  if status == 'handoff' then return {'unchanged', status, holder} end
+  redis.call('HSET', KEYS[1], 'status', 'handoff', 'agent', '')
+  redis.call('ZADD', KEYS[3], now, ARGV[7])
+elseif action == 'takeover' then
+  if status == 'handoff' and holder ~= '' and holder ~= agent then return {'held', status, holder} end
+  if status == 'handoff' and holder == agent then return {'unchanged', status, holder} end
+  redis.call('HSET', KEYS[1], 'status', 'handoff', 'agent', agent)
+  redis.call('ZREM', KEYS[3], ARGV[7])
+elseif action == 'handback' or action == 'close' then
+  if holder ~= '' and holder ~= agent then return {'held', status, holder} end
+  local target = action == 'close' and 'closed' or 'bot'
+  if status == target then return {'unchanged', status, holder} end
+  redis.call('HSET', KEYS[1], 'status', target, 'agent', '')
+  redis.call('ZREM', KEYS[3], ARGV[7])
+end
+local seq = append(KEYS[1], KEYS[2], KEYS[4], ARGV[4], now, ARGV[5], ARGV[7], ARGV[6])
+return {'ok', redis.call('HGET', KEYS[1], 'status'), redis.call('HGET', KEYS[1], 'agent'), seq}
+"""
+)
+
+# An agent's message: only from the agent holding the conversation.
+_AGENT_MESSAGE = (
+    _APPEND_FUNCTION
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local holder = redis.call('HGET', KEYS[1], 'agent') or ''
+if redis.call('HGET', KEYS[1], 'status') ~= 'handoff' or holder ~= ARGV[1] then return {'not_holder', holder} end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return {'ok', append(KEYS[1], KEYS[3], KEYS[4], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])}
+"""
+)
+
+# Stores a message; an answer also updates the summary fields agents filter on.
+_ADD_MESSAGE = """
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'answers', 1)
+  redis.call('HINCRBY', KEYS[1], 'path:' .. ARGV[3], 1)
+  local confidence = tonumber(ARGV[4])
+  local lowest = tonumber(redis.call('HGET', KEYS[1], 'min_confidence') or '2')
+  if confidence and confidence < lowest then redis.call('HSET', KEYS[1], 'min_confidence', ARGV[4]) end
+end
+"""
+
 _RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -84,6 +148,22 @@ return 0
 
 class ConversationNotFound(LookupError):
     pass
+
+
+class HeldByAnotherAgent(RuntimeError):
+    """Another agent holds the conversation; `agent` says who."""
+
+    def __init__(self, agent: str) -> None:
+        super().__init__(f"agent {agent!r} holds this conversation")
+        self.agent = agent
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    changed: bool  # False: the conversation was already in that state
+    status: str
+    agent: str
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +185,11 @@ class Conversation:
     status: str
     client: dict[str, Any]
     last_seq: int
+    agent: str = ""
+    answers: int = 0
+    min_confidence: float | None = None
+    paths: dict[str, int] | None = None
+    corrections: int = 0
 
 
 class ConversationStore:
@@ -115,6 +200,21 @@ class ConversationStore:
         self._append = redis.register_script(_APPEND_EVENT)
         self._release = redis.register_script(_RELEASE_LOCK)
         self._begin = redis.register_script(_BEGIN_TURN)
+        self._set_status = redis.register_script(_SET_STATUS)
+        self._agent_message = redis.register_script(_AGENT_MESSAGE)
+        self._add_message = redis.register_script(_ADD_MESSAGE)
+
+    @property
+    def prefix(self) -> str:
+        return self._p
+
+    @property
+    def ttl_s(self) -> int:
+        return self._ttl
+
+    def key(self, conversation_id: str, part: str = "") -> str:
+        """The Redis key of a conversation (or one of its parts); other stores file under it."""
+        return self._key(conversation_id, part)
 
     def _key(self, conversation_id: str, part: str = "") -> str:
         return f"{self._p}conv:{conversation_id}{':' + part if part else ''}"
@@ -143,16 +243,7 @@ class ConversationStore:
         raw = await self.redis.hgetall(self._key(conversation_id))
         if not raw:
             raise ConversationNotFound(conversation_id)
-        meta = {k.decode(): v.decode() for k, v in raw.items()}
-        return Conversation(
-            conversation_id,
-            float(meta["created"]),
-            float(meta["updated"]),
-            meta["channel"],
-            meta["status"],
-            json.loads(meta.get("client", "{}")),
-            int(meta.get("last_seq", 0)),
-        )
+        return _conversation(conversation_id, raw)
 
     async def append_event(self, conversation_id: str, frame: dict[str, Any]) -> int:
         """Store a frame for clients and return its sequence number (also written into the frame)."""
@@ -168,11 +259,17 @@ class ConversationStore:
         return [json.loads(fields[b"frame"]) for _, fields in entries]
 
     async def add_message(self, conversation_id: str, message: dict[str, Any]) -> None:
-        key = self._key(conversation_id, "messages")
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, json.dumps(message, ensure_ascii=False))
-            pipe.expire(key, self._ttl)
-            await pipe.execute()
+        """Store a message; an answer (one with a `path`) also updates the conversation's summary."""
+        keys = [self._key(conversation_id), self._key(conversation_id, "messages")]
+        path = str(message.get("path", "")) if message.get("role") == "assistant" else ""
+        confidence = message.get("confidence")
+        args: list[str | int | float] = [
+            json.dumps(message, ensure_ascii=False),
+            self._ttl,
+            path,
+            "" if confidence is None else confidence,
+        ]
+        await self._add_message(keys=keys, args=args)
 
     async def messages(self, conversation_id: str) -> list[dict[str, Any]]:
         return [json.loads(m) for m in await self.redis.lrange(self._key(conversation_id, "messages"), 0, -1)]
@@ -227,9 +324,90 @@ class ConversationStore:
             history=tuple(json.loads(m) for m in reply[4]),
         )
 
-    async def set_rating(self, conversation_id: str, message_id: str, rating: dict[str, Any]) -> None:
-        """The latest rating of an answer (issue 5 replaces this with the feedback stream)."""
-        await self.redis.hset(self._key(conversation_id, "ratings"), message_id, json.dumps(rating))
+    async def change_status(self, conversation_id: str, action: str, *, agent: str = "", reason: str = "") -> StatusChange:
+        """`request` (a visitor asks for a person: the handoff queue), `takeover`, `handback`
+        (to the bot) or `close`, by `agent`. Raises HeldByAnotherAgent when someone else holds it."""
+        if action not in ("request", "takeover", "handback", "close"):
+            raise ValueError(f"unknown status action {action!r}")
+        target = {"request": "handoff", "takeover": "handoff", "handback": "bot", "close": "closed"}[action]
+        event = {"type": "status", "status": target, "agent": agent if action == "takeover" else None, "reason": reason or action}
+        keys = [
+            self._key(conversation_id),
+            self._key(conversation_id, "events"),
+            f"{self._p}handoff_queue",
+            f"{self._p}conversations",
+        ]
+        body = json.dumps(event, separators=(",", ":"), ensure_ascii=False)[1:]
+        args: list[str | int | float] = [
+            action,
+            agent,
+            time.time(),
+            body,
+            self._ttl,
+            f"{self._p}live:{conversation_id}",
+            conversation_id,
+        ]
+        reply = await self._set_status(keys=keys, args=args)
+        outcome = reply[0].decode()
+        if outcome == "missing":
+            raise ConversationNotFound(conversation_id)
+        if outcome == "held":
+            raise HeldByAnotherAgent(reply[2].decode())
+        seq = int(reply[3]) if outcome == "ok" else 0
+        return StatusChange(outcome == "ok", reply[1].decode(), (reply[2] or b"").decode(), seq)
+
+    async def add_agent_message(self, conversation_id: str, agent: str, text: str) -> tuple[str, int]:
+        """Store an agent's message and send it to the visitor; returns (message id, seq)."""
+        message_id = f"a_{uuid.uuid4().hex}"
+        now = time.time()
+        message = {"id": message_id, "role": "agent", "agent": agent, "text": text, "created": now}
+        event = {"type": "agent_message", "message_id": message_id, "agent": agent, "text": text}
+        keys = [
+            self._key(conversation_id),
+            self._key(conversation_id, "messages"),
+            self._key(conversation_id, "events"),
+            f"{self._p}conversations",
+        ]
+        args: list[str | int | float] = [
+            agent,
+            json.dumps(message, ensure_ascii=False),
+            json.dumps(event, separators=(",", ":"), ensure_ascii=False)[1:],
+            now,
+            self._ttl,
+            conversation_id,
+            f"{self._p}live:{conversation_id}",
+        ]
+        reply = await self._agent_message(keys=keys, args=args)
+        if reply[0] == b"missing":
+            raise ConversationNotFound(conversation_id)
+        if reply[0] == b"not_holder":
+            holder = reply[1].decode()
+            if holder:
+                raise HeldByAnotherAgent(holder)
+            raise PermissionError("take the conversation over before writing to the visitor")
+        return message_id, int(reply[1])
+
+    async def handoff_queue(self) -> list[tuple[str, float]]:
+        """Conversations waiting for a person, longest-waiting first."""
+        return [(m.decode(), s) for m, s in await self.redis.zrange(f"{self._p}handoff_queue", 0, -1, withscores=True)]
 
     async def unlock_answer(self, conversation_id: str, token: str) -> None:
         await self._release(keys=[self._key(conversation_id, "answering")], args=[token])
+
+
+def _conversation(conversation_id: str, raw: dict[bytes, bytes]) -> Conversation:
+    meta = {k.decode(): v.decode() for k, v in raw.items()}
+    return Conversation(
+        conversation_id,
+        float(meta["created"]),
+        float(meta["updated"]),
+        meta["channel"],
+        meta["status"],
+        json.loads(meta.get("client", "{}")),
+        int(meta.get("last_seq", 0)),
+        agent=meta.get("agent", ""),
+        answers=int(meta.get("answers", 0)),
+        min_confidence=float(meta["min_confidence"]) if "min_confidence" in meta else None,
+        paths={k.removeprefix("path:"): int(v) for k, v in meta.items() if k.startswith("path:")},
+        corrections=int(meta.get("corrections", 0)),
+    )

@@ -2,33 +2,52 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from bot.conversations import ConversationStore
+from bot.feedback import FeedbackLog
+from bot.feedback_sink import FeedbackSink
 from bot.generation import TransformersGenerator
 from bot.remote_generation import OpenAICompatibleGenerator
+from bot.review import Review
 from knowledge_base.components import build_builder, build_embedder, build_retriever
 from retrieval.index_files import IndexFormatError
 from retrieval.retriever import Retriever
+from server import agent_api
+from server.auth import ApiKeys
 from server.chat import ChatService
 from server.components import build_assistant, build_generator
 from server.events import EventHub
+from server.limits import RateLimiter
 from server.metrics import Metrics
 from server.redis_server import EmbeddedRedis
 from server.settings import Settings
 
 log = logging.getLogger("supportbot.server")
+STATIC = Path(__file__).resolve().parent / "static"
+# The review page shows visitors' text: no inline script, no framing, no sniffing.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 class PassageOut(BaseModel):
@@ -92,16 +111,26 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.generator = generator
         app.state.redis = redis
         store = ConversationStore(redis, prefix=settings.redis_prefix, ttl_s=settings.conversation_ttl_s)
+        feedback = FeedbackLog(store)
+        limiter = RateLimiter(redis, settings.redis_prefix)
         events = EventHub(redis, settings.redis_prefix)
         await events.start()
+        sink = FeedbackSink(redis, settings.feedback_dir, prefix=settings.redis_prefix)
+        sink_task = asyncio.create_task(sink.run(), name="feedback-sink")
         assistant = build_assistant(settings, retriever, embedder, generator)
-        app.state.chat = ChatService(settings, store, assistant, metrics, events)
+        app.state.store, app.state.feedback, app.state.limiter = store, feedback, limiter
+        app.state.review = Review(store, feedback)
+        app.state.keys = ApiKeys(redis, settings.redis_prefix)
+        app.state.chat = ChatService(settings, store, assistant, metrics, events, feedback, limiter)
         log.info("ready: generator %s, redis %s", generator.model_id, "embedded" if embedded else "external")
         try:
             yield
         finally:
             await app.state.chat.drain(0)
             await events.stop()
+            sink_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sink_task
             if isinstance(generator, TransformersGenerator):
                 await run_in_threadpool(generator.close)
             elif isinstance(generator, OpenAICompatibleGenerator):
@@ -113,6 +142,24 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
     app = FastAPI(title="Supportbot", version="0.1.0", lifespan=lifespan)
     app.state.chat = None
+    app.state.settings = settings
+    app.include_router(agent_api.router)
+
+    @app.exception_handler(RedisError)
+    async def redis_unavailable(request: Request, exc: RedisError) -> JSONResponse:
+        log.warning("redis unavailable: %s", exc)
+        return JSONResponse(
+            {"detail": {"code": "unavailable", "message": "the service is temporarily unavailable; retry in a few seconds"}},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.get("/agent", include_in_schema=False)
+    async def agent_page() -> FileResponse:
+        """The review page for support agents (it asks for an API key)."""
+        return FileResponse(STATIC / "agent.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

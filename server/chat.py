@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -23,8 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketState
 
-from bot.assistant import AnswerDelta, Assistant, TurnDone
+from bot.assistant import AnswerDelta, AnswerPath, Assistant, TurnDone
 from bot.conversations import ConversationNotFound, ConversationStore
+from bot.feedback import MAX_COMMENT_CHARS, FeedbackError, FeedbackLog
 from bot.prompt import HistoryTurn
 from server.events import EventHub
 from server.limits import RateLimiter
@@ -63,16 +65,23 @@ class RateFrame(_Frame):
     type: Literal["rate"]
     message_id: str = Field(max_length=64)
     rating: Literal["up", "down"]
-    comment: str | None = Field(None, max_length=2000)
+    comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS)
+    event_id: str | None = Field(None, min_length=1, max_length=64)
+
+
+class HandoffFrame(_Frame):
+    type: Literal["handoff"]
 
 
 class PingFrame(_Frame):
     type: Literal["ping"]
 
 
-ClientFrame = Annotated[StartFrame | MessageFrame | CancelFrame | RateFrame | PingFrame, Field(discriminator="type")]
+ClientFrame = Annotated[
+    StartFrame | MessageFrame | CancelFrame | RateFrame | HandoffFrame | PingFrame, Field(discriminator="type")
+]
 _FRAMES: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
-FRAME_TYPES = ("start", "message", "cancel", "rate", "ping")
+FRAME_TYPES = ("start", "message", "cancel", "rate", "handoff", "ping")
 
 
 class FrameError(Exception):
@@ -105,14 +114,22 @@ class ChatService:
     """Shared by all connections of one worker."""
 
     def __init__(
-        self, settings: Settings, store: ConversationStore, assistant: Assistant, metrics: Metrics, events: EventHub
+        self,
+        settings: Settings,
+        store: ConversationStore,
+        assistant: Assistant,
+        metrics: Metrics,
+        events: EventHub,
+        feedback: FeedbackLog,
+        limiter: RateLimiter,
     ) -> None:
         self.events = events
+        self.feedback = feedback
         self.settings = settings
         self.store = store
         self.assistant = assistant
         self.metrics = metrics
-        self.limiter = RateLimiter(store.redis, settings.redis_prefix)
+        self.limiter = limiter
         self.connections: set[Connection] = set()
         self.draining = False
 
@@ -265,6 +282,8 @@ class Connection:
                 await self.error("nothing_to_cancel", "no answer is streaming on this connection")
         elif isinstance(frame, RateFrame):
             await self._rate(frame)
+        elif isinstance(frame, HandoffFrame):
+            await self.store.change_status(self.conversation_id, "request", reason="requested")
 
     async def _start(self, frame: StartFrame) -> None:
         if self.conversation_id is not None:
@@ -293,7 +312,7 @@ class Connection:
                 "conversation_id": conversation.id,
                 "status": conversation.status,
                 "last_seq": conversation.last_seq,
-                "history": await self.store.messages(conversation.id),
+                "history": [_public(m) for m in await self.store.messages(conversation.id)],
             }
         )
         self._sent_seq = resume_from
@@ -338,7 +357,7 @@ class Connection:
             return
         if not turn.lock_token:
             return  # a human agent has this conversation: the message is stored and forwarded, the bot stays silent
-        history = [HistoryTurn(m["role"], m["text"]) for m in turn.history]
+        history = [HistoryTurn("user" if m["role"] == "user" else "assistant", m["text"]) for m in turn.history]
         self.answer = asyncio.create_task(
             self._answer(answer_id, text, history, turn.lock_token, self._received), name=f"answer-{answer_id}"
         )
@@ -385,6 +404,8 @@ class Connection:
                 "confidence": round(result.confidence, 4),
                 "path": str(result.path),
                 "model_id": result.model_id,
+                "prompt_version": result.prompt_version,
+                "passages": [dataclasses.asdict(e) for e in result.evidence],
                 "prompt_tokens": result.prompt_tokens,
                 "completion_tokens": result.completion_tokens,
                 "timings": timings,
@@ -403,7 +424,9 @@ class Connection:
                     "timings": timings,
                 },
             )
-            if result.handoff:
+            if result.path == AnswerPath.HUMAN:
+                await store.change_status(cid, "request", reason="asked for a person")
+            elif result.handoff:
                 await store.append_event(
                     cid, {"type": "handoff", "message_id": answer_id, "reason": str(result.path), "message": "A person can help."}
                 )
@@ -437,17 +460,35 @@ class Connection:
 
     async def _rate(self, frame: RateFrame) -> None:
         assert self.conversation_id is not None
-        messages = {m["id"]: m for m in await self.store.messages(self.conversation_id)}
-        target = messages.get(frame.message_id)
-        if target is None:
-            await self.error("unknown_message", f"no message {frame.message_id!r} in this conversation")
+        s = self.settings
+        wait = await self.service.limiter.take(
+            (f"feedback:{self.client}", s.feedback_per_client_per_minute / 60, s.feedback_burst)
+        )
+        if wait:
+            await self.error("rate_limited", f"too much feedback; retry in {wait:.0f} s", retry_after_s=round(wait, 2))
             return
-        if target["role"] != "assistant":
-            await self.error("not_rateable", "only the bot's answers can be rated")
+        try:
+            submitted = await self.service.feedback.submit(
+                self.conversation_id,
+                frame.message_id,
+                actor_role="user",
+                actor_id=f"visitor:{self.conversation_id}",
+                rating=frame.rating,
+                comment=frame.comment,
+                event_id=frame.event_id,
+            )
+        except FeedbackError as exc:
+            await self.error(exc.code, str(exc), message_id=frame.message_id)
             return
-        rating = {"rating": frame.rating, "comment": frame.comment, "time": time.time()}
-        await self.store.set_rating(self.conversation_id, frame.message_id, rating)
-        await self.send({"type": "rated", "message_id": frame.message_id, "rating": frame.rating})
+        await self.send(
+            {
+                "type": "rated",
+                "message_id": frame.message_id,
+                "rating": frame.rating,
+                "event_id": submitted.event_id,
+                "duplicate": submitted.duplicate,
+            }
+        )
 
     # ---------------------------------------------------------------- the forwarder
     async def _on_event(self, frame: dict[str, Any] | None) -> None:
@@ -480,3 +521,9 @@ class Connection:
             if event["seq"] == self._sent_seq + 1:
                 self._sent_seq = event["seq"]
                 await self.send(event)
+
+
+def _public(message: dict[str, Any]) -> dict[str, Any]:
+    """A stored message as the visitor's widget gets it: no passage texts, timings or token counts."""
+    hidden = ("passages", "prompt_tokens", "completion_tokens", "timings", "prompt_version")
+    return {k: v for k, v in message.items() if k not in hidden}

@@ -3,18 +3,186 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
+from redis.exceptions import RedisError
 
 from knowledge_base.cli import EVAL_QUESTIONS, kb_app
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+T = TypeVar("T")
 
 app = typer.Typer(help="Supportbot: a self-hosted customer-support assistant.", no_args_is_help=True, add_completion=False)
 app.add_typer(kb_app, name="kb")
 bot_app = typer.Typer(help="Evaluate whole turns: retrieval, generation and answer policy.", no_args_is_help=True)
 app.add_typer(bot_app, name="bot")
+keys_app = typer.Typer(help="API keys for support agents and admins (stored hashed in Redis).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+feedback_app = typer.Typer(help="Ratings and corrections: the sink files and datasets for retraining.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+
+
+def _with_redis(settings: Settings, work: Callable[[Redis], Awaitable[T]]) -> T:
+    """Run `work` against the configured Redis, or the embedded one of this data directory."""
+    import asyncio
+
+    from server.redis_server import RedisStartError, redis_for_commands
+
+    async def run() -> T:
+        async with redis_for_commands(settings.redis_url, settings.data_dir) as redis:
+            return await work(redis)
+
+    try:
+        return asyncio.run(run())
+    except (RedisStartError, RedisError, OSError) as exc:
+        typer.echo(f"error: Redis is not reachable: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@keys_app.command("create")
+def keys_create(
+    ctx: typer.Context,
+    role: Annotated[str, typer.Option(help="agent (review, correct, take over) or admin (also keys and exports).")],
+    name: Annotated[str, typer.Option(help="Who holds the key; shown to visitors when this agent joins a chat.")],
+) -> None:
+    """Create a key and print it once (only its hash is stored)."""
+    from server.auth import ROLES, ApiKeys
+
+    settings: Settings = ctx.obj
+    if role not in ROLES:
+        typer.echo(f"error: --role must be one of {', '.join(ROLES)}", err=True)
+        raise typer.Exit(2)
+
+    async def create(redis: Redis) -> str:
+        info, key = await ApiKeys(redis, settings.redis_prefix).create(role, name)  # type: ignore[arg-type]
+        typer.echo(f"created {info.role} key {info.key_id} for {info.name!r}; it is shown only now:", err=True)
+        return key
+
+    try:
+        typer.echo(_with_redis(settings, create))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@keys_app.command("list")
+def keys_list(ctx: typer.Context) -> None:
+    """Key ids, roles and names (never the keys)."""
+    from server.auth import ApiKeys, KeyInfo
+
+    settings: Settings = ctx.obj
+
+    async def listing(redis: Redis) -> list[KeyInfo]:
+        return await ApiKeys(redis, settings.redis_prefix).list()
+
+    for info in _with_redis(settings, listing):
+        typer.echo(f"{info.key_id}\t{info.role}\t{info.name}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(ctx: typer.Context, key_id: Annotated[str, typer.Argument(help="The id from `keys list`.")]) -> None:
+    """Revoke a key at once, on every worker."""
+    from server.auth import ApiKeys
+
+    settings: Settings = ctx.obj
+
+    async def revoke(redis: Redis) -> bool:
+        return await ApiKeys(redis, settings.redis_prefix).revoke(key_id)
+
+    if not _with_redis(settings, revoke):
+        typer.echo(f"error: no key {key_id!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
+
+
+@feedback_app.command("sink")
+def feedback_sink(ctx: typer.Context) -> None:
+    """Copy feedback waiting in Redis into the sink files now (a running server does this continuously)."""
+    from bot.feedback_sink import FeedbackSink
+
+    settings: Settings = ctx.obj
+
+    async def drain(redis: Redis) -> int:
+        return await FeedbackSink(redis, settings.feedback_dir, prefix=settings.redis_prefix, consumer="cli").run_once()
+
+    typer.echo(f"wrote {_with_redis(settings, drain)} events to {settings.feedback_dir}")
+
+
+def _timestamp(value: str | None, option: str) -> float | None:
+    from datetime import UTC, datetime
+
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        typer.echo(f"error: {option} must be an ISO 8601 date or time, e.g. 2026-11-01 or 2026-11-01T09:30:00Z", err=True)
+        raise typer.Exit(2) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+@feedback_app.command("export")
+def feedback_export(
+    ctx: typer.Context,
+    format: Annotated[str, typer.Option("--format", help="sft (good examples) or preference (chosen/rejected pairs).")],
+    output: Annotated[str, typer.Option(help="JSONL file to write (a manifest goes beside it), or - for stdout.")],
+    since: Annotated[str | None, typer.Option(help="Feedback given at or after this time (ISO 8601, UTC if no zone).")] = None,
+    until: Annotated[str | None, typer.Option(help="Feedback given before this time.")] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(help="sft: up and/or correction (default both); preference: down = only down-rated answers."),
+    ] = None,
+    keep_pii: Annotated[
+        bool, typer.Option(help="Keep emails, phone and card numbers, addresses (on-premise jobs only).")
+    ] = False,
+    after: Annotated[
+        str | None, typer.Option(help="Watermark from an earlier manifest: only feedback that arrived since.")
+    ] = None,
+) -> None:
+    """A dataset for a retraining job from the feedback sink files (docs/datasets.md)."""
+    import json
+    import sys
+
+    from bot import datasets
+
+    settings: Settings = ctx.obj
+    if format not in datasets.SCHEMAS:
+        typer.echo("error: --format must be sft or preference", err=True)
+        raise typer.Exit(2)
+    options = datasets.ExportOptions(
+        format,  # type: ignore[arg-type]
+        since=_timestamp(since, "--since"),
+        until=_timestamp(until, "--until"),
+        labels=tuple(label or ()),
+        keep_pii=keep_pii,
+        after=after,
+    )
+    events, problems = datasets.read_events(settings.feedback_dir)
+    for problem in problems:
+        typer.echo(f"warning: {problem}", err=True)
+    try:
+        export = datasets.build(events, options)
+    except datasets.ExportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if output == "-":
+        sys.stdout.buffer.write(export.jsonl())
+        typer.echo(json.dumps(export.manifest, sort_keys=True), err=True)
+        return
+    destination = Path(output)
+    if destination.is_dir():
+        typer.echo(f"error: {output} is a directory; name the file to write", err=True)
+        raise typer.Exit(2)
+    manifest = datasets.write(export, destination)
+    typer.echo(
+        f"wrote {export.manifest['records']} records to {destination} (manifest {manifest}); watermark {export.manifest['watermark']}"
+    )
 
 
 @app.callback()

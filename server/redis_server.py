@@ -9,13 +9,22 @@ to die with its parent, so a killed server leaves no orphan behind.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import logging
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("supportbot.redis")
 
@@ -119,3 +128,31 @@ class EmbeddedRedis:
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+
+@contextlib.asynccontextmanager
+async def redis_for_commands(redis_url: str | None, data_dir: Path) -> AsyncIterator[Redis]:
+    """Redis for a CLI command: the configured URL; else the embedded server of a running
+    `supportbot serve` on this data directory; else the embedded server started for the
+    command's duration (its append-only file keeps what the command wrote)."""
+    from redis.asyncio import Redis
+
+    embedded: EmbeddedRedis | None = None
+    if redis_url is None:
+        candidate = EmbeddedRedis(data_dir / "redis")
+        redis_url = candidate.url
+        probe = Redis.from_url(redis_url, socket_timeout=2)
+        try:
+            await probe.ping()
+        except (OSError, RedisError):
+            embedded = candidate
+            await asyncio.to_thread(embedded.start)
+        finally:
+            await probe.aclose()
+    client = Redis.from_url(redis_url, socket_timeout=15)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)

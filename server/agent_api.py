@@ -1,0 +1,312 @@
+"""REST for support agents and admins, and the public feedback endpoint.
+
+Handlers translate HTTP to `bot/` calls (review, feedback, conversation status, exports)
+and back; the services live on `app.state` (set up in server/app.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from bot import datasets
+from bot.conversations import ConversationNotFound, ConversationStore, HeldByAnotherAgent
+from bot.feedback import MAX_COMMENT_CHARS, MAX_CORRECTION_CHARS, FeedbackError, FeedbackLog
+from bot.review import ConversationQuery, Review
+from server.auth import AdminDep, AgentDep, ApiKeys, Role
+from server.limits import RateLimiter
+from server.settings import Settings
+
+router = APIRouter(prefix="/v1")
+_EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_AGENT_MESSAGE_CHARS = 4000
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FeedbackIn(_Body):
+    conversation_id: str = Field(max_length=64)
+    message_id: str = Field(max_length=64)
+    rating: Literal["up", "down"]
+    comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS)
+    event_id: str | None = Field(None, min_length=1, max_length=64)
+
+
+class CorrectionIn(_Body):
+    text: str = Field(min_length=1, max_length=MAX_CORRECTION_CHARS)
+    comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS)
+    event_id: str | None = Field(None, min_length=1, max_length=64)
+
+
+class AgentMessageIn(_Body):
+    text: str = Field(min_length=1, max_length=MAX_AGENT_MESSAGE_CHARS)
+
+
+class KeyIn(_Body):
+    role: Role
+    name: str = Field(min_length=1, max_length=64)
+
+
+class ExportIn(_Body):
+    format: datasets.Format
+    name: str = Field(max_length=100, description="File name inside DATA_DIR/exports (letters, digits, . _ -).")
+    since: datetime | None = None
+    until: datetime | None = None
+    labels: list[Literal["up", "down", "correction"]] = Field(default_factory=list, max_length=3)
+    keep_pii: bool = False
+    after: str | None = Field(None, max_length=40, description="Watermark from an earlier export's manifest.")
+
+
+def _state(request: Request) -> tuple[Settings, ConversationStore, FeedbackLog, Review]:
+    state = request.app.state
+    if getattr(state, "review", None) is None:
+        raise HTTPException(503, "the server is starting; try again shortly")
+    return state.settings, state.store, state.feedback, state.review
+
+
+def _feedback_error(exc: FeedbackError) -> HTTPException:
+    status = {"unknown_message": 404, "forbidden": 403}.get(exc.code, 422)
+    return HTTPException(status, {"code": exc.code, "message": str(exc)})
+
+
+def _not_found(conversation_id: str) -> HTTPException:
+    return HTTPException(404, {"code": "unknown_conversation", "message": f"no conversation {conversation_id!r}"})
+
+
+# ------------------------------------------------------------------ public
+@router.post("/feedback", status_code=201)
+async def post_feedback(body: FeedbackIn, request: Request) -> dict[str, Any]:
+    """A visitor rates an answer (the widget can also do this over the websocket)."""
+    settings, _, feedback, _ = _state(request)
+    client = request.client.host if request.client else "unknown"
+    limiter: RateLimiter = request.app.state.limiter
+    wait = await limiter.take((f"feedback:{client}", settings.feedback_per_client_per_minute / 60, settings.feedback_burst))
+    if wait:
+        raise HTTPException(429, {"code": "rate_limited", "message": f"too much feedback; retry in {wait:.0f} s"},
+                            headers={"Retry-After": str(max(1, round(wait)))})  # fmt: skip
+    try:
+        submitted = await feedback.submit(
+            body.conversation_id,
+            body.message_id,
+            actor_role="user",
+            actor_id=f"visitor:{body.conversation_id}",
+            rating=body.rating,
+            comment=body.comment,
+            event_id=body.event_id,
+        )
+    except ConversationNotFound:
+        raise _not_found(body.conversation_id) from None
+    except FeedbackError as exc:
+        raise _feedback_error(exc) from None
+    return {"event_id": submitted.event_id, "duplicate": submitted.duplicate}
+
+
+# ------------------------------------------------------------------ agents
+@router.get("/agent/me")
+async def me(principal: AgentDep) -> dict[str, str]:
+    return {"name": principal.name, "role": principal.role, "key_id": principal.key_id}
+
+
+@router.get("/agent/conversations")
+async def list_conversations(
+    request: Request,
+    caller: AgentDep,
+    since: Annotated[datetime | None, Query(description="Last activity at or after (ISO 8601).")] = None,
+    until: Annotated[datetime | None, Query(description="Last activity before (ISO 8601).")] = None,
+    status: Annotated[Literal["bot", "handoff", "closed"] | None, Query()] = None,
+    waiting: Annotated[bool | None, Query(description="Asked for a person and no agent has taken it yet.")] = None,
+    rating: Annotated[Literal["up", "down"] | None, Query(description="Has an answer whose latest rating is this.")] = None,
+    corrected: Annotated[bool | None, Query()] = None,
+    low_confidence: Annotated[float | None, Query(ge=0, le=1, description="Has an answer below this confidence.")] = None,
+    path: Annotated[Literal["generated", "fallback", "not_sure", "error", "cancelled", "human_requested"] | None, Query()] = None,
+    q: Annotated[str | None, Query(max_length=200, description="Words that must all appear in its messages.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=40)] = None,
+) -> dict[str, Any]:
+    """Conversations, most recently active first, filtered; `next_cursor` fetches the next page."""
+    _, _, _, review = _state(request)
+    query = ConversationQuery(
+        since=since.timestamp() if since else None,
+        until=until.timestamp() if until else None,
+        status=status,
+        waiting=waiting,
+        rating=rating,
+        corrected=corrected,
+        low_confidence=low_confidence,
+        path=path,
+        text=q,
+        limit=limit,
+        cursor=cursor,
+    )
+    try:
+        page = await review.search(query)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return {
+        "conversations": [
+            {**dataclasses.asdict(item.conversation), "ratings": item.ratings, "preview": item.preview} for item in page.items
+        ],
+        "next_cursor": page.next_cursor,
+    }
+
+
+@router.get("/agent/conversations/{conversation_id}")
+async def transcript(conversation_id: str, request: Request, caller: AgentDep) -> dict[str, Any]:
+    """Every turn with its sources, confidence, path, timings, model, and feedback."""
+    _, _, _, review = _state(request)
+    try:
+        found = await review.transcript(conversation_id)
+    except ConversationNotFound:
+        raise _not_found(conversation_id) from None
+    return {"conversation": dataclasses.asdict(found["conversation"]), "messages": found["messages"]}
+
+
+@router.post("/agent/conversations/{conversation_id}/messages/{message_id}/correction", status_code=201)
+async def correct(conversation_id: str, message_id: str, body: CorrectionIn, request: Request, agent: AgentDep) -> dict[str, Any]:
+    """Attach a corrected answer to one of the bot's answers (a training example)."""
+    _, _, feedback, _ = _state(request)
+    try:
+        submitted = await feedback.submit(
+            conversation_id,
+            message_id,
+            actor_role="agent",
+            actor_id=agent.name,
+            correction=body.text,
+            comment=body.comment,
+            event_id=body.event_id,
+        )
+    except ConversationNotFound:
+        raise _not_found(conversation_id) from None
+    except FeedbackError as exc:
+        raise _feedback_error(exc) from None
+    return {"event_id": submitted.event_id, "duplicate": submitted.duplicate}
+
+
+async def _status(request: Request, conversation_id: str, action: str, agent: str) -> dict[str, Any]:
+    _, store, _, _ = _state(request)
+    try:
+        change = await store.change_status(conversation_id, action, agent=agent)
+    except ConversationNotFound:
+        raise _not_found(conversation_id) from None
+    except HeldByAnotherAgent as exc:
+        raise HTTPException(409, {"code": "held_by_another_agent", "message": str(exc), "agent": exc.agent}) from None
+    return {"status": change.status, "agent": change.agent or None, "changed": change.changed}
+
+
+@router.post("/agent/conversations/{conversation_id}/takeover")
+async def take_over(conversation_id: str, request: Request, agent: AgentDep) -> dict[str, Any]:
+    """The bot falls silent; the visitor sees that `agent` has joined."""
+    return await _status(request, conversation_id, "takeover", agent.name)
+
+
+@router.post("/agent/conversations/{conversation_id}/handback")
+async def hand_back(conversation_id: str, request: Request, agent: AgentDep) -> dict[str, Any]:
+    """The bot answers again."""
+    return await _status(request, conversation_id, "handback", agent.name)
+
+
+@router.post("/agent/conversations/{conversation_id}/close")
+async def close(conversation_id: str, request: Request, agent: AgentDep) -> dict[str, Any]:
+    return await _status(request, conversation_id, "close", agent.name)
+
+
+@router.post("/agent/conversations/{conversation_id}/messages", status_code=201)
+async def agent_message(conversation_id: str, body: AgentMessageIn, request: Request, agent: AgentDep) -> dict[str, Any]:
+    """Write to the visitor (after taking the conversation over); it reaches their open widget live."""
+    _, store, _, _ = _state(request)
+    text = body.text.strip()
+    if not text:
+        raise HTTPException(422, {"code": "empty_message", "message": "the message is empty"})
+    try:
+        message_id, seq = await store.add_agent_message(conversation_id, agent.name, text)
+    except ConversationNotFound:
+        raise _not_found(conversation_id) from None
+    except HeldByAnotherAgent as exc:
+        raise HTTPException(409, {"code": "held_by_another_agent", "message": str(exc), "agent": exc.agent}) from None
+    except PermissionError as exc:
+        raise HTTPException(409, {"code": "not_taken_over", "message": str(exc)}) from None
+    return {"message_id": message_id, "seq": seq}
+
+
+# ------------------------------------------------------------------ admins
+@router.get("/admin/keys")
+async def list_keys(request: Request, caller: AdminDep) -> dict[str, Any]:
+    keys: ApiKeys = request.app.state.keys
+    return {"keys": [dataclasses.asdict(k) for k in await keys.list()]}
+
+
+@router.post("/admin/keys", status_code=201)
+async def create_key(body: KeyIn, request: Request, caller: AdminDep) -> dict[str, Any]:
+    """The key is in this response only; it is stored hashed."""
+    keys: ApiKeys = request.app.state.keys
+    try:
+        info, key = await keys.create(body.role, body.name)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return {**dataclasses.asdict(info), "key": key}
+
+
+@router.delete("/admin/keys/{key_id}")
+async def revoke_key(key_id: str, request: Request, caller: AdminDep) -> dict[str, Any]:
+    keys: ApiKeys = request.app.state.keys
+    if not await keys.revoke(key_id):
+        raise HTTPException(404, f"no key {key_id!r}")
+    return {"revoked": key_id}
+
+
+def _export_path(settings: Settings, name: str) -> Path:
+    """A file directly inside the exports directory: no separators, no `..`, no hidden files."""
+    if not _EXPORT_NAME.match(name) or ".." in name:
+        raise HTTPException(422, {"code": "invalid_name", "message": "name must be letters, digits, '.', '_' or '-' "
+                                  "(no path separators, no '..', not starting with '.')"})  # fmt: skip
+    root = settings.exports_dir.resolve()
+    path = (root / name).resolve()
+    if path.parent != root:
+        raise HTTPException(422, {"code": "invalid_name", "message": "the export must stay inside the exports directory"})
+    return path
+
+
+@router.post("/admin/exports", status_code=201)
+async def create_export(body: ExportIn, request: Request, caller: AdminDep) -> dict[str, Any]:
+    """Write a dataset from the feedback files into DATA_DIR/exports/NAME (plus NAME.manifest.json)."""
+    settings, _, _, _ = _state(request)
+    path = _export_path(settings, body.name)
+    options = datasets.ExportOptions(
+        body.format,
+        since=body.since.timestamp() if body.since else None,
+        until=body.until.timestamp() if body.until else None,
+        labels=tuple(body.labels),
+        keep_pii=body.keep_pii,
+        after=body.after,
+    )
+
+    def run() -> dict[str, Any]:
+        events, _ = datasets.read_events(settings.feedback_dir)
+        export = datasets.build(events, options)
+        datasets.write(export, path)
+        return export.manifest
+
+    try:
+        manifest = await run_in_threadpool(run)
+    except datasets.ExportError as exc:
+        raise HTTPException(422, {"code": "invalid_export", "message": str(exc)}) from None
+    return {"name": path.name, "manifest": manifest}
+
+
+@router.get("/admin/exports/{name}")
+async def download_export(name: str, request: Request, caller: AdminDep) -> FileResponse:
+    settings, _, _, _ = _state(request)
+    path = _export_path(settings, name)
+    if not path.is_file():
+        raise HTTPException(404, f"no export {name!r}")
+    return FileResponse(path, media_type="application/x-ndjson", filename=path.name)
