@@ -12,49 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
-import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bot.generation import TransformersGenerator
 from server.redis_server import EmbeddedRedis
+from tests.e2e.chat_client import QUESTION, Client, run
 from tests.e2e.servers import data_dir_with_sample_index, start_server, stop_server
-
-QUESTION = "How do I descale my kettle?"
-
-
-class Client:
-    """A chat client speaking the v1 protocol over a real websocket."""
-
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-
-    @classmethod
-    async def open(cls, base: str, **kwargs: Any) -> Client:
-        return cls(await websockets.connect(base.replace("http", "ws") + "/v1/chat", **kwargs))
-
-    async def send(self, frame: dict[str, Any]) -> None:
-        await self.ws.send(json.dumps(frame))
-
-    async def recv(self, timeout: float = 60) -> dict[str, Any]:
-        return dict(json.loads(await asyncio.wait_for(self.ws.recv(), timeout)))
-
-    async def start(self, **fields: Any) -> dict[str, Any]:
-        await self.send({"type": "start", **fields})
-        return await self.recv()
-
-    async def until(self, kind: str, timeout: float = 90) -> list[dict[str, Any]]:
-        """Frames up to and including the first of type `kind`."""
-        frames = [await self.recv(timeout)]
-        while frames[-1]["type"] != kind:
-            frames.append(await self.recv(timeout))
-        return frames
-
-    async def close(self) -> None:
-        await self.ws.close()
-
-
-def run(coroutine: Any) -> Any:
-    return asyncio.run(coroutine)
 
 
 def test_an_answer_streams_with_sources_and_is_stored(server: str) -> None:
@@ -327,7 +290,11 @@ def test_connection_cap_idle_timeout_and_invalid_utf8(
     tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator
 ) -> None:
     data = data_dir_with_sample_index(tmp_path_factory, sample_index, "tight-limits")
-    env = {"SUPPORTBOT_WS_MAX_CONNECTIONS": "2", "SUPPORTBOT_WS_IDLE_TIMEOUT_S": "2"}
+    env = {
+        "SUPPORTBOT_WS_MAX_CONNECTIONS": "2",
+        "SUPPORTBOT_WS_IDLE_TIMEOUT_S": "2",
+        "SUPPORTBOT_CONVERSATIONS_PER_CLIENT_PER_HOUR": "2",
+    }
     process, base = start_server(data, ready_within_s=180, env=env)
 
     async def scenario() -> None:
@@ -348,6 +315,17 @@ def test_connection_cap_idle_timeout_and_invalid_utf8(
             await first.recv(timeout=10)  # `first` has said nothing for over 2 s
         assert first.ws.close_code == 1000 and first.ws.close_reason == "idle timeout"
         assert time.monotonic() - started < 3
+        # Two new conversations per address per hour here: the third start is refused, resuming is not.
+        started_ids = []
+        for _ in range(2):
+            client = await Client.open(base)
+            started_ids.append((await client.start())["conversation_id"])
+            await client.close()
+        client = await Client.open(base)
+        refused = await client.start()
+        assert refused["type"] == "error" and refused["code"] == "too_many_conversations"
+        assert (await client.start(conversation_id=started_ids[0]))["type"] == "ready"
+        await client.close()
 
     try:
         run(scenario())
