@@ -108,6 +108,8 @@ async def post_feedback(body: FeedbackIn, request: Request) -> dict[str, Any]:
         raise _not_found(body.conversation_id) from None
     except FeedbackError as exc:
         raise _feedback_error(exc) from None
+    if not submitted.duplicate:
+        request.app.state.metrics.feedback.labels(body.rating).inc()
     return {"event_id": submitted.event_id, "duplicate": submitted.duplicate}
 
 
@@ -189,6 +191,8 @@ async def correct(conversation_id: str, message_id: str, body: CorrectionIn, req
         raise _not_found(conversation_id) from None
     except FeedbackError as exc:
         raise _feedback_error(exc) from None
+    if not submitted.duplicate:
+        request.app.state.metrics.feedback.labels("correction").inc()
     return {"event_id": submitted.event_id, "duplicate": submitted.duplicate}
 
 
@@ -200,6 +204,8 @@ async def _status(request: Request, conversation_id: str, action: str, agent: st
         raise _not_found(conversation_id) from None
     except HeldByAnotherAgent as exc:
         raise HTTPException(409, {"code": "held_by_another_agent", "message": str(exc), "agent": exc.agent}) from None
+    if change.changed:
+        request.app.state.metrics.handoffs.labels(action).inc()
     return {"status": change.status, "agent": change.agent or None, "changed": change.changed}
 
 

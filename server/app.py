@@ -143,6 +143,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="Supportbot", version="0.1.0", lifespan=lifespan)
     app.state.chat = None
     app.state.settings = settings
+    app.state.metrics = metrics
     app.include_router(agent_api.router)
 
     @app.exception_handler(RedisError)

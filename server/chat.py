@@ -283,7 +283,10 @@ class Connection:
         elif isinstance(frame, RateFrame):
             await self._rate(frame)
         elif isinstance(frame, HandoffFrame):
-            await self.store.change_status(self.conversation_id, "request", reason="requested")
+            change = await self.store.change_status(self.conversation_id, "request", reason="requested")
+            self.service.metrics.handoffs.labels("request").inc()
+            if not change.changed:  # already waiting or with an agent: say so (unsequenced; nothing was stored)
+                await self.send({"type": "status", "status": change.status, "agent": change.agent or None, "reason": "unchanged"})
 
     async def _start(self, frame: StartFrame) -> None:
         if self.conversation_id is not None:
@@ -426,6 +429,7 @@ class Connection:
             )
             if result.path == AnswerPath.HUMAN:
                 await store.change_status(cid, "request", reason="asked for a person")
+                metrics.handoffs.labels("request").inc()
             elif result.handoff:
                 await store.append_event(
                     cid, {"type": "handoff", "message_id": answer_id, "reason": str(result.path), "message": "A person can help."}
@@ -480,6 +484,8 @@ class Connection:
         except FeedbackError as exc:
             await self.error(exc.code, str(exc), message_id=frame.message_id)
             return
+        if not submitted.duplicate:
+            self.service.metrics.feedback.labels(frame.rating).inc()
         await self.send(
             {
                 "type": "rated",

@@ -35,3 +35,9 @@ class Metrics:
             "supportbot_retrieval_seconds", "Retrieval time per turn.", buckets=LATENCY_BUCKETS, registry=r
         )
         self.queue_depth = Gauge("supportbot_generator_requests", "Requests in the generator (running or waiting).", registry=r)
+        self.feedback = Counter(
+            "supportbot_feedback_total", "Feedback stored: ratings (up/down) and corrections.", ["kind"], registry=r
+        )
+        self.handoffs = Counter(
+            "supportbot_status_changes_total", "Conversation status changes, by action.", ["action"], registry=r
+        )

@@ -221,6 +221,9 @@ def test_an_agent_takes_over_a_live_chat(site: Site) -> None:
         assert all("passages" not in m for m in ready["history"])
         await again.send({"type": "handoff"})
         assert (await again.recv())["status"] == "handoff"
+        await again.send({"type": "handoff"})  # asked twice: told where it stands, nothing stored
+        repeat = await again.recv()
+        assert repeat["reason"] == "unchanged" and "seq" not in repeat
         await again.close()
 
     run(scenario())
