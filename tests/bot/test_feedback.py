@@ -146,3 +146,40 @@ def test_another_worker_claims_what_a_dead_one_left(redis_url: str, redis_prefix
         assert (await store.redis.xpending(f"{redis_prefix}feedback", GROUP))["pending"] == 0
 
     run_with_store(redis_url, redis_prefix, work)
+
+
+def test_acknowledged_feedback_survives_redis_being_killed(tmp_path: Path) -> None:
+    """SIGKILL, not a clean stop: what Redis acknowledged is in its append-only file."""
+    import signal
+
+    from server.redis_server import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    prefix = "kill:"
+
+    async def before(store: ConversationStore, feedback: FeedbackLog) -> tuple[str, str]:
+        conversation = await store.create()
+        other = await store.create()
+        answer = await add_turn(store, conversation.id, "How do I descale my kettle?", "Use vinegar [1].")
+        with pytest.raises(FeedbackError) as foreign:  # an answer id from another conversation
+            await feedback.submit(other.id, answer, actor_role="user", actor_id="v", rating="up")
+        assert foreign.value.code == "unknown_message"
+        await feedback.submit(conversation.id, answer, actor_role="user", actor_id="v", rating="down", comment="nope")
+        return conversation.id, answer
+
+    try:
+        cid, answer = run_with_store(url, prefix, before)
+        assert server._process is not None
+        server._process.send_signal(signal.SIGKILL)
+        server._process.wait()
+        server.start()
+
+        async def after(store: ConversationStore, feedback: FeedbackLog) -> None:
+            assert await feedback.latest_ratings(cid) == {answer: "down"}
+            assert await FeedbackSink(store.redis, tmp_path / "files", prefix=prefix).run_once() == 1
+
+        run_with_store(url, prefix, after)
+        assert [e["comment"] for e in lines(tmp_path / "files")] == ["nope"]
+    finally:
+        server.stop()
