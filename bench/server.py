@@ -65,7 +65,7 @@ def redis_pid(data_dir: Path) -> int | None:
     return None
 
 
-def start_server(data_dir: Path, models_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(data_dir: Path, models_dir: Path, cpus: str = "") -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -82,8 +82,13 @@ def start_server(data_dir: Path, models_dir: Path) -> tuple[subprocess.Popen[byt
         "SUPPORTBOT_CONVERSATIONS_PER_CLIENT_PER_HOUR": "100000",
     }
     log = (data_dir / "server.log").open("w")
+    pinned = {int(c) for c in cpus.split(",")} if cpus else None
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=(lambda: os.sched_setaffinity(0, pinned)) if pinned else None,  # type: ignore[arg-type]
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -195,6 +200,28 @@ async def overhead(url: str, conversations: int, question: str, spread_s: float)
     }
 
 
+async def one_conversation(url: str, question: str, asks: int) -> dict[str, Any]:
+    """The baseline: one conversation alone asks `asks` times, one after another."""
+    ws = await connect(url)
+    overheads = []
+    for i in range(asks):
+        await ws.send(json.dumps({"type": "message", "client_message_id": f"b{i}", "text": question}))
+        while True:
+            frame = json.loads(await ws.recv())
+            if frame["type"] == "done":
+                overheads.append(frame["timings"]["server_overhead_s"])
+                break
+            if frame["type"] == "error":
+                raise RuntimeError(frame)
+        await asyncio.sleep(0.2)
+    await ws.close()
+    return {
+        "asks": asks,
+        "server_overhead_p50_ms": statistics.median(overheads) * 1000,
+        "server_overhead_p99_ms": percentile(overheads, 0.99) * 1000,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--idle", type=int, default=1000)
@@ -212,26 +239,36 @@ def main() -> None:
     parser.add_argument("--index", type=Path, default=REPO / "data" / "index")
     parser.add_argument("--models-dir", type=Path, default=REPO / "data" / "models")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "server.json")
+    parser.add_argument("--baseline-asks", type=int, default=30, help="questions asked by one conversation alone (baseline)")
+    parser.add_argument("--server-cpus", type=str, default="", help="pin the server (and its Redis) to these CPUs, e.g. 0")
+    parser.add_argument("--client-cpus", type=str, default="", help="pin this client process to these CPUs, e.g. 1")
     args = parser.parse_args()
+    if args.client_cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
 
     data_dir = Path(tempfile.mkdtemp(prefix="sb-bench-"))
     if args.index.exists():
         shutil.copytree(args.index, data_dir / "index")
-    process, base = start_server(data_dir, args.models_dir)
+    process, base = start_server(data_dir, args.models_dir, args.server_cpus)
     url = base.replace("http", "ws") + "/v1/chat"
-    report: dict[str, Any] = {"cores": os.cpu_count()}
+    report: dict[str, Any] = {"cores": os.cpu_count(), "server_cpus": args.server_cpus, "client_cpus": args.client_cpus}
     try:
-        report["idle"] = asyncio.run(idle_capacity(url, args.idle, process.pid, data_dir))
-        print(json.dumps({"idle": report["idle"]}), flush=True)
-        one = asyncio.run(frames_per_second(url, 1, args.seconds))
-        many = asyncio.run(frames_per_second(url, args.conversations, args.seconds))
-        report["frames"] = {"one_connection_per_s": one, f"{args.conversations}_connections_per_s": many, "ratio": many / one}
-        print(json.dumps({"frames": report["frames"]}), flush=True)
+        if args.idle:
+            report["idle"] = asyncio.run(idle_capacity(url, args.idle, process.pid, data_dir))
+            print(json.dumps({"idle": report["idle"]}), flush=True)
+        if args.seconds:
+            one = asyncio.run(frames_per_second(url, 1, args.seconds))
+            many = asyncio.run(frames_per_second(url, args.conversations, args.seconds))
+            report["frames"] = {"one_connection_per_s": one, f"{args.conversations}_connections_per_s": many, "ratio": many / one}
+            print(json.dumps({"frames": report["frames"]}), flush=True)
         questions = args.question or ["What is the capital of Peru?", "How do I descale my kettle?"]
         report["overhead"] = []
-        for spread in args.spread:
-            for question in questions:
+        for question in questions:
+            baseline = asyncio.run(one_conversation(url, question, args.baseline_asks))
+            for spread in args.spread:
                 row = {"question": question, **asyncio.run(overhead(url, args.conversations, question, spread))}
+                row["baseline_one_conversation"] = baseline
+                row["p99_ratio_to_baseline"] = row["server_overhead_p99_ms"] / baseline["server_overhead_p99_ms"]
                 report["overhead"].append(row)
                 print(json.dumps({"overhead": row}), flush=True)
     finally:

@@ -26,7 +26,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
@@ -58,9 +58,7 @@ return append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARG
 # The whole "a user message arrived" step in one round trip: refuse a resent client message
 # id (returning the answer it got), take the one-answer lock when the bot has the
 # conversation, read the recent history, store the message and append its event.
-_BEGIN_TURN = (
-    _APPEND_FUNCTION
-    + """
+_BEGIN_TURN_BODY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local earlier = redis.call('GET', KEYS[2])
 if earlier then return {'duplicate', earlier} end
@@ -81,7 +79,17 @@ redis.call('EXPIRE', KEYS[4], ARGV[7])
 local seq = append(KEYS[1], KEYS[5], KEYS[6], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 return {'ok', status, locked, seq, history}
 """
-)
+_BEGIN_TURN = _APPEND_FUNCTION + _BEGIN_TURN_BODY
+
+# With a guard (a rate limit, say) checked first in the same script: its keys follow the
+# six above, its arguments the ten above, and `guard(keys, argv)` returns the seconds to wait.
+_GUARD_CALL = """
+local guard_keys, guard_args = {}, {}
+for i = 7, #KEYS do guard_keys[#guard_keys + 1] = KEYS[i] end
+for i = 11, #ARGV do guard_args[#guard_args + 1] = ARGV[i] end
+local wait = guard(guard_keys, guard_args)
+if wait > 0 then return {'limited', tostring(wait)} end
+"""
 
 # Status changes: a visitor asks for a person (request), an agent takes over, hands back or
 # closes. One script checks who holds the conversation and records the change as an event,
@@ -150,6 +158,18 @@ class ConversationNotFound(LookupError):
     pass
 
 
+class TurnGuard(Protocol):
+    """A check run atomically before a turn begins: `function` is Lua source defining
+    `local function guard(keys, argv)` that returns the seconds to wait (0: go on)."""
+
+    @property
+    def function(self) -> str: ...
+    @property
+    def keys(self) -> list[str]: ...
+    @property
+    def args(self) -> list[float | int]: ...
+
+
 class HeldByAnotherAgent(RuntimeError):
     """Another agent holds the conversation; `agent` says who."""
 
@@ -168,12 +188,13 @@ class StatusChange:
 
 @dataclass(frozen=True, slots=True)
 class TurnStart:
-    outcome: str  # ok | duplicate | busy
+    outcome: str  # ok | duplicate | busy | limited
     status: str = ""  # the conversation's status (ok)
     lock_token: str = ""  # ok, bot's turn: the caller holds the answer lock; answer, then unlock with this
     seq: int = 0  # ok: the user message's event
     history: tuple[dict[str, Any], ...] = ()  # ok: the messages before this one, oldest first
     earlier_answer_id: str = ""  # duplicate
+    retry_after_s: float = 0.0  # limited: the guard's wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +221,7 @@ class ConversationStore:
         self._append = redis.register_script(_APPEND_EVENT)
         self._release = redis.register_script(_RELEASE_LOCK)
         self._begin = redis.register_script(_BEGIN_TURN)
+        self._guarded: dict[str, Any] = {}  # guard source -> its begin-turn script
         self._set_status = redis.register_script(_SET_STATUS)
         self._agent_message = redis.register_script(_AGENT_MESSAGE)
         self._add_message = redis.register_script(_ADD_MESSAGE)
@@ -284,8 +306,11 @@ class ConversationStore:
         event: dict[str, Any],
         lock_ttl_s: float,
         history: int,
+        guard: TurnGuard | None = None,
     ) -> TurnStart:
-        """Store a user message and decide, atomically, whether the bot answers it (see _BEGIN_TURN)."""
+        """Store a user message and decide, atomically, whether the bot answers it (see _BEGIN_TURN).
+
+        With a `guard`, it runs first in the same script; when it says wait, nothing is stored."""
         token = secrets.token_hex(8)
         now = time.time()
         keys = [
@@ -308,8 +333,18 @@ class ConversationStore:
             f"{self._p}live:{conversation_id}",
             history,
         ]
-        reply = await self._begin(keys=keys, args=args)
+        script: Any = self._begin
+        if guard is not None:
+            if guard.function not in self._guarded:
+                source = guard.function + _APPEND_FUNCTION + _GUARD_CALL + _BEGIN_TURN_BODY
+                self._guarded[guard.function] = self.redis.register_script(source)
+            script = self._guarded[guard.function]
+            keys += guard.keys
+            args += guard.args
+        reply = await script(keys=keys, args=args)
         outcome = reply[0].decode()
+        if outcome == "limited":
+            return TurnStart("limited", retry_after_s=float(reply[1]))
         if outcome == "missing":
             raise ConversationNotFound(conversation_id)
         if outcome == "duplicate":

@@ -135,7 +135,9 @@ class ChatService:
 
     async def handle(self, ws: WebSocket) -> None:
         origin = ws.headers.get("origin")
-        if origin is not None and origin not in self.settings.allowed_origins:
+        host = ws.headers.get("host", "")
+        same_origin = origin in (f"http://{host}", f"https://{host}")  # the demo page and widget served here
+        if origin is not None and not same_origin and origin not in self.settings.allowed_origins:
             self.metrics.connections_refused.labels("origin").inc()
             log.warning("refused websocket from origin %r", origin)
             await ws.close(code=1008, reason="origin not allowed")  # before accept: the upgrade gets HTTP 403
@@ -222,16 +224,22 @@ class Connection:
                 if message["type"] == "websocket.disconnect":
                     return
                 self._received = time.perf_counter()
-                if not await self._within_rate():
-                    continue
                 text = message.get("text")
-                if text is None:
-                    await self.error("binary_not_supported", "frames must be UTF-8 JSON text, not binary")
-                    continue
+                frame: ClientFrame | None = None
+                problem: FrameError | None = None
                 try:
+                    if text is None:
+                        raise FrameError("binary_not_supported", "frames must be UTF-8 JSON text, not binary")
                     frame = parse_frame(text)
                 except FrameError as exc:
-                    await self.error(exc.code, str(exc))
+                    problem = exc
+                # A message takes its rate tokens inside the script that begins its turn (one
+                # round trip on the hot path); every other frame, bad ones too, takes them here.
+                if not (isinstance(frame, MessageFrame) and self.conversation_id is not None) and not await self._within_rate():
+                    continue
+                if problem is not None or frame is None:
+                    assert problem is not None
+                    await self.error(problem.code, str(problem))
                     continue
                 self.service.metrics.frames.labels(frame.type).inc()
                 try:
@@ -252,19 +260,25 @@ class Connection:
             if self.conversation_id is not None:
                 await self.service.events.unsubscribe(self.conversation_id, self._on_event)
 
-    async def _within_rate(self) -> bool:
+    def _frame_buckets(self) -> tuple[tuple[str, float, int], ...]:
         s = self.settings
+        return (
+            (f"conn:{self.connection_id}", s.rate_frames_per_s, s.rate_burst),
+            (f"client:{self.client}", s.rate_client_frames_per_s, s.rate_client_burst),
+        )
+
+    async def _within_rate(self) -> bool:
         try:
-            wait = await self.service.limiter.take(
-                (f"conn:{self.connection_id}", s.rate_frames_per_s, s.rate_burst),
-                (f"client:{self.client}", s.rate_client_frames_per_s, s.rate_client_burst),
-            )
+            wait = await self.service.limiter.take(*self._frame_buckets())
         except RedisError:
             return True  # without Redis the frame itself will get "unavailable"; do not add a second error
         if wait:
-            await self.error("rate_limited", f"too many frames; retry in {wait:.1f} s", retry_after_s=round(wait, 2))
+            await self._rate_limited(wait)
             return False
         return True
+
+    async def _rate_limited(self, wait: float) -> None:
+        await self.error("rate_limited", f"too many frames; retry in {wait:.1f} s", retry_after_s=round(wait, 2))
 
     async def _dispatch(self, frame: ClientFrame) -> None:
         if isinstance(frame, PingFrame):
@@ -326,10 +340,12 @@ class Connection:
     async def _message(self, frame: MessageFrame) -> None:
         assert self.conversation_id is not None
         text = frame.text.strip()
+        limit = self.settings.answer_max_message_chars
+        if (not text or len(text) > limit) and not await self._within_rate():
+            return
         if not text:
             await self.error("empty_message", "the message is empty", client_message_id=frame.client_message_id)
             return
-        limit = self.settings.answer_max_message_chars
         if len(text) > limit:
             await self.error(
                 "message_too_long",
@@ -347,7 +363,11 @@ class Connection:
             event={"type": "user_message", "message_id": user["id"], "text": text, "client_message_id": frame.client_message_id},
             lock_ttl_s=self.settings.generator_timeout_s + 30,
             history=HISTORY_TURNS,
+            guard=self.service.limiter.guard(*self._frame_buckets()),
         )
+        if turn.outcome == "limited":
+            await self._rate_limited(turn.retry_after_s)
+            return
         if turn.outcome == "duplicate":
             await self.send(
                 {"type": "duplicate", "client_message_id": frame.client_message_id, "message_id": turn.earlier_answer_id}

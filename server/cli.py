@@ -270,6 +270,7 @@ def serve(
     """Run the server; on first start it indexes the sample help center."""
     import asyncio
     import signal
+    import sys
     from types import FrameType
 
     import uvicorn
@@ -279,6 +280,9 @@ def serve(
 
     settings: Settings = ctx.obj
     configure_json_logging()
+    # The embedder and the generator run Python in worker threads; with the default 5 ms GIL
+    # switch interval the event loop could wait that long for its turn on every frame.
+    sys.setswitchinterval(settings.gil_switch_interval_s)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -288,6 +292,8 @@ def serve(
         ws_max_size=settings.ws_max_frame_bytes,
         ws_ping_interval=settings.ws_ping_interval_s,
         ws_ping_timeout=settings.ws_ping_interval_s,
+        # Chat frames are a few hundred bytes: compressing each costs more time than it saves bytes.
+        ws_per_message_deflate=False,
         timeout_graceful_shutdown=int(settings.shutdown_drain_s) + 5,
     )
 

@@ -113,6 +113,13 @@ class Settings(BaseSettings):
         20.0, gt=0, description="Ratings and comments one client address may send per minute (websocket and REST)."
     )
     feedback_burst: int = Field(10, gt=0, description="Feedback one client address may send at once.")
+    gil_switch_interval_s: float = Field(
+        0.0005,
+        gt=0,
+        le=0.1,
+        description="How soon a thread waiting for the GIL gets it (Python's default is 0.005): "
+        "shorter keeps the event loop responsive while model threads run.",
+    )
     shutdown_drain_s: float = Field(30.0, ge=0, description="On SIGTERM, answers in flight get this long to finish.")
 
     answer_confidence_threshold: float = Field(
