@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -160,7 +161,22 @@ def create_app(settings: Settings) -> FastAPI:
         """The review page for support agents (it asks for an API key)."""
         return FileResponse(STATIC / "agent.html", headers=PAGE_HEADERS)
 
+    @app.get("/", include_in_schema=False)
+    async def demo_page() -> FileResponse:
+        """A fake storefront with the chat widget embedded, as a customer's site would have it."""
+        return FileResponse(STATIC / "demo.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/widget.js", include_in_schema=False)
+    async def widget() -> FileResponse:
+        """The chat widget: `<script src="https://HOST/widget.js" data-title="..." async></script>`."""
+        return FileResponse(
+            STATIC / "widget.js",
+            media_type="text/javascript",
+            headers={"Cache-Control": "public, max-age=300", "Cross-Origin-Resource-Policy": "cross-origin"},
+        )
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from bot.generation import TransformersGenerator
-from tests.e2e.servers import data_dir_with_sample_index, start_server, stop_server
+from tests.e2e.servers import Site, data_dir_with_sample_index, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -15,3 +15,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generat
     process, base = start_server(data_dir_with_sample_index(tmp_path_factory, sample_index, "server-data"), ready_within_s=120)
     yield base
     stop_server(process)
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator) -> Iterator[Site]:
+    data = data_dir_with_sample_index(tmp_path_factory, sample_index, "agents")
+    process, base = start_server(data, ready_within_s=180)
+    try:
+        yield Site(base, data)
+    finally:
+        stop_server(process)

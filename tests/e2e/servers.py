@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -82,3 +83,35 @@ def redis_children(data_dir: Path) -> list[int]:
         if "redis-server" in cmdline and str(data_dir.resolve() / "redis") in cmdline:
             pids.append(int(proc.name))
     return pids
+
+
+def cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SUPPORTBOT_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+class Site:
+    """A running server with an admin key (made by the CLI) and two agent keys (made over REST)."""
+
+    def __init__(self, base: str, data: Path) -> None:
+        self.base, self.data = base, data
+        made = cli(data, "keys", "create", "--role", "admin", "--name", "Root")
+        assert made.returncode == 0, made.stderr
+        self.admin = made.stdout.strip()
+        self.agent = self.make_key("agent", "Alice")
+        self.other_agent = self.make_key("agent", "Bob")
+
+    def make_key(self, role: str, name: str) -> str:
+        response = self.post("/v1/admin/keys", self.admin, {"role": role, "name": name})
+        assert response.status_code == 201, response.text
+        return str(response.json()["key"])
+
+    def get(self, path: str, key: str | None, **params: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.get(self.base + path, headers=headers, params=params, timeout=30)
+
+    def post(self, path: str, key: str | None, body: dict[str, Any] | None = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.post(self.base + path, headers=headers, json=body, timeout=30)

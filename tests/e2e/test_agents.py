@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,52 +13,11 @@ import httpx
 import pytest
 
 from bot.assistant import HUMAN_ANSWER
-from bot.generation import TransformersGenerator
 from tests.e2e.browser import chromium_page, require_browser
 from tests.e2e.chat_client import QUESTION, Client, run
-from tests.e2e.servers import data_dir_with_sample_index, start_server, stop_server
+from tests.e2e.servers import Site, cli
 
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
-
-
-def cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SUPPORTBOT_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-
-
-class Site:
-    def __init__(self, base: str, data: Path) -> None:
-        self.base, self.data = base, data
-        made = cli(data, "keys", "create", "--role", "admin", "--name", "Root")
-        assert made.returncode == 0, made.stderr
-        self.admin = made.stdout.strip()
-        self.agent = self.make_key("agent", "Alice")
-        self.other_agent = self.make_key("agent", "Bob")
-
-    def make_key(self, role: str, name: str) -> str:
-        response = self.post("/v1/admin/keys", self.admin, {"role": role, "name": name})
-        assert response.status_code == 201, response.text
-        return str(response.json()["key"])
-
-    def get(self, path: str, key: str | None, **params: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.get(self.base + path, headers=headers, params=params, timeout=30)
-
-    def post(self, path: str, key: str | None, body: dict[str, Any] | None = None) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.post(self.base + path, headers=headers, json=body, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator) -> Iterator[Site]:
-    data = data_dir_with_sample_index(tmp_path_factory, sample_index, "agents")
-    process, base = start_server(data, ready_within_s=180)
-    try:
-        yield Site(base, data)
-    finally:
-        stop_server(process)
 
 
 async def answered(client: Client, text: str, cmid: str) -> tuple[str, list[dict[str, Any]]]:
