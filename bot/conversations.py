@@ -30,6 +30,8 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
+from bot.crypto import Sealer
+
 # Appends one frame (JSON without its opening brace) to a conversation's event stream under the
 # next sequence number, publishes it for live sockets, and refreshes the expiries. Shared by
 # the scripts below, so a user message and an answer token are numbered the same way.
@@ -214,8 +216,9 @@ class Conversation:
 
 
 class ConversationStore:
-    def __init__(self, redis: Redis, *, prefix: str = "sb:", ttl_s: int = 30 * 24 * 3600) -> None:
+    def __init__(self, redis: Redis, *, prefix: str = "sb:", ttl_s: int = 30 * 24 * 3600, sealer: Sealer | None = None) -> None:
         self.redis: Any = redis  # redis-py's stubs type replies loosely; replies here are bytes
+        self.sealer = sealer or Sealer()
         self._p = prefix
         self._ttl = ttl_s
         self._append = redis.register_script(_APPEND_EVENT)
@@ -241,21 +244,28 @@ class ConversationStore:
     def _key(self, conversation_id: str, part: str = "") -> str:
         return f"{self._p}conv:{conversation_id}{':' + part if part else ''}"
 
-    async def create(self, *, channel: str = "widget", client: dict[str, Any] | None = None) -> Conversation:
+    async def create(
+        self, *, channel: str = "widget", client: dict[str, Any] | None = None, user_id: str | None = None
+    ) -> Conversation:
+        """A new conversation; `user_id` (the site's own id for a signed-in customer) lets erasure find it."""
         conversation_id = f"c_{uuid.uuid4().hex}"
         now = time.time()
-        meta = {
+        meta: dict[str, str | float | int] = {
             "created": now,
             "updated": now,
             "channel": channel,
             "status": "bot",
-            "client": json.dumps(client or {}),
+            "client": self.sealer.seal(client or {}),
             "last_seq": 0,
         }
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._key(conversation_id), mapping=meta)
             pipe.expire(self._key(conversation_id), self._ttl)
             pipe.zadd(f"{self._p}conversations", {conversation_id: now})
+            if user_id:
+                pipe.hset(self._key(conversation_id), "user_id", user_id)
+                pipe.sadd(self.user_key(user_id), conversation_id)
+                pipe.expire(self.user_key(user_id), self._ttl)
             await pipe.execute()
         return Conversation(conversation_id, now, now, channel, "bot", client or {}, 0)
 
@@ -265,12 +275,12 @@ class ConversationStore:
         raw = await self.redis.hgetall(self._key(conversation_id))
         if not raw:
             raise ConversationNotFound(conversation_id)
-        return _conversation(conversation_id, raw)
+        return _conversation(conversation_id, raw, self.sealer)
 
     async def append_event(self, conversation_id: str, frame: dict[str, Any]) -> int:
         """Store a frame for clients and return its sequence number (also written into the frame)."""
         now = time.time()
-        body = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)[1:]  # the script puts "seq" first
+        body = self._event_body(frame)  # the script puts "seq" first
         keys = [self._key(conversation_id), self._key(conversation_id, "events"), f"{self._p}conversations"]
         channel = f"{self._p}live:{conversation_id}"
         return int(await self._append(keys=keys, args=[body, now, self._ttl, conversation_id, channel]))
@@ -278,7 +288,23 @@ class ConversationStore:
     async def events_after(self, conversation_id: str, seq: int) -> list[dict[str, Any]]:
         """Frames with sequence numbers above `seq`, oldest first."""
         entries = await self.redis.xrange(self._key(conversation_id, "events"), min=f"0-{seq + 1}", max="+")
-        return [json.loads(fields[b"frame"]) for _, fields in entries]
+        return [self.open_frame(json.loads(fields[b"frame"])) for _, fields in entries]
+
+    def _event_body(self, frame: dict[str, Any]) -> str:
+        """A frame as the Lua append function takes it: JSON without its opening brace, sealed if keys are set."""
+        body = {"sealed": self.sealer.seal(frame)} if self.sealer.enabled else frame
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False)[1:]
+
+    def open_frame(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """A stored or published frame as clients get it (unsealed)."""
+        sealed = frame.get("sealed")
+        if sealed is None:
+            return frame
+        return {"seq": frame["seq"], **self.sealer.open(sealed)}
+
+    def user_key(self, user_id: str) -> str:
+        """The set of conversation ids of one of the site's users (the widget's data-user-id)."""
+        return f"{self._p}user:{user_id}"
 
     async def add_message(self, conversation_id: str, message: dict[str, Any]) -> None:
         """Store a message; an answer (one with a `path`) also updates the conversation's summary."""
@@ -286,7 +312,7 @@ class ConversationStore:
         path = str(message.get("path", "")) if message.get("role") == "assistant" else ""
         confidence = message.get("confidence")
         args: list[str | int | float] = [
-            json.dumps(message, ensure_ascii=False),
+            self.sealer.seal(message),
             self._ttl,
             path,
             "" if confidence is None else confidence,
@@ -294,7 +320,7 @@ class ConversationStore:
         await self._add_message(keys=keys, args=args)
 
     async def messages(self, conversation_id: str) -> list[dict[str, Any]]:
-        return [json.loads(m) for m in await self.redis.lrange(self._key(conversation_id, "messages"), 0, -1)]
+        return [self.sealer.open(m) for m in await self.redis.lrange(self._key(conversation_id, "messages"), 0, -1)]
 
     async def begin_turn(
         self,
@@ -325,8 +351,8 @@ class ConversationStore:
             answer_id,
             token,
             int(lock_ttl_s * 1000),
-            json.dumps(user_message, ensure_ascii=False),
-            json.dumps(event, separators=(",", ":"), ensure_ascii=False)[1:],
+            self.sealer.seal(user_message),
+            self._event_body(event),
             now,
             self._ttl,
             conversation_id,
@@ -356,7 +382,7 @@ class ConversationStore:
             status=reply[1].decode(),
             lock_token=token if reply[2] == b"1" else "",
             seq=int(reply[3]),
-            history=tuple(json.loads(m) for m in reply[4]),
+            history=tuple(self.sealer.open(m) for m in reply[4]),
         )
 
     async def change_status(self, conversation_id: str, action: str, *, agent: str = "", reason: str = "") -> StatusChange:
@@ -372,7 +398,7 @@ class ConversationStore:
             f"{self._p}handoff_queue",
             f"{self._p}conversations",
         ]
-        body = json.dumps(event, separators=(",", ":"), ensure_ascii=False)[1:]
+        body = self._event_body(event)
         args: list[str | int | float] = [
             action,
             agent,
@@ -405,8 +431,8 @@ class ConversationStore:
         ]
         args: list[str | int | float] = [
             agent,
-            json.dumps(message, ensure_ascii=False),
-            json.dumps(event, separators=(",", ":"), ensure_ascii=False)[1:],
+            self.sealer.seal(message),
+            self._event_body(event),
             now,
             self._ttl,
             conversation_id,
@@ -430,7 +456,7 @@ class ConversationStore:
         await self._release(keys=[self._key(conversation_id, "answering")], args=[token])
 
 
-def _conversation(conversation_id: str, raw: dict[bytes, bytes]) -> Conversation:
+def _conversation(conversation_id: str, raw: dict[bytes, bytes], sealer: Sealer) -> Conversation:
     meta = {k.decode(): v.decode() for k, v in raw.items()}
     return Conversation(
         conversation_id,
@@ -438,7 +464,7 @@ def _conversation(conversation_id: str, raw: dict[bytes, bytes]) -> Conversation
         float(meta["updated"]),
         meta["channel"],
         meta["status"],
-        json.loads(meta.get("client", "{}")),
+        sealer.open(meta.get("client", "{}")),
         int(meta.get("last_seq", 0)),
         agent=meta.get("agent", ""),
         answers=int(meta.get("answers", 0)),

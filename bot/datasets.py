@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bot.crypto import Sealer, SealError
 from bot.feedback_sink import FILE_PREFIX
 from bot.prompt import instructions, passage_block
 from bot.redaction import redact
@@ -60,8 +61,11 @@ def stream_order(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def read_events(directory: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every event in the sink files once, in stream order; plus a note per unreadable line."""
+def read_events(directory: Path, sealer: Sealer | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every event in the sink files once, in stream order; plus a note per unreadable line.
+
+    Sealed lines are opened with `sealer`; a key that is not configured raises SealError."""
+    sealer = sealer or Sealer()
     seen: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     for path in sorted(directory.glob(f"{FILE_PREFIX}*.jsonl")):
@@ -69,8 +73,12 @@ def read_events(directory: Path) -> tuple[list[dict[str, Any]], list[str]]:
             for number, line in enumerate(handle, 1):
                 try:
                     event = json.loads(line)
+                    if "sealed" in event:
+                        event = {**sealer.open(event["sealed"]), "stream_id": event["stream_id"]}
                     event_id, stream_id = event["event_id"], event["stream_id"]
                     stream_order(stream_id)
+                except SealError:
+                    raise  # a missing or wrong key is not a broken line: stop and say so
                 except (ValueError, KeyError, TypeError, ExportError):
                     problems.append(f"{path.name}:{number}: not a feedback event, skipped")
                     continue

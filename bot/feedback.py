@@ -17,7 +17,6 @@ persistence nothing acknowledged is lost.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -127,7 +126,7 @@ class FeedbackLog:
             "time": time.time(),
             "context": _context(messages, index),
         }
-        body = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+        body = self._store.sealer.seal(event)
         keys = [
             f"{self._store.prefix}feedback:seen:{event_id}",
             self.stream_key,
@@ -150,7 +149,7 @@ class FeedbackLog:
     async def history(self, conversation_id: str) -> list[dict[str, Any]]:
         """Every feedback event of a conversation, oldest first (without the context copy)."""
         raw = await self._redis.lrange(self._store.key(conversation_id, "feedback"), 0, -1)
-        events = [json.loads(item) for item in raw]
+        events = [self._store.sealer.open(item) for item in raw]
         for event in events:
             event.pop("context", None)
         return events

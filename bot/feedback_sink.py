@@ -33,6 +33,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from bot.crypto import PREFIX as SEALED_PREFIX
+from bot.crypto import Sealer
+
 log = logging.getLogger("supportbot.feedback")
 
 GROUP = "sink"
@@ -49,6 +52,7 @@ class _Partition:
 
     ids: set[str] = field(default_factory=set)
     offset: int = 0
+    inode: int = 0
 
 
 class FeedbackSink:
@@ -63,7 +67,9 @@ class FeedbackSink:
         block_ms: int = 1000,
         claim_idle_s: float = 60.0,
         keep_acked_s: float = 24 * 3600,
+        sealer: Sealer | None = None,
     ) -> None:
+        self._sealer = sealer or Sealer()
         self._redis: Any = redis
         self.directory = directory
         self.stream = f"{prefix}feedback"
@@ -162,8 +168,11 @@ class FeedbackSink:
     def _write(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         by_file: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for entry_id, fields in entries:
-            event = json.loads(fields[b"event"])
+            raw = fields[b"event"].decode()
+            event = self._sealer.open(raw)
             stream_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            if raw.startswith(SEALED_PREFIX):  # the file gets the sealed body; ids and time stay readable
+                event = {k: event[k] for k in ("event_id", "conversation_id", "message_id", "time")} | {"sealed": raw}
             by_file.setdefault(partition_name(float(event["time"])), []).append((stream_id, event))
         self.directory.mkdir(parents=True, exist_ok=True)
         for name, events in sorted(by_file.items()):
@@ -174,10 +183,22 @@ class FeedbackSink:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.fstat(fd).st_size
-            if size < known.offset:  # rewritten by erasure or a purge: read it again
+            stat = os.fstat(fd)
+            try:
+                current = os.stat(path).st_ino
+            except FileNotFoundError:
+                current = -1
+            if current != stat.st_ino:  # erasure or a purge replaced the file while we waited: open the new one
+                os.close(fd)
+                fd = -1
+                self._partitions.pop(path.name, None)
+                self._append(path, events)
+                return
+            size = stat.st_size
+            if known.inode != stat.st_ino or size < known.offset:  # a new or rewritten file: read it again
                 known.ids.clear()
                 known.offset = 0
+                known.inode = stat.st_ino
             if size > known.offset:
                 known.offset = self._scan(fd, known, size)
                 if known.offset < size:  # a torn last line: cut it off (its event was never acknowledged)
@@ -199,7 +220,8 @@ class FeedbackSink:
                 known.offset += len(data)
                 self.written += len(lines)
         finally:
-            os.close(fd)  # closing releases the lock
+            if fd >= 0:
+                os.close(fd)  # closing releases the lock
 
     @staticmethod
     def _scan(fd: int, known: _Partition, size: int) -> int:

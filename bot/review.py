@@ -9,11 +9,11 @@ looks at `scan_limit` candidates at most and hands back a cursor to go on from.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from bot.conversations import Conversation, ConversationStore, _conversation
+from bot.crypto import Sealer
 from bot.feedback import FeedbackLog
 
 Status = Literal["bot", "handoff", "closed"]
@@ -84,7 +84,7 @@ class Review:
                 cid = member.decode()
                 if not meta:
                     stale.append(cid)
-                elif _matches(summary := _summary(cid, meta, ratings_raw, first), query) and (
+                elif _matches(summary := _summary(cid, meta, ratings_raw, first, self._store.sealer), query) and (
                     not words or await self._has_words(cid, words)
                 ):
                     items.append(summary)
@@ -100,7 +100,7 @@ class Review:
 
     async def _has_words(self, conversation_id: str, words: list[str]) -> bool:
         texts = await self._redis.lrange(self._store.key(conversation_id, "messages"), 0, -1)
-        haystack = " ".join(json.loads(t).get("text", "") for t in texts).lower()
+        haystack = " ".join(self._store.sealer.open(t).get("text", "") for t in texts).lower()
         return all(word in haystack for word in words)
 
     async def transcript(self, conversation_id: str) -> dict[str, Any]:
@@ -121,12 +121,14 @@ class Review:
         return {"conversation": conversation, "messages": messages}
 
 
-def _summary(cid: str, meta: dict[bytes, bytes], ratings_raw: list[bytes], first: bytes | None) -> ConversationSummary:
+def _summary(
+    cid: str, meta: dict[bytes, bytes], ratings_raw: list[bytes], first: bytes | None, sealer: Sealer
+) -> ConversationSummary:
     ratings = [r.decode() for r in ratings_raw]
     return ConversationSummary(
-        _conversation(cid, meta),
+        _conversation(cid, meta, sealer),
         {"up": ratings.count("up"), "down": ratings.count("down")},
-        json.loads(first).get("text", "")[:200] if first else "",
+        sealer.open(first).get("text", "")[:200] if first else "",
     )
 
 

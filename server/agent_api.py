@@ -18,10 +18,12 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot import datasets
+from bot.audit import AuditLog
 from bot.conversations import ConversationNotFound, ConversationStore, HeldByAnotherAgent
 from bot.feedback import MAX_COMMENT_CHARS, MAX_CORRECTION_CHARS, FeedbackError, FeedbackLog
+from bot.privacy import Privacy
 from bot.review import ConversationQuery, Review
-from server.auth import AdminDep, AgentDep, ApiKeys, Role
+from server.auth import AdminDep, AgentDep, ApiKeys, Principal, Role
 from server.limits import RateLimiter
 from server.settings import Settings
 
@@ -72,6 +74,12 @@ def _state(request: Request) -> tuple[Settings, ConversationStore, FeedbackLog, 
     if getattr(state, "review", None) is None:
         raise HTTPException(503, "the server is starting; try again shortly")
     return state.settings, state.store, state.feedback, state.review
+
+
+async def _audit(request: Request, who: Principal, action: str, target: str = "", **details: Any) -> None:
+    audit: AuditLog = request.app.state.audit
+    source = request.client.host if request.client else ""
+    await audit.record(who.name, who.role, action, target, source, details)
 
 
 def _feedback_error(exc: FeedbackError) -> HTTPException:
@@ -154,6 +162,7 @@ async def list_conversations(
         page = await review.search(query)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
+    await _audit(request, caller, "conversations.list", q=q or "", results=len(page.items))
     return {
         "conversations": [
             {**dataclasses.asdict(item.conversation), "ratings": item.ratings, "preview": item.preview} for item in page.items
@@ -170,6 +179,7 @@ async def transcript(conversation_id: str, request: Request, caller: AgentDep) -
         found = await review.transcript(conversation_id)
     except ConversationNotFound:
         raise _not_found(conversation_id) from None
+    await _audit(request, caller, "transcript.read", conversation_id)
     return {"conversation": dataclasses.asdict(found["conversation"]), "messages": found["messages"]}
 
 
@@ -193,37 +203,39 @@ async def correct(conversation_id: str, message_id: str, body: CorrectionIn, req
         raise _feedback_error(exc) from None
     if not submitted.duplicate:
         request.app.state.metrics.feedback.labels("correction").inc()
+        await _audit(request, agent, "feedback.correct", conversation_id, message_id=message_id, event_id=submitted.event_id)
     return {"event_id": submitted.event_id, "duplicate": submitted.duplicate}
 
 
-async def _status(request: Request, conversation_id: str, action: str, agent: str) -> dict[str, Any]:
+async def _status(request: Request, conversation_id: str, action: str, agent: Principal) -> dict[str, Any]:
     _, store, _, _ = _state(request)
     try:
-        change = await store.change_status(conversation_id, action, agent=agent)
+        change = await store.change_status(conversation_id, action, agent=agent.name)
     except ConversationNotFound:
         raise _not_found(conversation_id) from None
     except HeldByAnotherAgent as exc:
         raise HTTPException(409, {"code": "held_by_another_agent", "message": str(exc), "agent": exc.agent}) from None
     if change.changed:
         request.app.state.metrics.handoffs.labels(action).inc()
+        await _audit(request, agent, f"conversation.{action}", conversation_id)
     return {"status": change.status, "agent": change.agent or None, "changed": change.changed}
 
 
 @router.post("/agent/conversations/{conversation_id}/takeover")
 async def take_over(conversation_id: str, request: Request, agent: AgentDep) -> dict[str, Any]:
     """The bot falls silent; the visitor sees that `agent` has joined."""
-    return await _status(request, conversation_id, "takeover", agent.name)
+    return await _status(request, conversation_id, "takeover", agent)
 
 
 @router.post("/agent/conversations/{conversation_id}/handback")
 async def hand_back(conversation_id: str, request: Request, agent: AgentDep) -> dict[str, Any]:
     """The bot answers again."""
-    return await _status(request, conversation_id, "handback", agent.name)
+    return await _status(request, conversation_id, "handback", agent)
 
 
 @router.post("/agent/conversations/{conversation_id}/close")
 async def close(conversation_id: str, request: Request, agent: AgentDep) -> dict[str, Any]:
-    return await _status(request, conversation_id, "close", agent.name)
+    return await _status(request, conversation_id, "close", agent)
 
 
 @router.post("/agent/conversations/{conversation_id}/messages", status_code=201)
@@ -241,6 +253,7 @@ async def agent_message(conversation_id: str, body: AgentMessageIn, request: Req
         raise HTTPException(409, {"code": "held_by_another_agent", "message": str(exc), "agent": exc.agent}) from None
     except PermissionError as exc:
         raise HTTPException(409, {"code": "not_taken_over", "message": str(exc)}) from None
+    await _audit(request, agent, "conversation.message", conversation_id, message_id=message_id)
     return {"message_id": message_id, "seq": seq}
 
 
@@ -259,6 +272,7 @@ async def create_key(body: KeyIn, request: Request, caller: AdminDep) -> dict[st
         info, key = await keys.create(body.role, body.name)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
+    await _audit(request, caller, "key.create", info.key_id, role=info.role, name=info.name)
     return {**dataclasses.asdict(info), "key": key}
 
 
@@ -267,6 +281,7 @@ async def revoke_key(key_id: str, request: Request, caller: AdminDep) -> dict[st
     keys: ApiKeys = request.app.state.keys
     if not await keys.revoke(key_id):
         raise HTTPException(404, f"no key {key_id!r}")
+    await _audit(request, caller, "key.revoke", key_id)
     return {"revoked": key_id}
 
 
@@ -297,7 +312,7 @@ async def create_export(body: ExportIn, request: Request, caller: AdminDep) -> d
     )
 
     def run() -> dict[str, Any]:
-        events, _ = datasets.read_events(settings.feedback_dir)
+        events, _ = datasets.read_events(settings.feedback_dir, request.app.state.sealer)
         export = datasets.build(events, options)
         datasets.write(export, path)
         return export.manifest
@@ -306,6 +321,9 @@ async def create_export(body: ExportIn, request: Request, caller: AdminDep) -> d
         manifest = await run_in_threadpool(run)
     except datasets.ExportError as exc:
         raise HTTPException(422, {"code": "invalid_export", "message": str(exc)}) from None
+    await _audit(
+        request, caller, "export.create", path.name, format=body.format, records=manifest["records"], pii=not body.keep_pii
+    )
     return {"name": path.name, "manifest": manifest}
 
 
@@ -315,4 +333,62 @@ async def download_export(name: str, request: Request, caller: AdminDep) -> File
     path = _export_path(settings, name)
     if not path.is_file():
         raise HTTPException(404, f"no export {name!r}")
+    await _audit(request, caller, "export.download", path.name)
     return FileResponse(path, media_type="application/x-ndjson", filename=path.name)
+
+
+class EraseIn(_Body):
+    conversation_id: str | None = Field(None, max_length=64)
+    user_id: str | None = Field(None, min_length=1, max_length=128)
+    dry_run: bool = False
+
+
+@router.post("/admin/privacy/erase")
+async def erase(body: EraseIn, request: Request, caller: AdminDep) -> dict[str, Any]:
+    """Delete a visitor's conversations, messages, feedback events and sink-file lines; report what went."""
+    if (body.conversation_id is None) == (body.user_id is None):
+        raise HTTPException(422, {"code": "invalid_erase", "message": "give exactly one of conversation_id and user_id"})
+    _, store, _, _ = _state(request)
+    privacy: Privacy = request.app.state.privacy
+    if body.conversation_id is not None:
+        try:
+            await store.get(body.conversation_id)
+        except ConversationNotFound:
+            raise _not_found(body.conversation_id) from None
+        ids = [body.conversation_id]
+    else:
+        assert body.user_id is not None
+        ids = await privacy.conversations_of_user(body.user_id)
+        if not ids:
+            raise HTTPException(
+                404, {"code": "unknown_user", "message": f"no conversations of user {body.user_id!r}; nothing changed"}
+            )
+    report = await privacy.erase(ids, dry_run=body.dry_run)
+    if not body.dry_run:
+        target = body.conversation_id or f"user:{body.user_id}"
+        await _audit(request, caller, "privacy.erase", target, **{k: v for k, v in report.as_dict().items() if k != "dry_run"})
+    return report.as_dict()
+
+
+@router.get("/admin/audit")
+async def audit_trail(
+    request: Request,
+    caller: AdminDep,
+    actor: Annotated[str | None, Query(max_length=64)] = None,
+    action: Annotated[str | None, Query(max_length=40)] = None,
+    target: Annotated[str | None, Query(max_length=140)] = None,
+    since: Annotated[datetime | None, Query()] = None,
+    until: Annotated[datetime | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Who did what, newest first: transcript reads, exports, takeovers, erasures, key changes."""
+    audit: AuditLog = request.app.state.audit
+    entries = await audit.list(
+        actor=actor,
+        action=action,
+        target=target,
+        since=since.timestamp() if since else None,
+        until=until.timestamp() if until else None,
+        limit=limit,
+    )
+    return {"entries": [dataclasses.asdict(e) for e in entries]}

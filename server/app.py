@@ -20,10 +20,13 @@ from pydantic import BaseModel
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
+from bot.audit import AuditLog
 from bot.conversations import ConversationStore
+from bot.crypto import Sealer, SealError
 from bot.feedback import FeedbackLog
 from bot.feedback_sink import FeedbackSink
 from bot.generation import TransformersGenerator
+from bot.privacy import Privacy, check_encryption
 from bot.remote_generation import OpenAICompatibleGenerator
 from bot.review import Review
 from knowledge_base.components import build_builder, build_embedder, build_retriever
@@ -78,6 +81,20 @@ def get_retriever(request: Request) -> Retriever:
 RetrieverDep = Annotated[Retriever, Depends(get_retriever)]
 
 
+async def _retention(settings: Settings, privacy: Privacy, audit: AuditLog) -> None:
+    """Hourly: delete sink files past the feedback retention and trim the audit trail.
+    Conversations need no sweep: every key of theirs expires in Redis."""
+    while True:
+        try:
+            files = await asyncio.to_thread(privacy.delete_old_sink_files, settings.feedback_retention_days * 86400)
+            trimmed = await audit.trim()
+            if files or trimmed:
+                log.info("retention: deleted %d feedback files, trimmed %d audit entries", len(files), trimmed)
+        except (RedisError, OSError) as exc:
+            log.warning("retention sweep failed (%s); next try in an hour", exc)
+        await asyncio.sleep(3600)
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -106,21 +123,36 @@ def create_app(settings: Settings) -> FastAPI:
             health_check_interval=10,
         )
         redis = Redis(connection_pool=pool)
+        # Before the model loads: a server that could not read its own data must stop at once.
+        sealer = Sealer(settings.encryption_key_list)
+        try:
+            said = await check_encryption(redis, settings.redis_prefix, sealer)
+        except SealError as exc:
+            log.critical("refusing to start: %s", exc)
+            await redis.aclose()
+            if embedded is not None:
+                await run_in_threadpool(embedded.stop)
+            raise RuntimeError(f"refusing to start: {exc}") from None
+        (log.info if sealer.enabled else log.warning)(said)
         generator = build_generator(settings)
         if isinstance(generator, TransformersGenerator):
             await run_in_threadpool(generator.warm_up)
         app.state.generator = generator
         app.state.redis = redis
-        store = ConversationStore(redis, prefix=settings.redis_prefix, ttl_s=settings.conversation_ttl_s)
+        store = ConversationStore(redis, prefix=settings.redis_prefix, ttl_s=settings.conversation_ttl_s, sealer=sealer)
         feedback = FeedbackLog(store)
         limiter = RateLimiter(redis, settings.redis_prefix)
         events = EventHub(redis, settings.redis_prefix)
         await events.start()
-        sink = FeedbackSink(redis, settings.feedback_dir, prefix=settings.redis_prefix)
+        sink = FeedbackSink(redis, settings.feedback_dir, prefix=settings.redis_prefix, sealer=sealer)
         sink_task = asyncio.create_task(sink.run(), name="feedback-sink")
+        audit = AuditLog(redis, settings.redis_prefix, retention_s=settings.audit_retention_days * 86400)
+        privacy = Privacy(store, settings.feedback_dir)
+        retention_task = asyncio.create_task(_retention(settings, privacy, audit), name="retention")
         assistant = build_assistant(settings, retriever, embedder, generator)
         app.state.store, app.state.feedback, app.state.limiter = store, feedback, limiter
         app.state.review = Review(store, feedback)
+        app.state.audit, app.state.privacy, app.state.sealer = audit, privacy, sealer
         app.state.keys = ApiKeys(redis, settings.redis_prefix)
         app.state.chat = ChatService(settings, store, assistant, metrics, events, feedback, limiter)
         log.info("ready: generator %s, redis %s", generator.model_id, "embedded" if embedded else "external")
@@ -129,9 +161,10 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await app.state.chat.drain(0)
             await events.stop()
-            sink_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sink_task
+            for task in (sink_task, retention_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if isinstance(generator, TransformersGenerator):
                 await run_in_threadpool(generator.close)
             elif isinstance(generator, OpenAICompatibleGenerator):

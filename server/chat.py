@@ -49,6 +49,7 @@ class StartFrame(_Frame):
     type: Literal["start"]
     conversation_id: str | None = Field(None, max_length=64)
     last_seq: int | None = Field(None, ge=0)
+    user_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[\w.@:+-]+$")
 
 
 class MessageFrame(_Frame):
@@ -313,7 +314,9 @@ class Connection:
                 await self.error("too_many_conversations", f"too many new conversations from this address; retry in {wait:.0f} s")
                 return
             user_agent = self.ws.headers.get("user-agent", "")[:200]
-            conversation = await self.store.create(client={"address": self.client, "user_agent": user_agent})
+            conversation = await self.store.create(
+                client={"address": self.client, "user_agent": user_agent}, user_id=frame.user_id
+            )
             log.info("conversation started", extra={"conversation_id": conversation.id})
         else:
             try:
@@ -534,7 +537,7 @@ class Connection:
                 await self._catch_up()
             if frame is not None and frame["seq"] == self._sent_seq + 1:
                 self._sent_seq = frame["seq"]
-                await self.send(frame)
+                await self.send(self.store.open_frame(frame))
 
     async def _catch_up(self) -> None:
         assert self.conversation_id is not None

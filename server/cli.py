@@ -24,6 +24,8 @@ bot_app = typer.Typer(help="Evaluate whole turns: retrieval, generation and answ
 app.add_typer(bot_app, name="bot")
 keys_app = typer.Typer(help="API keys for support agents and admins (stored hashed in Redis).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+privacy_app = typer.Typer(help="Retention, erasure on request, encryption keys (docs/privacy.md).", no_args_is_help=True)
+app.add_typer(privacy_app, name="privacy")
 feedback_app = typer.Typer(help="Ratings and corrections: the sink files and datasets for retraining.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
 
@@ -101,15 +103,128 @@ def keys_revoke(ctx: typer.Context, key_id: Annotated[str, typer.Argument(help="
     typer.echo(f"revoked {key_id}")
 
 
+def _cli_actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _print_report(report: dict[str, object]) -> None:
+    import json
+
+    typer.echo(json.dumps(report, indent=2))
+
+
+@privacy_app.command("erase")
+def privacy_erase(
+    ctx: typer.Context,
+    conversation: Annotated[list[str] | None, typer.Option(help="A conversation id (repeatable).")] = None,
+    user: Annotated[
+        str | None, typer.Option(help="The site's user id (the widget's data-user-id): all their conversations.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="List what would be removed; change nothing.")] = False,
+) -> None:
+    """Delete a visitor's conversations, messages, feedback events and sink-file lines; print what went."""
+    from bot.audit import AuditLog
+    from bot.conversations import ConversationNotFound, ConversationStore
+    from bot.crypto import Sealer
+    from bot.privacy import Privacy
+
+    settings: Settings = ctx.obj
+    if bool(conversation) == bool(user):
+        typer.echo("error: give --conversation (one or more) or --user, not both", err=True)
+        raise typer.Exit(2)
+
+    async def erase(redis: Redis) -> dict[str, object]:
+        store = ConversationStore(redis, prefix=settings.redis_prefix, sealer=Sealer(settings.encryption_key_list))
+        privacy = Privacy(store, settings.feedback_dir)
+        ids = list(conversation or [])
+        for cid in ids:
+            try:
+                await store.get(cid)
+            except ConversationNotFound:
+                typer.echo(f"error: no conversation {cid!r}; nothing changed", err=True)
+                raise typer.Exit(1) from None
+        if user:
+            ids = await privacy.conversations_of_user(user)
+            if not ids:
+                typer.echo(f"error: no conversations of user {user!r}; nothing changed", err=True)
+                raise typer.Exit(1)
+        report = (await privacy.erase(ids, dry_run=dry_run)).as_dict()
+        if not dry_run:
+            details = {k: v for k, v in report.items() if k != "dry_run"}
+            await AuditLog(redis, settings.redis_prefix).record(
+                _cli_actor(), "admin", "privacy.erase", f"user:{user}" if user else ",".join(ids), "cli", details
+            )
+        return report
+
+    _print_report(_with_redis(settings, erase))
+
+
+@privacy_app.command("purge")
+def privacy_purge(
+    ctx: typer.Context,
+    older_than: Annotated[str, typer.Option(help="Age such as 30d, 12h: conversations idle that long, sink files that old.")],
+    dry_run: Annotated[bool, typer.Option(help="List what would be removed; change nothing.")] = False,
+) -> None:
+    """Remove everything older than a cutoff now (the server also expires data by itself)."""
+    from bot.audit import AuditLog
+    from bot.conversations import ConversationStore
+    from bot.crypto import Sealer
+    from bot.privacy import Privacy, parse_age
+
+    settings: Settings = ctx.obj
+    try:
+        age = parse_age(older_than)
+    except ValueError as exc:
+        typer.echo(f"error: --older-than: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    async def purge(redis: Redis) -> dict[str, object]:
+        store = ConversationStore(redis, prefix=settings.redis_prefix, sealer=Sealer(settings.encryption_key_list))
+        report = (await Privacy(store, settings.feedback_dir).purge(age, dry_run=dry_run)).as_dict()
+        if not dry_run:
+            counts = {k: len(v) if isinstance(v, list) else v for k, v in report.items() if k != "dry_run"}
+            await AuditLog(redis, settings.redis_prefix).record(_cli_actor(), "admin", "privacy.purge", older_than, "cli", counts)
+        return report
+
+    _print_report(_with_redis(settings, purge))
+
+
+@privacy_app.command("new-key")
+def privacy_new_key(key_id: Annotated[str, typer.Argument(help="A short name for the key, e.g. k2026a.")] = "k1") -> None:
+    """Print a new encryption key entry for SUPPORTBOT_ENCRYPTION_KEYS (put it first to rotate)."""
+    from bot.crypto import Sealer, SealError
+
+    entry = f"{key_id}:{Sealer.new_key()}"
+    try:
+        Sealer([entry])
+    except SealError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(entry)
+
+
 @feedback_app.command("sink")
 def feedback_sink(ctx: typer.Context) -> None:
     """Copy feedback waiting in Redis into the sink files now (a running server does this continuously)."""
+    from bot.crypto import Sealer
     from bot.feedback_sink import FeedbackSink
 
     settings: Settings = ctx.obj
 
     async def drain(redis: Redis) -> int:
-        return await FeedbackSink(redis, settings.feedback_dir, prefix=settings.redis_prefix, consumer="cli").run_once()
+        sink = FeedbackSink(
+            redis,
+            settings.feedback_dir,
+            prefix=settings.redis_prefix,
+            consumer="cli",
+            sealer=Sealer(settings.encryption_key_list),
+        )
+        return await sink.run_once()
 
     typer.echo(f"wrote {_with_redis(settings, drain)} events to {settings.feedback_dir}")
 
@@ -163,7 +278,13 @@ def feedback_export(
         keep_pii=keep_pii,
         after=after,
     )
-    events, problems = datasets.read_events(settings.feedback_dir)
+    from bot.crypto import Sealer, SealError
+
+    try:
+        events, problems = datasets.read_events(settings.feedback_dir, Sealer(settings.encryption_key_list))
+    except SealError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     for problem in problems:
         typer.echo(f"warning: {problem}", err=True)
     try:

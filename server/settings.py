@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.crypto import Sealer
+
 SAMPLE_KB_DIR = Path(__file__).resolve().parent.parent / "knowledge_base" / "samples" / "help-center"
 
 
@@ -113,6 +115,13 @@ class Settings(BaseSettings):
         20.0, gt=0, description="Ratings and comments one client address may send per minute (websocket and REST)."
     )
     feedback_burst: int = Field(10, gt=0, description="Feedback one client address may send at once.")
+    encryption_keys: SecretStr | None = Field(
+        None,
+        description="Encryption at rest: comma-separated `id:base64key` pairs (32-byte keys; "
+        "`supportbot privacy new-key` makes one). The first seals, all open. Unset: stored in plain text.",
+    )
+    feedback_retention_days: int = Field(365, gt=0, description="Feedback sink files older than this are deleted.")
+    audit_retention_days: int = Field(730, gt=0, description="Audit trail entries older than this are trimmed.")
     gil_switch_interval_s: float = Field(
         0.0005,
         gt=0,
@@ -132,6 +141,7 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.chunk_overlap_tokens * 2 >= self.chunk_max_tokens:
             raise ValueError("chunk_overlap_tokens must be less than half of chunk_max_tokens")
+        Sealer(self.encryption_key_list)  # a malformed key stops start-up here, with its reason
         if self.generator_backend == "openai" and not self.generator_base_url:
             raise ValueError("generator_backend=openai needs SUPPORTBOT_GENERATOR_BASE_URL")
         return self
@@ -139,6 +149,11 @@ class Settings(BaseSettings):
     @property
     def index_root(self) -> Path:
         return self.index_dir or self.data_dir / "index"
+
+    @property
+    def encryption_key_list(self) -> list[str]:
+        raw = self.encryption_keys.get_secret_value() if self.encryption_keys else ""
+        return [item.strip() for item in raw.split(",") if item.strip()]
 
     @property
     def feedback_dir(self) -> Path:

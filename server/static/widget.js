@@ -23,6 +23,7 @@
     position: tag.dataset.position === "left" ? "left" : "right",
     color: tag.dataset.color || "",
     maxChars: Number(tag.dataset.maxChars) || 2000,
+    userId: tag.dataset.userId || "", // the site's id for a signed-in customer: lets erasure find their chats
   };
   const WS_URL = `${origin.protocol === "https:" ? "wss:" : "ws:"}//${origin.host}/v1/chat`;
   const STORE = `supportbot:${origin.host}:conversation`;
@@ -252,6 +253,7 @@ textarea { font: inherit; resize: none; border: 1px solid #9ca3af; border-radius
     socket.addEventListener("open", () => {
       const start = { type: "start" };
       if (conversationId) Object.assign(start, { conversation_id: conversationId, last_seq: lastSeq });
+      else if (opts.userId) start.user_id = opts.userId;
       socket.send(JSON.stringify(start));
     });
     socket.addEventListener("message", (event) => {
