@@ -239,9 +239,6 @@ class ConversationStore:
 
     def key(self, conversation_id: str, part: str = "") -> str:
         """The Redis key of a conversation (or one of its parts); other stores file under it."""
-        return self._key(conversation_id, part)
-
-    def _key(self, conversation_id: str, part: str = "") -> str:
         return f"{self._p}conv:{conversation_id}{':' + part if part else ''}"
 
     async def create(
@@ -258,12 +255,13 @@ class ConversationStore:
             "client": self.sealer.seal(client or {}),
             "last_seq": 0,
         }
+        if user_id:
+            meta["user_id"] = user_id
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._key(conversation_id), mapping=meta)
-            pipe.expire(self._key(conversation_id), self._ttl)
+            pipe.hset(self.key(conversation_id), mapping=meta)
+            pipe.expire(self.key(conversation_id), self._ttl)
             pipe.zadd(f"{self._p}conversations", {conversation_id: now})
             if user_id:
-                pipe.hset(self._key(conversation_id), "user_id", user_id)
                 pipe.sadd(self.user_key(user_id), conversation_id)
                 pipe.expire(self.user_key(user_id), self._ttl)
             await pipe.execute()
@@ -272,7 +270,7 @@ class ConversationStore:
     async def get(self, conversation_id: str) -> Conversation:
         if not conversation_id.startswith("c_") or len(conversation_id) > 64:
             raise ConversationNotFound(conversation_id)
-        raw = await self.redis.hgetall(self._key(conversation_id))
+        raw = await self.redis.hgetall(self.key(conversation_id))
         if not raw:
             raise ConversationNotFound(conversation_id)
         return _conversation(conversation_id, raw, self.sealer)
@@ -281,13 +279,13 @@ class ConversationStore:
         """Store a frame for clients and return its sequence number (also written into the frame)."""
         now = time.time()
         body = self._event_body(frame)  # the script puts "seq" first
-        keys = [self._key(conversation_id), self._key(conversation_id, "events"), f"{self._p}conversations"]
+        keys = [self.key(conversation_id), self.key(conversation_id, "events"), f"{self._p}conversations"]
         channel = f"{self._p}live:{conversation_id}"
         return int(await self._append(keys=keys, args=[body, now, self._ttl, conversation_id, channel]))
 
     async def events_after(self, conversation_id: str, seq: int) -> list[dict[str, Any]]:
         """Frames with sequence numbers above `seq`, oldest first."""
-        entries = await self.redis.xrange(self._key(conversation_id, "events"), min=f"0-{seq + 1}", max="+")
+        entries = await self.redis.xrange(self.key(conversation_id, "events"), min=f"0-{seq + 1}", max="+")
         return [self.open_frame(json.loads(fields[b"frame"])) for _, fields in entries]
 
     def _event_body(self, frame: dict[str, Any]) -> str:
@@ -308,7 +306,7 @@ class ConversationStore:
 
     async def add_message(self, conversation_id: str, message: dict[str, Any]) -> None:
         """Store a message; an answer (one with a `path`) also updates the conversation's summary."""
-        keys = [self._key(conversation_id), self._key(conversation_id, "messages")]
+        keys = [self.key(conversation_id), self.key(conversation_id, "messages")]
         path = str(message.get("path", "")) if message.get("role") == "assistant" else ""
         confidence = message.get("confidence")
         args: list[str | int | float] = [
@@ -320,7 +318,7 @@ class ConversationStore:
         await self._add_message(keys=keys, args=args)
 
     async def messages(self, conversation_id: str) -> list[dict[str, Any]]:
-        return [self.sealer.open(m) for m in await self.redis.lrange(self._key(conversation_id, "messages"), 0, -1)]
+        return [self.sealer.open(m) for m in await self.redis.lrange(self.key(conversation_id, "messages"), 0, -1)]
 
     async def begin_turn(
         self,
@@ -340,11 +338,11 @@ class ConversationStore:
         token = secrets.token_hex(8)
         now = time.time()
         keys = [
-            self._key(conversation_id),
-            self._key(conversation_id, f"cmid:{client_message_id}"),
-            self._key(conversation_id, "answering"),
-            self._key(conversation_id, "messages"),
-            self._key(conversation_id, "events"),
+            self.key(conversation_id),
+            self.key(conversation_id, f"cmid:{client_message_id}"),
+            self.key(conversation_id, "answering"),
+            self.key(conversation_id, "messages"),
+            self.key(conversation_id, "events"),
             f"{self._p}conversations",
         ]
         args: list[str | int | float] = [
@@ -393,8 +391,8 @@ class ConversationStore:
         target = {"request": "handoff", "takeover": "handoff", "handback": "bot", "close": "closed"}[action]
         event = {"type": "status", "status": target, "agent": agent if action == "takeover" else None, "reason": reason or action}
         keys = [
-            self._key(conversation_id),
-            self._key(conversation_id, "events"),
+            self.key(conversation_id),
+            self.key(conversation_id, "events"),
             f"{self._p}handoff_queue",
             f"{self._p}conversations",
         ]
@@ -424,9 +422,9 @@ class ConversationStore:
         message = {"id": message_id, "role": "agent", "agent": agent, "text": text, "created": now}
         event = {"type": "agent_message", "message_id": message_id, "agent": agent, "text": text}
         keys = [
-            self._key(conversation_id),
-            self._key(conversation_id, "messages"),
-            self._key(conversation_id, "events"),
+            self.key(conversation_id),
+            self.key(conversation_id, "messages"),
+            self.key(conversation_id, "events"),
             f"{self._p}conversations",
         ]
         args: list[str | int | float] = [
@@ -453,7 +451,7 @@ class ConversationStore:
         return [(m.decode(), s) for m, s in await self.redis.zrange(f"{self._p}handoff_queue", 0, -1, withscores=True)]
 
     async def unlock_answer(self, conversation_id: str, token: str) -> None:
-        await self._release(keys=[self._key(conversation_id, "answering")], args=[token])
+        await self._release(keys=[self.key(conversation_id, "answering")], args=[token])
 
 
 def _conversation(conversation_id: str, raw: dict[bytes, bytes], sealer: Sealer) -> Conversation:

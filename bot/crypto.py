@@ -83,7 +83,3 @@ class Sealer:
         except InvalidTag:
             raise SealError(f"data sealed with key {key_id!r} does not open with the configured key of that id") from None
         return json.loads(plain)
-
-    def open_json(self, stored: str | bytes) -> Any:
-        """`open` for values that may be plain JSON objects or sealed strings."""
-        return self.open(stored)

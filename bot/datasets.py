@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bot.atomic_files import atomic_replace
 from bot.crypto import Sealer, SealError
 from bot.feedback_sink import FILE_PREFIX
 from bot.prompt import instructions, passage_block
@@ -160,22 +159,9 @@ def write(export: Export, destination: Path) -> Path:
     """Write the records and `<destination>.manifest.json` atomically (temp file + rename)."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     manifest = destination.with_name(destination.name + ".manifest.json")
-    _atomic_write(destination, export.jsonl())
-    _atomic_write(manifest, (json.dumps(export.manifest, indent=2, sort_keys=True) + "\n").encode())
+    atomic_replace(destination, export.jsonl())
+    atomic_replace(manifest, (json.dumps(export.manifest, indent=2, sort_keys=True) + "\n").encode())
     return manifest
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _in_window(event: dict[str, Any], options: ExportOptions, after: tuple[int, int] | None) -> bool:

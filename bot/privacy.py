@@ -13,14 +13,13 @@ import asyncio
 import contextlib
 import fcntl
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bot.atomic_files import atomic_replace
 from bot.conversations import ConversationStore
 from bot.crypto import PREFIX as SEALED_PREFIX
 from bot.crypto import Sealer, SealError
@@ -118,7 +117,7 @@ class Privacy:
             batch = await self._redis.xrange(stream, start, "+", count=1000)
             for entry_id, fields in batch:
                 if fields:
-                    yield entry_id.decode(), self._store.sealer.open_json(fields[b"event"])
+                    yield entry_id.decode(), self._store.sealer.open(fields[b"event"])
             if len(batch) < 1000:
                 return
             start = f"({batch[-1][0].decode()}"
@@ -144,26 +143,6 @@ class Privacy:
                 report.files_rewritten.append(path.name)
                 if not dry_run:
                     atomic_replace(path, b"".join(kept))
-
-
-def atomic_replace(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, rename it over `path`, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def parse_age(text: str) -> float:

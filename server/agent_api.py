@@ -24,7 +24,7 @@ from bot.feedback import MAX_COMMENT_CHARS, MAX_CORRECTION_CHARS, FeedbackError,
 from bot.privacy import Privacy
 from bot.review import ConversationQuery, Review
 from server.auth import AdminDep, AgentDep, ApiKeys, Principal, Role
-from server.limits import RateLimiter
+from server.limits import RateLimiter, feedback_bucket
 from server.settings import Settings
 
 router = APIRouter(prefix="/v1")
@@ -98,7 +98,7 @@ async def post_feedback(body: FeedbackIn, request: Request) -> dict[str, Any]:
     settings, _, feedback, _ = _state(request)
     client = request.client.host if request.client else "unknown"
     limiter: RateLimiter = request.app.state.limiter
-    wait = await limiter.take((f"feedback:{client}", settings.feedback_per_client_per_minute / 60, settings.feedback_burst))
+    wait = await limiter.take(feedback_bucket(client, settings))
     if wait:
         raise HTTPException(429, {"code": "rate_limited", "message": f"too much feedback; retry in {wait:.0f} s"},
                             headers={"Retry-After": str(max(1, round(wait)))})  # fmt: skip

@@ -29,7 +29,7 @@ from bot.conversations import ConversationNotFound, ConversationStore
 from bot.feedback import MAX_COMMENT_CHARS, FeedbackError, FeedbackLog
 from bot.prompt import HistoryTurn
 from server.events import EventHub
-from server.limits import RateLimiter
+from server.limits import RateLimiter, feedback_bucket
 from server.metrics import Metrics
 from server.settings import Settings
 
@@ -487,10 +487,7 @@ class Connection:
 
     async def _rate(self, frame: RateFrame) -> None:
         assert self.conversation_id is not None
-        s = self.settings
-        wait = await self.service.limiter.take(
-            (f"feedback:{self.client}", s.feedback_per_client_per_minute / 60, s.feedback_burst)
-        )
+        wait = await self.service.limiter.take(feedback_bucket(self.client, self.settings))
         if wait:
             await self.error("rate_limited", f"too much feedback; retry in {wait:.0f} s", retry_after_s=round(wait, 2))
             return

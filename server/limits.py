@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from server.settings import Settings
+
 # Every bucket named in `keys` (rate and burst for each in `argv` after `now`) must hold a
 # token; then one is taken from each, else none is, and the reply says how long until all
 # would. A Lua function so other scripts can take tokens in the same atomic step (a chat
@@ -49,6 +51,11 @@ class Guard:
     function: str
     keys: list[str]
     args: list[float | int]
+
+
+def feedback_bucket(client: str, settings: Settings) -> tuple[str, float, int]:
+    """The per-address feedback bucket, shared by the websocket's `rate` and `POST /v1/feedback`."""
+    return (f"feedback:{client}", settings.feedback_per_client_per_minute / 60, settings.feedback_burst)
 
 
 class RateLimiter:

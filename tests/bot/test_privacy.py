@@ -179,7 +179,7 @@ def test_purge_and_the_audit_trail(redis_url: str, redis_prefix: str, tmp_path: 
 
 def test_an_interrupted_rewrite_leaves_the_old_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash between writing the new sink file and renaming it: the old file stays as it was."""
-    from bot import privacy as privacy_module
+    from bot import atomic_files
 
     path = tmp_path / "feedback-2026-11-23.jsonl"
     original = b'{"conversation_id":"c_1","event_id":"a"}\n{"conversation_id":"c_2","event_id":"b"}\n'
@@ -188,8 +188,8 @@ def test_an_interrupted_rewrite_leaves_the_old_file_whole(tmp_path: Path, monkey
     def crash(*_: object) -> None:
         raise OSError("power cut")
 
-    monkeypatch.setattr(privacy_module.os, "replace", crash)
+    monkeypatch.setattr(atomic_files.os, "replace", crash)
     with pytest.raises(OSError, match="power cut"):
-        privacy_module.atomic_replace(path, b'{"conversation_id":"c_2","event_id":"b"}\n')
+        atomic_files.atomic_replace(path, b'{"conversation_id":"c_2","event_id":"b"}\n')
     assert path.read_bytes() == original
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
