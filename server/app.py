@@ -111,7 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
         redis_url = settings.redis_url
         if redis_url is None:
             embedded = EmbeddedRedis(settings.data_dir / "redis")
-            redis_url = await run_in_threadpool(embedded.start)
+            redis_url = await embedded.start_async()
         # A bounded pool that makes callers wait for a free connection: a burst of chats queues
         # for a few milliseconds instead of failing with "Too many connections".
         pool = BlockingConnectionPool.from_url(
@@ -149,6 +149,9 @@ def create_app(settings: Settings) -> FastAPI:
         audit = AuditLog(redis, settings.redis_prefix, retention_s=settings.audit_retention_days * 86400)
         privacy = Privacy(store, settings.feedback_dir)
         retention_task = asyncio.create_task(_retention(settings, privacy, audit), name="retention")
+        tasks = [sink_task, retention_task]
+        if embedded is not None:
+            tasks.append(asyncio.create_task(embedded.watch(on_restart=metrics.redis_restarts.inc), name="redis-watch"))
         assistant = build_assistant(settings, retriever, embedder, generator)
         app.state.store, app.state.feedback, app.state.limiter = store, feedback, limiter
         app.state.review = Review(store, feedback)
@@ -161,7 +164,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await app.state.chat.drain(0)
             await events.stop()
-            for task in (sink_task, retention_task):
+            for task in tasks:  # the Redis watch included: it must not restart what is stopped below
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

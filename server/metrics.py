@@ -34,6 +34,11 @@ class Metrics:
         self.retrieval_seconds = Histogram(
             "supportbot_retrieval_seconds", "Retrieval time per turn.", buckets=LATENCY_BUCKETS, registry=r
         )
+        self.redis_restarts = Counter(
+            "supportbot_embedded_redis_restarts_total",
+            "Times the embedded redis-server exited by itself and was restarted.",
+            registry=r,
+        )
         self.queue_depth = Gauge("supportbot_generator_requests", "Requests in the generator (running or waiting).", registry=r)
         self.feedback = Counter(
             "supportbot_feedback_total", "Feedback stored: ratings (up/down) and corrections.", ["kind"], registry=r

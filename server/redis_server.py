@@ -17,7 +17,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,6 +59,8 @@ class EmbeddedRedis:
     def __init__(self, directory: Path) -> None:
         self.directory = directory.resolve()  # redis-server resolves paths after changing into --dir
         self.socket = self.directory / "redis.sock"
+        self._log_file = self.directory / "redis.log"
+        self._stderr_file = self.directory / "redis.stderr"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -66,13 +68,27 @@ class EmbeddedRedis:
         return f"unix://{self.socket}"
 
     def start(self, timeout_s: float = 15.0) -> str:
-        import redis
+        """Start it and wait until it answers. Call from a thread that lives as long as the
+        process (the main thread); from an event loop, use `start_async`.
 
+        The child is asked to die with its parent, and Linux means the parent *thread*
+        (PR_SET_PDEATHSIG): started from a pool thread, Redis got SIGTERM the moment that
+        idle pool thread was retired, minutes into serving.
+        """
+        self.spawn()
+        return self.wait_ready(timeout_s)
+
+    async def start_async(self, timeout_s: float = 15.0) -> str:
+        """`start` for a running event loop: spawned on the loop's own thread, which outlives
+        every request, and waited for in a pool thread so the loop stays free."""
+        self.spawn()
+        return await asyncio.to_thread(self.wait_ready, timeout_s)
+
+    def spawn(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         if len(str(self.socket)) > 100:
             raise RedisStartError(f"socket path {self.socket} is too long for a Unix socket; use a shorter data directory")
         self.socket.unlink(missing_ok=True)
-        log_file = self.directory / "redis.log"
         args = [
             redis_server_binary(),
             "--port", "0",
@@ -82,22 +98,28 @@ class EmbeddedRedis:
             "--appendonly", "yes",
             "--appendfsync", "everysec",
             "--save", "",
-            "--logfile", str(log_file),
+            "--logfile", str(self._log_file),
             "--daemonize", "no",
         ]  # fmt: skip
-        stderr_file = self.directory / "redis.stderr"
-        with stderr_file.open("wb") as stderr:  # configuration errors go here, before the log file opens
+        with self._stderr_file.open("wb") as stderr:  # configuration errors go here, before the log file opens
             self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=stderr, preexec_fn=_die_with_parent)
+
+    def wait_ready(self, timeout_s: float = 15.0) -> str:
+        import redis
+
+        process = self._process
+        if process is None:
+            raise RedisStartError("redis-server was not spawned")
         deadline = time.monotonic() + timeout_s
         client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1)
         try:
             while True:
-                if self._process.poll() is not None:
-                    said = stderr_file.read_text(errors="replace") + (
-                        log_file.read_text(errors="replace") if log_file.exists() else ""
+                if process.poll() is not None:
+                    said = self._stderr_file.read_text(errors="replace") + (
+                        self._log_file.read_text(errors="replace") if self._log_file.exists() else ""
                     )
                     tail = [line.strip() for line in said.strip().splitlines()[-3:]]
-                    raise RedisStartError(f"redis-server exited with {self._process.returncode}: {' | '.join(tail)}")
+                    raise RedisStartError(f"redis-server exited with {process.returncode}: {' | '.join(tail)}")
                 try:
                     if client.ping():
                         break
@@ -105,11 +127,11 @@ class EmbeddedRedis:
                     pass
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RedisStartError(f"redis-server did not answer within {timeout_s:g} s (log: {log_file})")
+                    raise RedisStartError(f"redis-server did not answer within {timeout_s:g} s (log: {self._log_file})")
                 time.sleep(0.05)
         finally:
             client.close()
-        log.info("embedded redis-server (pid %d) on %s, append-only file in %s", self._process.pid, self.socket, self.directory)
+        log.info("embedded redis-server (pid %d) on %s, append-only file in %s", process.pid, self.socket, self.directory)
         return self.url
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -129,6 +151,31 @@ class EmbeddedRedis:
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def exited(self) -> int | None:
+        """The exit status of a redis-server that stopped by itself; None while it runs or after `stop`."""
+        return self._process.poll() if self._process is not None else None
+
+    async def watch(self, interval_s: float = 1.0, on_restart: Callable[[], None] | None = None) -> None:
+        """Restart the server whenever it exits on its own (killed, out of memory): its
+        append-only file brings the data back, and clients reconnect by themselves.
+        Cancel this before `stop`."""
+        backoff = interval_s
+        while True:
+            await asyncio.sleep(backoff)
+            code = self.exited()
+            if code is None:
+                backoff = interval_s
+                continue
+            log.error("embedded redis-server exited by itself (status %s); restarting it (log: %s)", code, self._log_file)
+            try:
+                await self.start_async()
+            except RedisStartError as exc:
+                log.error("embedded redis-server did not restart: %s; trying again", exc)
+                backoff = min(backoff * 2, 30.0)
+            else:
+                if on_restart is not None:
+                    on_restart()
+
 
 @contextlib.asynccontextmanager
 async def redis_for_commands(redis_url: str | None, data_dir: Path) -> AsyncIterator[Redis]:
@@ -146,7 +193,7 @@ async def redis_for_commands(redis_url: str | None, data_dir: Path) -> AsyncIter
             await probe.ping()
         except (OSError, RedisError):
             embedded = candidate
-            await asyncio.to_thread(embedded.start)
+            await embedded.start_async()
         finally:
             await probe.aclose()
     client = Redis.from_url(redis_url, socket_timeout=15)

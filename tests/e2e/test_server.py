@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from bot.generation import TransformersGenerator
+from tests.e2e.chat_client import QUESTION, Client, run
 from tests.e2e.servers import redis_children, start_server, stop_server
 
 
@@ -32,12 +37,42 @@ def test_bad_search_requests(server: str, params: dict[str, object], status: int
     assert httpx.get(f"{server}/v1/search", params=params).status_code == status
 
 
-def test_first_start_builds_the_sample_index(tmp_path: Path, generator: TransformersGenerator) -> None:
-    """`make serve` on a fresh machine: no index yet, so the server builds the sample one."""
-    process, _ = start_server(tmp_path, ready_within_s=180)
+def test_first_start_builds_the_sample_index_and_its_redis_comes_back(tmp_path: Path, generator: TransformersGenerator) -> None:
+    """`make serve` on a fresh machine: no index yet, so the server builds the sample one and
+    runs its own Redis; if that Redis dies (killed, out of memory), the server restarts it
+    and chats go on where they were, from its append-only file."""
+    process, base = start_server(tmp_path, ready_within_s=180)
     try:
         assert (tmp_path / "index" / "CURRENT").read_text().strip() == "000001"
-        assert redis_children(tmp_path), "no SUPPORTBOT_REDIS_URL: the server runs its own Redis"
+        [first] = redis_children(tmp_path)  # no SUPPORTBOT_REDIS_URL: the server runs its own Redis
+
+        async def scenario() -> None:
+            client = await Client.open(base)
+            ready = await client.start()
+            await client.send({"type": "message", "client_message_id": "before", "text": QUESTION})
+            await client.until("done")
+            await client.close()
+            await asyncio.sleep(1.5)  # the append-only file is fsynced every second
+            os.kill(first, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not (
+                httpx.get(f"{base}/readyz").status_code == 200 and redis_children(tmp_path) not in ([], [first])
+            ):
+                await asyncio.sleep(0.2)
+            [second] = redis_children(tmp_path)
+            assert second != first
+            again = await Client.open(base)
+            restored = await again.start(conversation_id=ready["conversation_id"])
+            assert [m["client_message_id"] for m in restored["history"] if m["role"] == "user"] == ["before"]
+            await again.send({"type": "message", "client_message_id": "after", "text": QUESTION})
+            frames = await again.until("done")  # streamed through the reconnected live events
+            assert any(f["type"] == "token" for f in frames)
+            await again.close()
+
+        run(scenario())
+        metrics = httpx.get(f"{base}/metrics").text
+        assert "supportbot_embedded_redis_restarts_total 1.0" in metrics.splitlines()
+        assert "exited by itself" in process.log_path.read_text()  # type: ignore[attr-defined]
     finally:
         stop_server(process)
     assert not redis_children(tmp_path), "the embedded Redis stops with the server"
