@@ -6,14 +6,16 @@ installs it), where a missing browser is a failure rather than a silent skip.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import pytest
 
+log = logging.getLogger(__name__)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # This machine's network is closed: without these Chromium keeps trying to reach Google.
 FLAGS = [
@@ -25,6 +27,12 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+WIDGET_TEXT = """(() => {
+  const root = document.querySelector('#supportbot-widget')?.shadowRoot;
+  if (!root) return document.body.innerText;
+  return [...root.children].filter((node) => node.tagName !== 'STYLE').map((node) => node.innerText).join('\\n');
+})()"""
 
 
 def require_browser() -> None:
@@ -54,6 +62,16 @@ async def chromium_page(width: int = 1280, height: int = 860) -> AsyncIterator[A
             page = await context.new_page()
             page.errors = []
             page.on("pageerror", lambda error: page.errors.append(str(error)))
-            yield page
+            console: list[str] = []
+            page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+            page.on("websocket", lambda ws: console.append(f"websocket opened: {ws.url}"))
+            try:
+                yield page
+            except BaseException:
+                # What the visitor saw and what the page logged: a failure on CI must say why.
+                log.error("page at failure: %s\nconsole and sockets:\n  %s", page.url, "\n  ".join(console[-40:]))
+                with suppress(Exception):
+                    log.error("widget text:\n%s", await page.evaluate(WIDGET_TEXT))
+                raise
         finally:
             await browser.close()

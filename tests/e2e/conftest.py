@@ -1,18 +1,22 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bot.generation import TransformersGenerator
 from tests.e2e.servers import Site, data_dir_with_sample_index, start_server, stop_server
 
+SERVER_LOGS: dict[str, Path] = {}  # the `server` fixture's base URL -> its log, for failure reports
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator) -> Iterator[str]:
     """One server per test module on a copy of the sample index (`generator` prepares the model)."""
     process, base = start_server(data_dir_with_sample_index(tmp_path_factory, sample_index, "server-data"), ready_within_s=120)
+    SERVER_LOGS[base] = process.log_path  # type: ignore[attr-defined]
     yield base
     stop_server(process)
 
@@ -25,3 +29,19 @@ def site(tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator
         yield Site(base, data)
     finally:
         stop_server(process)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """A failed test that used a server gets the tail of that server's log in its report."""
+    report = yield
+    if report.failed and call.when == "call":
+        funcargs = getattr(item, "funcargs", {})
+        logs = [funcargs["site"].data / "server.log"] if "site" in funcargs else []
+        if funcargs.get("server") in SERVER_LOGS:
+            logs.append(SERVER_LOGS[funcargs["server"]])
+        for log in logs:
+            if log.exists():
+                tail = log.read_text(errors="replace").splitlines()[-60:]
+                report.sections.append((f"server log {log}", "\n".join(tail)))
+    return report
