@@ -165,16 +165,24 @@ async def overhead(url: str, conversations: int, question: str, spread_s: float)
     rng = random.Random(0)
     delays = [rng.uniform(0, spread_s) for _ in sockets]
 
+    first_token: list[float] = []  # what the visitor waits for: send to the first answer text
+    answered: list[float] = []  # send to `done`
+
     async def ask(i: int, ws: Any) -> tuple[float, dict[str, Any]]:
         await asyncio.sleep(delays[i])
         sent = time.perf_counter()
         await ws.send(json.dumps({"type": "message", "client_message_id": "q", "text": question}))
         echo_s = None
+        first_s = None
         while True:
             frame = json.loads(await ws.recv())
             if frame["type"] == "user_message" and echo_s is None:
                 echo_s = time.perf_counter() - sent
+            if frame["type"] == "token" and first_s is None:
+                first_s = time.perf_counter() - sent
             if frame["type"] == "done":
+                answered.append(time.perf_counter() - sent)
+                first_token.append(first_s if first_s is not None else answered[-1])
                 return echo_s or 0.0, frame
             if frame["type"] == "error":
                 raise RuntimeError(frame)
@@ -197,6 +205,10 @@ async def overhead(url: str, conversations: int, question: str, spread_s: float)
         "server_overhead_p99_ms": percentile(overheads, 0.99) * 1000,
         "user_message_echo_p50_ms": statistics.median(echoes) * 1000,
         "user_message_echo_p99_ms": percentile(echoes, 0.99) * 1000,
+        "first_token_p50_s": statistics.median(first_token),
+        "first_token_p99_s": percentile(first_token, 0.99),
+        "answer_p50_s": statistics.median(answered),
+        "answer_p99_s": percentile(answered, 0.99),
     }
 
 

@@ -42,6 +42,7 @@ class AnswerPath(StrEnum):
     FALLBACK = "fallback"  # nothing the model wrote was supported: the best passage itself
     NOT_SURE = "not_sure"  # retrieval was not confident enough to answer: offer a human
     ERROR = "error"  # the generator failed or timed out
+    BUSY = "busy"  # every generation slot was taken: the best passage, at once, instead of a long wait
     HUMAN = "human_requested"  # the visitor asked for a person: the conversation joins the handoff queue
 
 
@@ -130,6 +131,7 @@ class Assistant:
         max_new_tokens: int = 128,
         timeout_s: float = 60.0,
         max_message_chars: int = 2000,
+        max_concurrent_generations: int | None = None,
     ) -> None:
         if not 0 <= confidence_threshold <= 1:
             raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
@@ -142,6 +144,10 @@ class Assistant:
         self._max_new_tokens = max_new_tokens
         self._timeout_s = timeout_s
         self.max_message_chars = max_message_chars
+        if max_concurrent_generations is not None and max_concurrent_generations < 1:
+            raise ValueError(f"max_concurrent_generations must be at least 1, got {max_concurrent_generations}")
+        self._max_generating = max_concurrent_generations
+        self.generating = 0  # answers being generated now (this process)
 
     async def respond(self, message: str, history: Sequence[HistoryTurn] = ()) -> AsyncGenerator[TurnEvent, None]:
         """Answer deltas as they pass the grounding check, then one `TurnDone`."""
@@ -204,6 +210,17 @@ class Assistant:
                 kept.append(sentence)
             return good
 
+        if self._max_generating is not None and self.generating >= self._max_generating:
+            # Admission control: a request queued behind a full generator would wait for
+            # minutes and time out; the visitor gets the article now, with its source.
+            self._quote(result, prompt.passages[0], "Many people are asking right now, so here is")
+            result.path = AnswerPath.BUSY
+            result.total_s = result.time_to_first_token_s = time.perf_counter() - started
+            yield AnswerDelta(result.answer)
+            yield TurnDone(result)
+            return
+
+        self.generating += 1
         try:
             request = GenerationRequest(
                 prompt.text, max_new_tokens=self._max_new_tokens, stop=prompt.stop, timeout_s=self._timeout_s
@@ -239,22 +256,25 @@ class Assistant:
             if kept:
                 result.path = AnswerPath.GENERATED
             else:
-                best = prompt.passages[0]
-                # Quote the article, minus any sentence that tries to act as instructions.
-                clean = [x for x in split_sentences(best.text) if not self.prompts.looks_like_injection(x)]
-                fallback = " ".join(clean[:3]) or best.title
-                result.path, result.sources = AnswerPath.FALLBACK, [_source(best)]
-                result.evidence = [_evidence(best)]
-                result.quoted = fallback
-                result.answer = f'Here is what our help center says in "{best.title}": {fallback}'
+                self._quote(result, prompt.passages[0], "Here is")
+                result.path = AnswerPath.FALLBACK
                 result.time_to_first_token_s = time.perf_counter() - started
                 yield AnswerDelta(result.answer)
+        finally:
+            self.generating -= 1
         if kept:
             result.answer = " ".join(kept)
         result.prompt_tokens, result.completion_tokens = stats.prompt_tokens, stats.completion_tokens
         result.generator_ttft_s = stats.time_to_first_token_s
         result.total_s = time.perf_counter() - started
         yield TurnDone(result)
+
+    def _quote(self, result: TurnResult, best: Passage, lead: str) -> None:
+        """Answer with the article itself, minus any sentence that tries to act as instructions."""
+        clean = [x for x in split_sentences(best.text) if not self.prompts.looks_like_injection(x)]
+        quoted = " ".join(clean[:3]) or best.title
+        result.sources, result.evidence, result.quoted = [_source(best)], [_evidence(best)], quoted
+        result.answer = f'{lead} what our help center says in "{best.title}": {quoted}'
 
 
 def _sentence_key(sentence: str) -> str:

@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     generator_slots: int | None = Field(
         None, gt=0, le=512, description="Static engine: sequences decoded together; None: 128 on a GPU, 8 on a CPU."
     )
+    generator_max_concurrent: int | None = Field(
+        None,
+        gt=0,
+        le=100_000,
+        description="Answers generated at once per worker; past it an answer is the best article, at once "
+        "(path `busy`), not a wait that ends in a timeout. None: 8 on a CPU, 256 on a GPU or remote server.",
+    )
     generator_kv_cache_blocks: int | None = Field(
         None, gt=0, description="Paged KV cache size in 256-token pages; None: transformers sizes it on a GPU, 64 on a CPU."
     )

@@ -185,3 +185,46 @@ def test_a_looping_model_is_stopped_at_the_first_repeat(
     text, result = run_turn(bot, "How long do card refunds take to arrive?")
     assert text == "Card refunds take 5 to 10 business days." and result.path is AnswerPath.GENERATED
     assert looping.closed_after <= 3, "the stream was closed at the repeat, not drained"
+
+
+def test_past_the_generation_cap_the_best_article_comes_at_once(
+    sample_retriever: Retriever, generator: TransformersGenerator, embedder: SentenceEmbedder
+) -> None:
+    """Admission control: with every generation slot taken, a question is answered from the best
+    article at once (path busy, with its source) instead of queueing into a timeout; a finished
+    or abandoned turn frees its slot."""
+    assistant = Assistant(
+        sample_retriever, generator, GroundednessChecker(embedder), max_new_tokens=40, max_concurrent_generations=1
+    )
+
+    async def turn(message: str) -> TurnResult:
+        async for event in assistant.respond(message):
+            if isinstance(event, TurnDone):
+                return event.result
+        raise AssertionError("no TurnDone")
+
+    async def slot_taken() -> None:
+        while assistant.generating == 0:
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(turn("How long do card refunds take to arrive?"))
+        await slot_taken()
+        busy = await turn("How do I descale my kettle?")
+        assert busy.path is AnswerPath.BUSY and not first.done()
+        assert busy.answer.startswith("Many people are asking right now, so here is what our help center says in")
+        assert busy.sources and busy.sources[0].url.startswith("https://") and busy.evidence
+        assert (await first).path in (AnswerPath.GENERATED, AnswerPath.FALLBACK)
+        assert assistant.generating == 0
+        assert (await turn("How do I descale my kettle?")).path in (AnswerPath.GENERATED, AnswerPath.FALLBACK)
+
+        abandoned = asyncio.create_task(turn("How long do card refunds take to arrive?"))
+        await slot_taken()
+        abandoned.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        assert assistant.generating == 0
+
+    asyncio.run(scenario())
+    with pytest.raises(ValueError, match="at least 1"):
+        Assistant(sample_retriever, generator, GroundednessChecker(embedder), max_concurrent_generations=0)
