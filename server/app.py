@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket
@@ -15,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
@@ -95,6 +98,50 @@ async def _retention(settings: Settings, privacy: Privacy, audit: AuditLog) -> N
         await asyncio.sleep(3600)
 
 
+def _drain_on_signals(service: ChatService, drain_s: float) -> None:
+    """SIGTERM or SIGINT: refuse new chats (close 1001), let answers in flight finish, then
+    pass the signal to the handler that was there (uvicorn's, which stops the server). A
+    second signal stops at once.
+
+    Installed by the lifespan, after uvicorn has installed its own handlers, so the same code
+    drains a single server and each worker that uvicorn's supervisor spawns for
+    `serve --workers N`. Off the main thread (an in-process test client) there are no signals.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    draining: set[asyncio.Task[None]] = set()
+
+    def wrap(stop: Callable[[int, FrameType | None], object]) -> Callable[[int, FrameType | None], None]:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if draining:
+                stop(signum, frame)
+                return
+            log.info("signal %d: draining for up to %g s", signum, drain_s)
+
+            async def drain_then_stop() -> None:
+                try:
+                    await service.drain(drain_s)
+                finally:
+                    stop(signum, frame)
+
+            draining.add(loop.create_task(drain_then_stop()))  # Python runs handlers on the loop's (main) thread
+
+        return on_signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        stop = signal.getsignal(sig)
+        if callable(stop):
+            signal.signal(sig, wrap(stop))
+
+
+async def _sample_queue_depth(metrics: Metrics, generator: TransformersGenerator) -> None:
+    """Each worker keeps its own figure current, so the sum over workers is current too."""
+    while True:
+        metrics.queue_depth.set(len(generator.active_request_ids()))
+        await asyncio.sleep(1)
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -152,6 +199,8 @@ def create_app(settings: Settings) -> FastAPI:
         tasks = [sink_task, retention_task]
         if embedded is not None:
             tasks.append(asyncio.create_task(embedded.watch(on_restart=metrics.redis_restarts.inc), name="redis-watch"))
+        if isinstance(generator, TransformersGenerator):
+            tasks.append(asyncio.create_task(_sample_queue_depth(metrics, generator), name="queue-depth"))
         assistant = build_assistant(settings, retriever, embedder, generator)
         app.state.store, app.state.feedback, app.state.limiter = store, feedback, limiter
         app.state.review = Review(store, feedback)
@@ -159,6 +208,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.keys = ApiKeys(redis, settings.redis_prefix)
         app.state.chat = ChatService(settings, store, assistant, metrics, events, feedback, limiter)
         log.info("ready: generator %s, redis %s", generator.model_id, "embedded" if embedded else "external")
+        _drain_on_signals(app.state.chat, settings.shutdown_drain_s)
         try:
             yield
         finally:
@@ -175,6 +225,7 @@ def create_app(settings: Settings) -> FastAPI:
             await redis.aclose()
             if embedded is not None:
                 await run_in_threadpool(embedded.stop)
+            metrics.process_stopped()
 
     metrics = Metrics()
     app = FastAPI(title="Supportbot", version="0.1.0", lifespan=lifespan)
@@ -239,7 +290,7 @@ def create_app(settings: Settings) -> FastAPI:
         generator = getattr(request.app.state, "generator", None)
         if isinstance(generator, TransformersGenerator):
             metrics.queue_depth.set(len(generator.active_request_ids()))
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.websocket("/v1/chat")
     async def chat(ws: WebSocket) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -387,60 +386,16 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="Server processes on this port, sharing one Redis [default: SUPPORTBOT_WORKERS]."),
+    ] = None,
 ) -> None:
     """Run the server; on first start it indexes the sample help center."""
-    import asyncio
-    import signal
-    import sys
-    from types import FrameType
-
-    import uvicorn
-
-    from server.app import create_app
-    from server.log_format import configure_json_logging
+    from server.serving import serve as run_server
 
     settings: Settings = ctx.obj
-    configure_json_logging()
-    # The embedder and the generator run Python in worker threads; with the default 5 ms GIL
-    # switch interval the event loop could wait that long for its turn on every frame.
-    sys.setswitchinterval(settings.gil_switch_interval_s)
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        ws_max_size=settings.ws_max_frame_bytes,
-        ws_ping_interval=settings.ws_ping_interval_s,
-        ws_ping_timeout=settings.ws_ping_interval_s,
-        # Chat frames are a few hundred bytes: compressing each costs more time than it saves bytes.
-        ws_per_message_deflate=False,
-        timeout_graceful_shutdown=int(settings.shutdown_drain_s) + 5,
-    )
-
-    class DrainingServer(uvicorn.Server):
-        """SIGTERM: refuse new chats (1001), let answers in flight finish, then stop. A second signal stops at once."""
-
-        draining = False
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            service = getattr(app.state, "chat", None)
-            if self.draining or service is None or sig not in (signal.SIGTERM, signal.SIGINT):
-                super().handle_exit(sig, frame)
-                return
-            self.draining = True
-            logging.getLogger("supportbot.server").info("signal %d: draining for up to %g s", sig, settings.shutdown_drain_s)
-
-            async def drain_then_exit() -> None:
-                try:
-                    await service.drain(settings.shutdown_drain_s)
-                finally:
-                    uvicorn.Server.handle_exit(self, sig, frame)
-
-            loop = asyncio.get_event_loop()
-            loop.call_soon_threadsafe(lambda: loop.create_task(drain_then_exit()))
-
-    DrainingServer(config).run()
+    run_server(settings, host, port, workers or settings.workers)
 
 
 def main() -> None:

@@ -1,8 +1,18 @@
-"""Prometheus metrics of one app instance (its own registry, so tests can build many apps)."""
+"""Prometheus metrics of one app instance (its own registry, so tests can build many apps).
+
+With several workers (`supportbot serve --workers N`) the supervisor sets
+PROMETHEUS_MULTIPROC_DIR before any worker starts: every worker then writes its values to
+files there, and `/metrics` on any worker reports the sum over all of them (prometheus-client's
+multiprocess mode; gauges add up the live workers).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name for it
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -11,7 +21,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.connections = Gauge("supportbot_ws_connections", "Open chat websocket connections.", registry=r)
+        self.connections = Gauge(
+            "supportbot_ws_connections", "Open chat websocket connections.", multiprocess_mode="livesum", registry=r
+        )
         self.connections_refused = Counter("supportbot_ws_refused_total", "Websocket upgrades refused.", ["reason"], registry=r)
         self.frames = Counter("supportbot_ws_frames_total", "Client frames received, by type.", ["type"], registry=r)
         self.errors = Counter("supportbot_errors_total", "Error frames sent, by code.", ["code"], registry=r)
@@ -39,10 +51,28 @@ class Metrics:
             "Times the embedded redis-server exited by itself and was restarted.",
             registry=r,
         )
-        self.queue_depth = Gauge("supportbot_generator_requests", "Requests in the generator (running or waiting).", registry=r)
+        self.queue_depth = Gauge(
+            "supportbot_generator_requests",
+            "Requests in the generator (running or waiting).",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.feedback = Counter(
             "supportbot_feedback_total", "Feedback stored: ratings (up/down) and corrections.", ["kind"], registry=r
         )
         self.handoffs = Counter(
             "supportbot_status_changes_total", "Conversation status changes, by action.", ["action"], registry=r
         )
+
+    def exposition(self) -> bytes:
+        """The text `/metrics` serves: this app's registry, or every worker's values when several share the port."""
+        if os.environ.get(MULTIPROCESS_DIR_ENV):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return bytes(generate_latest(registry))
+        return bytes(generate_latest(self.registry))
+
+    def process_stopped(self) -> None:
+        """With several workers: this one's gauges stop counting towards the sum."""
+        if os.environ.get(MULTIPROCESS_DIR_ENV):
+            multiprocess.mark_process_dead(os.getpid())

@@ -137,6 +137,12 @@ class Settings(BaseSettings):
         "shorter keeps the event loop responsive while model threads run.",
     )
     shutdown_drain_s: float = Field(30.0, ge=0, description="On SIGTERM, answers in flight get this long to finish.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the port (`serve --workers`); each loads its own copy of the models.",
+    )
 
     answer_confidence_threshold: float = Field(
         0.35, ge=0, le=1, description="Below this retrieval confidence the bot says it is not sure and offers a human."

@@ -9,7 +9,7 @@ import pytest
 from bot.generation import TransformersGenerator
 from tests.e2e.servers import Site, data_dir_with_sample_index, start_server, stop_server
 
-SERVER_LOGS: dict[str, Path] = {}  # the `server` fixture's base URL -> its log, for failure reports
+SERVER_LOGS: dict[str, Path] = {}  # the `server` fixture's base URL, or a test's node id -> a server log, for failure reports
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed and call.when == "call":
         funcargs = getattr(item, "funcargs", {})
         logs = [funcargs["site"].data / "server.log"] if "site" in funcargs else []
-        if funcargs.get("server") in SERVER_LOGS:
-            logs.append(SERVER_LOGS[funcargs["server"]])
+        for key in (funcargs.get("server"), item.nodeid):  # a test with its own server files it under its node id
+            if key in SERVER_LOGS:
+                logs.append(SERVER_LOGS[key])
         for log in logs:
             if log.exists():
                 tail = log.read_text(errors="replace").splitlines()[-60:]

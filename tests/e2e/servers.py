@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(data_dir: Path, ready_within_s: float, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    data_dir: Path, ready_within_s: float, env: dict[str, str] | None = None, args: Sequence[str] = ()
+) -> tuple[subprocess.Popen[bytes], str]:
     """`supportbot serve` as a real process on a free port; returns once /readyz says ready.
 
     It shares the test session's dequantized model and runs its own embedded Redis in
@@ -49,7 +52,10 @@ def start_server(data_dir: Path, ready_within_s: float, env: dict[str, str] | No
     log_path = data_dir / "server.log"
     with log_path.open("w") as log:  # a file, not a pipe: an undrained pipe would block the server
         process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "server.cli", "serve", "--port", str(port), *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     process.log_path = log_path  # type: ignore[attr-defined]
     base = f"http://127.0.0.1:{port}"

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psutil
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from bot.generation import TransformersGenerator
 from tests.e2e.chat_client import QUESTION, Client, run
-from tests.e2e.servers import redis_children, start_server, stop_server
+from tests.e2e.conftest import SERVER_LOGS
+from tests.e2e.servers import cli, data_dir_with_sample_index, redis_children, start_server, stop_server
 
 
 def test_health_and_search(server: str) -> None:
@@ -77,3 +82,107 @@ def test_first_start_builds_the_sample_index_and_its_redis_comes_back(tmp_path: 
         stop_server(process)
     assert not redis_children(tmp_path), "the embedded Redis stops with the server"
     assert (tmp_path / "redis" / "appendonly.aof").exists()
+
+
+def _log_events(log_path: Path) -> list[dict[str, Any]]:
+    lines = log_path.read_text(errors="replace").splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def test_workers_share_one_port_and_one_redis_and_drain_on_sigterm(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator
+) -> None:
+    """`serve --workers 2`: two processes behind one port, one embedded Redis that the
+    supervisor runs (and restarts); what one worker publishes reaches sockets held by the
+    other; /metrics adds the workers up; SIGTERM drains each worker and nothing is left."""
+    data = data_dir_with_sample_index(tmp_path_factory, sample_index, "workers")
+    process, base = start_server(data, ready_within_s=240, args=["--workers", "2"])
+    log_path: Path = process.log_path  # type: ignore[attr-defined]
+    SERVER_LOGS[request.node.nodeid] = log_path
+    supervisor = psutil.Process(process.pid)
+    workers = [p for p in supervisor.children() if "spawn_main" in " ".join(p.cmdline())]
+    try:
+        assert len(workers) == 2
+        [redis_pid] = redis_children(data)
+        assert psutil.Process(redis_pid).ppid() == process.pid  # one Redis, the supervisor's
+        deadline = time.monotonic() + 120  # /readyz answered for one worker; wait for both
+        while sum(e["event"] == "Application startup complete." for e in _log_events(log_path)) < 2:
+            assert time.monotonic() < deadline, "the second worker did not start"
+            time.sleep(0.5)
+        made = cli(data, "keys", "create", "--role", "agent", "--name", "Alice")
+        assert made.returncode == 0, made.stderr
+        agent_key = made.stdout.strip()
+
+        async def one_chat_per_worker() -> dict[int, tuple[Client, str]]:
+            """New conversations until each worker holds one (the log says which pid started it)."""
+            held: dict[int, tuple[Client, str]] = {}
+            for _ in range(40):
+                client = await Client.open(base)
+                cid = (await client.start())["conversation_id"]
+                await asyncio.sleep(0.1)
+                [pid] = [e["pid"] for e in _log_events(log_path) if e.get("conversation_id") == cid]
+                if pid in held:
+                    await client.close()
+                else:
+                    held[pid] = (client, cid)
+                if len(held) == 2:
+                    return held
+            pytest.fail("40 connections all went to one worker")
+
+        async def scenario() -> None:
+            held = await one_chat_per_worker()
+            assert set(held) == {w.pid for w in workers}
+            metrics = (await asyncio.to_thread(httpx.get, f"{base}/metrics")).text.splitlines()
+            assert "supportbot_ws_connections 2.0" in metrics  # summed over both workers
+            # One keep-alive connection: every agent call lands on the same worker, so one of the
+            # two chats hears it from the other worker, through Redis pub/sub.
+            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {agent_key}"}, timeout=30) as agent:
+                for client, cid in held.values():
+                    assert (await asyncio.to_thread(agent.post, f"/v1/agent/conversations/{cid}/takeover")).status_code == 200
+                    joined = await client.recv()
+                    assert joined["type"] == "status" and joined["agent"] == "Alice"
+                    sent = await asyncio.to_thread(agent.post, f"/v1/agent/conversations/{cid}/messages", json={"text": "Hi"})
+                    assert sent.status_code == 201
+                    message = await client.recv()
+                    assert message["type"] == "agent_message" and message["text"] == "Hi"
+            for client, _ in held.values():
+                await client.close()
+
+            # The supervisor restarts its Redis if it dies; the workers reconnect by themselves.
+            await asyncio.sleep(1.5)  # the append-only file is fsynced every second
+            os.kill(redis_pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while (
+                redis_children(data) in ([], [redis_pid])
+                or (await asyncio.to_thread(httpx.get, f"{base}/readyz")).status_code != 200
+            ):
+                assert time.monotonic() < deadline, "the embedded Redis did not come back"
+                await asyncio.sleep(0.2)
+            metrics = (await asyncio.to_thread(httpx.get, f"{base}/metrics")).text.splitlines()
+            assert "supportbot_embedded_redis_restarts_total 1.0" in metrics
+            first_cid = next(iter(held.values()))[1]
+            again = await Client.open(base)
+            ready = await again.start(conversation_id=first_cid)
+            assert [m["text"] for m in ready["history"] if m["role"] == "agent"] == ["Hi"]
+
+            # SIGTERM to the supervisor: the worker holding an answer in flight finishes it,
+            # every socket closes 1001.
+            asking = await Client.open(base)
+            await asking.start()
+            await asking.send({"type": "message", "client_message_id": "last", "text": QUESTION})
+            assert (await asking.recv())["type"] == "user_message"
+            process.send_signal(signal.SIGTERM)
+            frames = await asking.until("done")
+            assert frames[-1]["path"] in ("generated", "fallback", "busy")
+            for client in (asking, again):
+                with pytest.raises(ConnectionClosed):
+                    await client.recv(timeout=30)
+                assert client.ws.close_code == 1001
+
+        run(scenario())
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), "a worker outlived the supervisor"
+    assert not redis_children(data), "the embedded Redis stops with the supervisor"

@@ -1,0 +1,163 @@
+"""`supportbot serve`: one server process, or N workers on one port (`--workers N`).
+
+Workers are uvicorn's own (its supervisor spawns them on one shared listening socket,
+health-pings them, replaces any that die, and passes SIGTERM on), each building the app
+through `app_from_environment`. Each drains on SIGTERM as a single server does
+(`server.app`). What must exist once is made by the supervisor before any worker starts:
+the sample index and the dequantized model (workers would race to write them), the
+embedded Redis (one for all; workers get its URL in SUPPORTBOT_REDIS_URL), and the
+directory where the workers' Prometheus values meet (`server.metrics`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from socket import socket
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+from server.log_format import configure_json_logging
+from server.redis_server import EmbeddedRedis, RedisStartError
+from server.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("supportbot.server")
+
+
+def serve(settings: Settings, host: str, port: int, workers: int) -> None:
+    configure_json_logging()
+    if workers > 1:
+        _serve_workers(settings, host, port, workers)
+        return
+    from server.app import create_app
+
+    # The embedder and the generator run Python in worker threads; with the default 5 ms GIL
+    # switch interval the event loop could wait that long for its turn on every frame.
+    sys.setswitchinterval(settings.gil_switch_interval_s)
+    uvicorn.Server(_config(settings, create_app(settings), host, port)).run()
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker: settings from the environment the supervisor prepared."""
+    from server.app import create_app
+
+    settings = Settings()
+    configure_json_logging()
+    sys.setswitchinterval(settings.gil_switch_interval_s)
+    return create_app(settings)
+
+
+def _config(settings: Settings, app: Any, host: str, port: int, **options: Any) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        ws_max_size=settings.ws_max_frame_bytes,
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_interval_s,
+        # Chat frames are a few hundred bytes: compressing each costs more time than it saves bytes.
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=int(settings.shutdown_drain_s) + 5,
+        **options,
+    )
+
+
+def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> None:
+    # Set before prometheus_client is first imported in this process (server.metrics imports
+    # it): it picks file-backed values at import time. The workers inherit the variable.
+    metrics_dir = (settings.data_dir / "run" / "metrics").resolve()
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # values of an earlier run's workers
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    from prometheus_client import Counter
+
+    _prepare_shared_files(settings)
+    embedded: EmbeddedRedis | None = None
+    if settings.redis_url is None:
+        embedded = EmbeddedRedis(settings.data_dir / "redis")
+        os.environ["SUPPORTBOT_REDIS_URL"] = embedded.start()  # on the main thread, which outlives it
+    # Counted in the supervisor's own metrics file; every worker's /metrics adds it in.
+    restarts = Counter(
+        "supportbot_embedded_redis_restarts_total",
+        "Times the embedded redis-server exited by itself and was restarted.",
+        registry=None,
+    )
+    config = _config(
+        settings,
+        "server.serving:app_from_environment",
+        host,
+        port,
+        factory=True,
+        workers=workers,
+        # Loading the models keeps a starting worker's interpreter busy; its health pings may wait.
+        timeout_worker_healthcheck=30,
+    )
+    log.info("starting %d workers on %s:%d, redis %s", workers, host, port, "embedded" if embedded else "external")
+    try:
+        Supervisor(config, [config.bind_socket()], embedded, on_redis_restart=restarts.inc).run()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _prepare_shared_files(settings: Settings) -> None:
+    """Build the sample index and dequantize the bundled model once, before the workers start."""
+    from bot.model_store import resolve_generator
+    from knowledge_base.components import build_builder, build_embedder
+
+    report = build_builder(settings, build_embedder(settings)).ensure_built([settings.sample_kb_dir])
+    if report is not None:
+        log.info("built the sample knowledge base index: %d documents, version %s", len(report.added), report.version)
+    if settings.generator_backend != "openai" or settings.generator_tokenizer is None:
+        resolve_generator(settings.generator_model, settings.models_dir)
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, which also keeps the embedded Redis running (it restarts
+    one that exits by itself, from its append-only file) and drops the live gauges of workers
+    that died, so `/metrics` does not count their connections forever."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        sockets: list[socket],
+        redis: EmbeddedRedis | None,
+        on_redis_restart: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(config, sockets)
+        self.redis = redis
+        self.on_redis_restart = on_redis_restart
+
+    def keep_subprocess_alive(self) -> None:
+        if self.redis is not None and not self.should_exit.is_set():
+            self._keep_redis_alive(self.redis)
+        before = {process.pid for process in self.processes}
+        super().keep_subprocess_alive()
+        gone = before - {process.pid for process in self.processes}
+        if gone:
+            from prometheus_client import multiprocess
+
+            for pid in gone:
+                if pid is not None:
+                    multiprocess.mark_process_dead(pid)
+
+    def _keep_redis_alive(self, redis: EmbeddedRedis) -> None:
+        if redis.is_running():
+            return
+        log.error("embedded redis-server is not running (exit status %s); restarting it", redis.exited())
+        try:
+            redis.start()
+        except RedisStartError as exc:  # tried again on the next round, half a second on
+            log.error("embedded redis-server did not restart: %s", exc)
+            return
+        if self.on_redis_restart is not None:
+            self.on_redis_restart()
