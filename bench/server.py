@@ -13,7 +13,10 @@ free port with a scratch data directory, then, from this process:
    to first token (retrieval, generation, grounding), i.e. parsing, Redis state, the lock,
    history, event log, fan-out. Also the client-side round trip of the `user_message` echo.
 
-    .venv/bin/python bench/server.py [--idle 1000] [--conversations 100] [--seconds 5]
+    .venv/bin/python bench/server.py [--idle 1000] [--conversations 100] [--seconds 5] [--workers 1]
+
+With `--workers N` the server runs N processes on its port (`serve --workers N`); RSS is
+then the supervisor's plus every worker's.
 
 Rate limits are raised for the run (they are per client address and every connection
 here shares one).
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import websockets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,10 +52,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+def server_rss_mb(pid: int, redis: int | None) -> float:
+    """The server process and its workers (`--workers`), not its Redis."""
+    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    return sum(p.memory_info().rss for p in tree if p.pid != redis) / 2**20
 
 
 def redis_pid(data_dir: Path) -> int | None:
@@ -65,7 +72,7 @@ def redis_pid(data_dir: Path) -> int | None:
     return None
 
 
-def start_server(data_dir: Path, models_dir: Path, cpus: str = "") -> tuple[subprocess.Popen[bytes], str]:
+def start_server(data_dir: Path, models_dir: Path, cpus: str = "", workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -84,7 +91,7 @@ def start_server(data_dir: Path, models_dir: Path, cpus: str = "") -> tuple[subp
     log = (data_dir / "server.log").open("w")
     pinned = {int(c) for c in cpus.split(",")} if cpus else None
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--workers", str(workers)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -96,7 +103,8 @@ def start_server(data_dir: Path, models_dir: Path, cpus: str = "") -> tuple[subp
         if process.poll() is not None:
             raise SystemExit(f"server exited: {(data_dir / 'server.log').read_text()[-2000:]}")
         try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+            started = (data_dir / "server.log").read_text().count("Application startup complete.")
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200 and started == workers:
                 return process, base
         except httpx.TransportError:
             pass
@@ -115,14 +123,14 @@ async def connect(url: str) -> Any:
 
 async def idle_capacity(url: str, count: int, server_pid: int, data_dir: Path) -> dict[str, Any]:
     rpid = redis_pid(data_dir)
-    before = rss_mb(server_pid), rss_mb(rpid) if rpid else 0.0
+    before = server_rss_mb(server_pid, rpid), rss_mb(rpid) if rpid else 0.0
     started = time.perf_counter()
     sockets: list[Any] = []
     for chunk in range(0, count, 100):  # in waves, as visitors arrive
         sockets += await asyncio.gather(*(connect(url) for _ in range(min(100, count - chunk))))
     opened_s = time.perf_counter() - started
     await asyncio.sleep(2)
-    after = rss_mb(server_pid), rss_mb(rpid) if rpid else 0.0
+    after = server_rss_mb(server_pid, rpid), rss_mb(rpid) if rpid else 0.0
     pongs = 0
     for ws in sockets:  # every one of them still answers
         await ws.send(json.dumps({"type": "ping"}))
@@ -254,6 +262,7 @@ def main() -> None:
     parser.add_argument("--baseline-asks", type=int, default=30, help="questions asked by one conversation alone (baseline)")
     parser.add_argument("--server-cpus", type=str, default="", help="pin the server (and its Redis) to these CPUs, e.g. 0")
     parser.add_argument("--client-cpus", type=str, default="", help="pin this client process to these CPUs, e.g. 1")
+    parser.add_argument("--workers", type=int, default=1, help="server processes on the port (`serve --workers`)")
     args = parser.parse_args()
     if args.client_cpus:
         os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
@@ -261,9 +270,14 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="sb-bench-"))
     if args.index.exists():
         shutil.copytree(args.index, data_dir / "index")
-    process, base = start_server(data_dir, args.models_dir, args.server_cpus)
+    process, base = start_server(data_dir, args.models_dir, args.server_cpus, args.workers)
     url = base.replace("http", "ws") + "/v1/chat"
-    report: dict[str, Any] = {"cores": os.cpu_count(), "server_cpus": args.server_cpus, "client_cpus": args.client_cpus}
+    report: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "server_cpus": args.server_cpus,
+        "client_cpus": args.client_cpus,
+        "workers": args.workers,
+    }
     try:
         if args.idle:
             report["idle"] = asyncio.run(idle_capacity(url, args.idle, process.pid, data_dir))

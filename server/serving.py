@@ -81,6 +81,10 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> No
     from prometheus_client import Counter
 
     _prepare_shared_files(settings)
+    # torch and FAISS start one thread per core in every worker: N workers would run N times as
+    # many compute threads as there are cores and slow each other down (measured in
+    # docs/benchmarks.md). Set after the supervisor's own work above; an operator's value wins.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
     embedded: EmbeddedRedis | None = None
     if settings.redis_url is None:
         embedded = EmbeddedRedis(settings.data_dir / "redis")

@@ -103,6 +103,8 @@ def test_workers_share_one_port_and_one_redis_and_drain_on_sigterm(
     workers = [p for p in supervisor.children() if "spawn_main" in " ".join(p.cmdline())]
     try:
         assert len(workers) == 2
+        threads = os.environ.get("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // 2)))
+        assert all(w.environ()["OMP_NUM_THREADS"] == threads for w in workers)  # cores split between workers
         [redis_pid] = redis_children(data)
         assert psutil.Process(redis_pid).ppid() == process.pid  # one Redis, the supervisor's
         deadline = time.monotonic() + 120  # /readyz answered for one worker; wait for both
