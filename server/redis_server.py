@@ -126,7 +126,8 @@ class EmbeddedRedis:
                 except (redis.ConnectionError, redis.BusyLoadingError, FileNotFoundError):
                     pass
                 if time.monotonic() > deadline:
-                    self.stop()
+                    # Stopped, but kept as exited: `watch` (or the workers' supervisor) tries again.
+                    self._terminate(process, timeout_s=10.0)
                     raise RedisStartError(f"redis-server did not answer within {timeout_s:g} s (log: {self._log_file})")
                 time.sleep(0.05)
         finally:
@@ -137,7 +138,11 @@ class EmbeddedRedis:
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM: Redis flushes its append-only file and exits; killed if it hangs."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is not None:
+            self._terminate(process, timeout_s)
+
+    def _terminate(self, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+        if process.poll() is not None:
             return
         process.terminate()
         try:
