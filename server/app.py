@@ -100,22 +100,28 @@ async def _retention(settings: Settings, privacy: Privacy, audit: AuditLog) -> N
 
 def _drain_on_signals(service: ChatService, drain_s: float) -> None:
     """SIGTERM or SIGINT: refuse new chats (close 1001), let answers in flight finish, then
-    pass the signal to the handler that was there (uvicorn's, which stops the server). A
-    second signal stops at once.
+    pass the signal to the handler that was there (uvicorn's, which stops the server). The
+    same signal again stops at once; the other kind while draining does not, because Ctrl+C
+    in a terminal reaches the workers of `serve --workers N` as SIGINT and then again as the
+    supervisor's SIGTERM.
 
     Installed by the lifespan, after uvicorn has installed its own handlers, so the same code
-    drains a single server and each worker that uvicorn's supervisor spawns for
-    `serve --workers N`. Off the main thread (an in-process test client) there are no signals.
+    drains a single server and each worker that uvicorn's supervisor spawns. Off the main
+    thread (an in-process test client) there are no signals.
     """
     if threading.current_thread() is not threading.main_thread():
         return
     loop = asyncio.get_running_loop()
+    received: set[int] = set()
     draining: set[asyncio.Task[None]] = set()
 
     def wrap(stop: Callable[[int, FrameType | None], object]) -> Callable[[int, FrameType | None], None]:
         def on_signal(signum: int, frame: FrameType | None) -> None:
-            if draining:
+            if signum in received:
                 stop(signum, frame)
+                return
+            received.add(signum)
+            if draining:
                 return
             log.info("signal %d: draining for up to %g s", signum, drain_s)
 

@@ -102,7 +102,12 @@ class EmbeddedRedis:
             "--daemonize", "no",
         ]  # fmt: skip
         with self._stderr_file.open("wb") as stderr:  # configuration errors go here, before the log file opens
-            self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=stderr, preexec_fn=_die_with_parent)
+            # Its own session: Ctrl+C in a terminal signals the whole foreground process group,
+            # and Redis must outlive the answers the server drains after it; it is stopped
+            # after them (or dies with its parent).
+            self._process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stderr=stderr, preexec_fn=_die_with_parent, start_new_session=True
+            )
 
     def wait_ready(self, timeout_s: float = 15.0) -> str:
         import redis

@@ -33,7 +33,11 @@ def free_port() -> int:
 
 
 def start_server(
-    data_dir: Path, ready_within_s: float, env: dict[str, str] | None = None, args: Sequence[str] = ()
+    data_dir: Path,
+    ready_within_s: float,
+    env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
+    own_process_group: bool = False,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`supportbot serve` as a real process on a free port; returns once /readyz says ready.
 
@@ -56,6 +60,7 @@ def start_server(
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=own_process_group,  # as a shell runs it: a group that Ctrl+C signals
         )
     process.log_path = log_path  # type: ignore[attr-defined]
     base = f"http://127.0.0.1:{port}"

@@ -84,6 +84,38 @@ def test_first_start_builds_the_sample_index_and_its_redis_comes_back(tmp_path: 
     assert (tmp_path / "redis" / "appendonly.aof").exists()
 
 
+def test_ctrl_c_lets_the_answer_in_flight_finish_before_redis_stops(
+    tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator
+) -> None:
+    """Ctrl+C in a terminal signals the whole process group. The embedded Redis runs in its
+    own session, so it stays up while the server drains, and stops after it."""
+    data = data_dir_with_sample_index(tmp_path_factory, sample_index, "ctrl-c")
+    process, base = start_server(data, ready_within_s=180, own_process_group=True)
+    try:
+
+        async def scenario() -> tuple[list[dict[str, Any]], int | None]:
+            client = await Client.open(base)
+            await client.start()
+            await client.send({"type": "message", "client_message_id": "q", "text": QUESTION})
+            assert (await client.recv())["type"] == "user_message"
+            os.killpg(process.pid, signal.SIGINT)
+            frames = await client.until("done")
+            with pytest.raises(ConnectionClosed):
+                await client.recv(timeout=30)
+            return frames, client.ws.close_code
+
+        frames, code = run(scenario())
+        assert not [f for f in frames if f["type"] == "error"]  # Redis was still there for every token
+        assert "exited by itself" not in process.log_path.read_text()  # type: ignore[attr-defined]
+        assert frames[-1]["path"] in ("generated", "fallback") and code == 1001
+        assert process.wait(timeout=60) in (0, 128 + signal.SIGINT, -signal.SIGINT)  # 130: KeyboardInterrupt
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert not redis_children(data)
+
+
 def _log_events(log_path: Path) -> list[dict[str, Any]]:
     lines = log_path.read_text(errors="replace").splitlines()
     return [json.loads(line) for line in lines if line.startswith("{")]
@@ -186,5 +218,6 @@ def test_workers_share_one_port_and_one_redis_and_drain_on_sigterm(
     finally:
         if process.poll() is None:
             process.kill()
+            process.wait()
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), "a worker outlived the supervisor"
     assert not redis_children(data), "the embedded Redis stops with the supervisor"
