@@ -165,20 +165,27 @@ class EmbeddedRedis:
         """The exit status of a redis-server that stopped by itself; None while it runs or after `stop`."""
         return self._process.poll() if self._process is not None else None
 
+    def respawn_if_exited(self) -> bool:
+        """If the server exited by itself (killed, out of memory; not `stop`), log it and spawn
+        it again: True, and the caller waits with `wait_ready`. False while it runs."""
+        code = self.exited()
+        if code is None:
+            return False
+        log.error("embedded redis-server exited by itself (status %s); restarting it (log: %s)", code, self._log_file)
+        self.spawn()
+        return True
+
     async def watch(self, interval_s: float = 1.0, on_restart: Callable[[], None] | None = None) -> None:
-        """Restart the server whenever it exits on its own (killed, out of memory): its
-        append-only file brings the data back, and clients reconnect by themselves.
-        Cancel this before `stop`."""
+        """Restart the server whenever it exits on its own: its append-only file brings the
+        data back, and clients reconnect by themselves. Cancel this before `stop`."""
         backoff = interval_s
         while True:
             await asyncio.sleep(backoff)
-            code = self.exited()
-            if code is None:
-                backoff = interval_s
-                continue
-            log.error("embedded redis-server exited by itself (status %s); restarting it (log: %s)", code, self._log_file)
             try:
-                await self.start_async()
+                if not self.respawn_if_exited():  # spawned here, on the loop's thread (see `start`)
+                    backoff = interval_s
+                    continue
+                await asyncio.to_thread(self.wait_ready)
             except RedisStartError as exc:
                 log.error("embedded redis-server did not restart: %s; trying again", exc)
                 backoff = min(backoff * 2, 30.0)

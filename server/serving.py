@@ -155,11 +155,10 @@ class Supervisor(Multiprocess):
                     multiprocess.mark_process_dead(pid)
 
     def _keep_redis_alive(self, redis: EmbeddedRedis) -> None:
-        if redis.is_running():
-            return
-        log.error("embedded redis-server is not running (exit status %s); restarting it", redis.exited())
         try:
-            redis.start()
+            if not redis.respawn_if_exited():
+                return
+            redis.wait_ready()
         except RedisStartError as exc:  # tried again on the next round, half a second on
             log.error("embedded redis-server did not restart: %s", exc)
             return
