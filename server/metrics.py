@@ -17,6 +17,15 @@ MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own nam
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
+def embedded_redis_restarts(registry: CollectorRegistry | None) -> Counter:
+    """Kept by the app that runs the embedded Redis, or by the supervisor of several workers."""
+    return Counter(
+        "supportbot_embedded_redis_restarts_total",
+        "Times the embedded redis-server exited by itself and was restarted.",
+        registry=registry,
+    )
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -46,11 +55,7 @@ class Metrics:
         self.retrieval_seconds = Histogram(
             "supportbot_retrieval_seconds", "Retrieval time per turn.", buckets=LATENCY_BUCKETS, registry=r
         )
-        self.redis_restarts = Counter(
-            "supportbot_embedded_redis_restarts_total",
-            "Times the embedded redis-server exited by itself and was restarted.",
-            registry=r,
-        )
+        self.redis_restarts = embedded_redis_restarts(r)
         self.queue_depth = Gauge(
             "supportbot_generator_requests",
             "Requests in the generator (running or waiting).",

@@ -37,20 +37,20 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     if workers > 1:
         _serve_workers(settings, host, port, workers)
         return
-    from server.app import create_app
-
-    # The embedder and the generator run Python in worker threads; with the default 5 ms GIL
-    # switch interval the event loop could wait that long for its turn on every frame.
-    sys.setswitchinterval(settings.gil_switch_interval_s)
-    uvicorn.Server(_config(settings, create_app(settings), host, port)).run()
+    uvicorn.Server(_config(settings, _app(settings), host, port)).run()
 
 
 def app_from_environment() -> FastAPI:
     """The app of one worker: settings from the environment the supervisor prepared."""
+    configure_json_logging()
+    return _app(Settings())
+
+
+def _app(settings: Settings) -> FastAPI:
     from server.app import create_app
 
-    settings = Settings()
-    configure_json_logging()
+    # The embedder and the generator run Python in worker threads; with the default 5 ms GIL
+    # switch interval the event loop could wait that long for its turn on every frame.
     sys.setswitchinterval(settings.gil_switch_interval_s)
     return create_app(settings)
 
@@ -72,13 +72,13 @@ def _config(settings: Settings, app: Any, host: str, port: int, **options: Any) 
 
 
 def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> None:
-    # Set before prometheus_client is first imported in this process (server.metrics imports
-    # it): it picks file-backed values at import time. The workers inherit the variable.
+    # Set before server.metrics first imports prometheus_client in this process: it picks
+    # file-backed values at import time. The workers inherit the variable.
     metrics_dir = (settings.data_dir / "run" / "metrics").resolve()
     shutil.rmtree(metrics_dir, ignore_errors=True)  # values of an earlier run's workers
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    from prometheus_client import Counter
+    from server.metrics import embedded_redis_restarts
 
     _prepare_shared_files(settings)
     # torch and FAISS start one thread per core in every worker: N workers would run N times as
@@ -89,12 +89,7 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> No
     if settings.redis_url is None:
         embedded = EmbeddedRedis(settings.data_dir / "redis")
         os.environ["SUPPORTBOT_REDIS_URL"] = embedded.start()  # on the main thread, which outlives it
-    # Counted in the supervisor's own metrics file; every worker's /metrics adds it in.
-    restarts = Counter(
-        "supportbot_embedded_redis_restarts_total",
-        "Times the embedded redis-server exited by itself and was restarted.",
-        registry=None,
-    )
+    restarts = embedded_redis_restarts(None)  # in the supervisor's own file; every worker's /metrics adds it in
     config = _config(
         settings,
         "server.serving:app_from_environment",
