@@ -142,7 +142,7 @@ def _drain_on_signals(service: ChatService, drain_s: float) -> None:
 
 
 async def _sample_queue_depth(metrics: Metrics, generator: TransformersGenerator) -> None:
-    """Each worker keeps its own figure current, so the sum over workers is current too."""
+    """Once a second, in every worker: a scrape reaches one worker but reports the sum of all."""
     while True:
         metrics.queue_depth.set(len(generator.active_request_ids()))
         await asyncio.sleep(1)
@@ -292,10 +292,7 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"status": "ready" if ready else "not ready", **checks}, status_code=200 if ready else 503)
 
     @app.get("/metrics")
-    async def prometheus_metrics(request: Request) -> Response:
-        generator = getattr(request.app.state, "generator", None)
-        if isinstance(generator, TransformersGenerator):
-            metrics.queue_depth.set(len(generator.active_request_ids()))
+    async def prometheus_metrics() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.websocket("/v1/chat")
