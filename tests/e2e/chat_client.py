@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import websockets
+from websockets.exceptions import ConnectionClosed
 
 QUESTION = "How do I descale my kettle?"
 
@@ -40,6 +42,27 @@ class Client:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+async def answered_while_stopping(base: str, stop: Callable[[], None]) -> tuple[list[dict[str, Any]], int | None]:
+    """Ask a question, call `stop` (a signal to the server) once the question is stored, and
+    return the frames up to the answer's `done` and the close code the socket gets after it."""
+    client = await Client.open(base)
+    await client.start()
+    await client.send({"type": "message", "client_message_id": "last", "text": QUESTION})
+    assert (await client.recv())["type"] == "user_message"
+    stop()
+    frames = await client.until("done")
+    return frames, await closed_with(client)
+
+
+async def closed_with(client: Client, timeout: float = 30) -> int | None:
+    """The close code of a socket the server is expected to close next."""
+    try:
+        frame = await client.recv(timeout)
+    except ConnectionClosed:
+        return client.ws.close_code  # type: ignore[no-any-return]
+    raise AssertionError(f"expected the server to close the socket, got {frame}")
 
 
 def run(coroutine: Any) -> Any:

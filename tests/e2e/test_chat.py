@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bot.generation import TransformersGenerator
 from server.redis_server import EmbeddedRedis
-from tests.e2e.chat_client import QUESTION, Client, run
+from tests.e2e.chat_client import QUESTION, Client, answered_while_stopping, run
 from tests.e2e.servers import data_dir_with_sample_index, start_server, stop_server
 
 
@@ -275,19 +275,7 @@ def test_redis_going_away_is_survived_and_nothing_is_lost(
 
 def _graceful_shutdown_drains(process: subprocess.Popen[bytes], base: str) -> None:
     """SIGTERM mid-answer: the answer finishes, then the socket closes 1001 and the process exits."""
-
-    async def scenario() -> tuple[list[dict[str, Any]], int | None]:
-        client = await Client.open(base)
-        await client.start()
-        await client.send({"type": "message", "client_message_id": "last", "text": QUESTION})
-        assert (await client.recv())["type"] == "user_message"
-        process.send_signal(signal.SIGTERM)
-        frames = await client.until("done")
-        with pytest.raises(ConnectionClosed):
-            await client.recv(timeout=30)
-        return frames, client.ws.close_code
-
-    frames, code = run(scenario())
+    frames, code = run(answered_while_stopping(base, lambda: process.send_signal(signal.SIGTERM)))
     assert frames[-1]["path"] in ("generated", "fallback") and code == 1001
     stop_server(process)
 

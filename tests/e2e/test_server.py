@@ -13,10 +13,9 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from websockets.exceptions import ConnectionClosed
 
 from bot.generation import TransformersGenerator
-from tests.e2e.chat_client import QUESTION, Client, run
+from tests.e2e.chat_client import QUESTION, Client, answered_while_stopping, closed_with, run
 from tests.e2e.conftest import SERVER_LOGS
 from tests.e2e.servers import cli, data_dir_with_sample_index, redis_children, start_server, stop_server
 
@@ -92,19 +91,7 @@ def test_ctrl_c_lets_the_answer_in_flight_finish_before_redis_stops(
     data = data_dir_with_sample_index(tmp_path_factory, sample_index, "ctrl-c")
     process, base = start_server(data, ready_within_s=180, own_process_group=True)
     try:
-
-        async def scenario() -> tuple[list[dict[str, Any]], int | None]:
-            client = await Client.open(base)
-            await client.start()
-            await client.send({"type": "message", "client_message_id": "q", "text": QUESTION})
-            assert (await client.recv())["type"] == "user_message"
-            os.killpg(process.pid, signal.SIGINT)
-            frames = await client.until("done")
-            with pytest.raises(ConnectionClosed):
-                await client.recv(timeout=30)
-            return frames, client.ws.close_code
-
-        frames, code = run(scenario())
+        frames, code = run(answered_while_stopping(base, lambda: os.killpg(process.pid, signal.SIGINT)))
         assert not [f for f in frames if f["type"] == "error"]  # Redis was still there for every token
         assert "exited by itself" not in process.log_path.read_text()  # type: ignore[attr-defined]
         assert frames[-1]["path"] in ("generated", "fallback") and code == 1001
@@ -201,17 +188,9 @@ def test_workers_share_one_port_and_one_redis_and_drain_on_sigterm(
 
             # SIGTERM to the supervisor: the worker holding an answer in flight finishes it,
             # every socket closes 1001.
-            asking = await Client.open(base)
-            await asking.start()
-            await asking.send({"type": "message", "client_message_id": "last", "text": QUESTION})
-            assert (await asking.recv())["type"] == "user_message"
-            process.send_signal(signal.SIGTERM)
-            frames = await asking.until("done")
-            assert frames[-1]["path"] in ("generated", "fallback", "busy")
-            for client in (asking, again):
-                with pytest.raises(ConnectionClosed):
-                    await client.recv(timeout=30)
-                assert client.ws.close_code == 1001
+            frames, code = await answered_while_stopping(base, lambda: process.send_signal(signal.SIGTERM))
+            assert frames[-1]["path"] in ("generated", "fallback", "busy") and code == 1001
+            assert await closed_with(again) == 1001
 
         run(scenario())
         assert process.wait(timeout=60) in (0, -signal.SIGTERM)
