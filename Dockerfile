@@ -13,11 +13,14 @@ WORKDIR /app
 # torch first, from the chosen index, so the project's pin (torch==2.13.0) is already met.
 RUN pip install "torch==2.13.0" --index-url "${TORCH_INDEX_URL}"
 COPY pyproject.toml README.md ./
+COPY requirements requirements
+# The same pins as every test run (requirements/serve.lock; torch==2.13.0 is already met).
+RUN pip install -r requirements/serve.lock
 COPY bot bot
 COPY retrieval retrieval
 COPY knowledge_base knowledge_base
 COPY server server
-RUN pip install . \
+RUN pip install --no-deps . \
  && useradd --system --uid 10001 --home-dir /data supportbot \
  && mkdir -p /data && chown supportbot /data
 USER supportbot
