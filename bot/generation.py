@@ -9,6 +9,7 @@ leave it at once. Callers see an async iterator per request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -178,21 +179,43 @@ class _Engine(Protocol):
 
 
 class _ContinuousBatching:
-    """transformers' continuous-batching manager behind the `_Engine` calls."""
+    """transformers' continuous-batching manager behind the `_Engine` calls.
 
-    def __init__(self, manager: Any) -> None:
-        self._manager = manager
+    transformers treats an exception in a step as fatal: it fails every request it holds
+    (their streams get the error at once) and its thread exits. A CUDA error or an
+    out-of-memory in one step must not stop the service, so the next request after such a
+    crash gets a fresh manager from `start_manager`.
+    """
+
+    def __init__(self, start_manager: Callable[[], Any]) -> None:
+        self._start_manager = start_manager
+        self._manager = start_manager()
+        self._lock = threading.Lock()
+        self.restarts = 0
 
     def submit(self, request_id: str, prompt_ids: list[int], max_new_tokens: int, handler: Callable[[Any], None]) -> None:
-        self._manager.register_result_handler(request_id, handler)
-        self._manager.add_request(prompt_ids, request_id=request_id, max_new_tokens=max_new_tokens, streaming=True)
+        manager = self._running_manager()
+        manager.register_result_handler(request_id, handler)
+        manager.add_request(prompt_ids, request_id=request_id, max_new_tokens=max_new_tokens, streaming=True)
+
+    def _running_manager(self) -> Any:
+        with self._lock:
+            status = getattr(self._manager, "background_thread_status", None)
+            crashed = getattr(status, "fatal_error", None) is not None
+            if crashed and not self._manager.is_running():
+                log.error("continuous batching stopped after a failed step; starting it again")
+                with contextlib.suppress(Exception):
+                    self._manager.stop(block=True, timeout=5)
+                self._manager = self._start_manager()
+                self.restarts += 1
+            return self._manager
 
     def cancel(self, request_id: str) -> None:
         self._forget_handler(request_id)
         self._manager.cancel_request(request_id)
 
     def is_running(self) -> bool:
-        return bool(self._manager.is_running())
+        return bool(self._running_manager().is_running())
 
     def active_request_ids(self) -> set[str]:
         processor = getattr(self._manager, "batch_processor", None)
@@ -332,16 +355,21 @@ class TransformersGenerator:
         # a GPU that is the point; on a CPU it is the whole machine's RAM (a 13 GB process
         # was seen here), so CPUs get fixed sizes unless configured: 3.1 GB peak RSS in
         # all, at the same tokens/s.
-        cb_config = ContinuousBatchingConfig(
-            num_blocks=self._kv_cache_blocks or (None if on_gpu else CPU_KV_CACHE_BLOCKS),
-            max_batch_tokens=self._max_batch_tokens or (None if on_gpu else CPU_MAX_BATCH_TOKENS),
-            **self._batching_options,
-        )
-        manager = self._model.init_continuous_batching(generation_config=config, continuous_batching_config=cb_config)
-        if on_gpu:
-            manager.warmup()  # capture CUDA graphs now, not during users' first requests
-        manager.start()
-        return _ContinuousBatching(manager)
+
+        def start_manager() -> Any:
+            # A new config each time: a manager writes the sizes it chose back into its config.
+            cb_config = ContinuousBatchingConfig(
+                num_blocks=self._kv_cache_blocks or (None if on_gpu else CPU_KV_CACHE_BLOCKS),
+                max_batch_tokens=self._max_batch_tokens or (None if on_gpu else CPU_MAX_BATCH_TOKENS),
+                **self._batching_options,
+            )
+            manager = self._model.init_continuous_batching(generation_config=config, continuous_batching_config=cb_config)
+            if on_gpu:
+                manager.warmup()  # capture CUDA graphs now, not during users' first requests
+            manager.start()
+            return manager
+
+        return _ContinuousBatching(start_manager)
 
     async def _drain(self, request: GenerationRequest) -> None:
         async for _ in self.stream(request):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import threading
 import time
@@ -126,6 +127,9 @@ class StaticBatchEngine:
         self._graphs_on = self._device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
         self._layer_types: list[str] | None = getattr(config, "layer_types", None)
         self._window: int | None = getattr(config, "sliding_window", None)
+        # transformers 5.24 renamed the decoder's `past_key_values` argument to `cache` (the old
+        # name warns and goes in 5.40); pass whichever this version's forward declares.
+        self._cache_argument = "cache" if "cache" in inspect.signature(model.model.forward).parameters else "past_key_values"
         if model.config._attn_implementation != "sdpa":
             model.set_attn_implementation("sdpa")  # boolean 4-D masks; eager wants additive ones
         kv_heads = config.num_key_value_heads
@@ -152,6 +156,7 @@ class StaticBatchEngine:
         self._pool: Any = None
         self._active: dict[int, _Request] = {}  # slot -> request
         self._waiting: deque[_Request] = deque()
+        self._prefilling: list[_Request] = []  # taken from the queue, prefill not yet done
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -203,13 +208,19 @@ class StaticBatchEngine:
                     self._wake.wait(0.5)
                     self._wake.clear()
                     continue
+                # A broken step fails the requests it held, at once, never the thread: the
+                # others (still waiting, or decoding when a prefill broke) carry on.
                 try:
                     self._admit()
+                except Exception as exc:
+                    log.exception("prefill step failed")
+                    self._fail_prefilling(f"{type(exc).__name__}: {exc}")
+                try:
                     if self._active:
                         self._decode()
-                except Exception as exc:  # a broken step fails its requests, never the thread
-                    log.exception("batching step failed")
-                    self._fail_all(f"{type(exc).__name__}: {exc}")
+                except Exception as exc:
+                    log.exception("decode step failed")
+                    self._fail_active(f"{type(exc).__name__}: {exc}")
         self._fail_all("the generator is shutting down")
 
     def _drop_cancelled(self) -> None:
@@ -223,10 +234,26 @@ class StaticBatchEngine:
 
     def _fail_all(self, message: str) -> None:
         with self._lock:
-            failed = list(self._active.values()) + list(self._waiting)
+            failed = list(self._active.values()) + list(self._waiting) + self._prefilling
             self._active.clear()
             self._waiting.clear()
-        self._deliver([(r, TokenUpdate(list(r.generated), True, message)) for r in failed])
+            self._prefilling = []
+        self._fail(failed, message)
+
+    def _fail_prefilling(self, message: str) -> None:
+        """The batch whose prefill raised: it left the queue but never reached a slot."""
+        with self._lock:
+            failed, self._prefilling = self._prefilling, []
+        self._fail(failed, message)
+
+    def _fail_active(self, message: str) -> None:
+        with self._lock:
+            failed = list(self._active.values())
+            self._active.clear()
+        self._fail(failed, message)
+
+    def _fail(self, requests: list[_Request], message: str) -> None:
+        self._deliver([(r, TokenUpdate(list(r.generated), True, message)) for r in requests])
 
     def _admit(self) -> None:
         """Prefill as many waiting requests as there are free slots and prefill budget."""
@@ -239,6 +266,7 @@ class StaticBatchEngine:
                 if batch and rows * width > self._prefill_tokens:
                     break
                 batch.append(self._waiting.popleft())
+            self._prefilling = batch
         if not batch:
             return
         for request, slot in zip(batch, free, strict=False):
@@ -252,6 +280,7 @@ class StaticBatchEngine:
                 if not done:
                     self._active[request.slot] = request
                 updates.append((request, TokenUpdate(list(request.generated), done)))
+            self._prefilling = []
         self._deliver(updates)
 
     def _prefill_shape(self, rows: int, width: int) -> tuple[int, int]:
@@ -294,8 +323,8 @@ class StaticBatchEngine:
             input_ids=self._prefill_ids[:rows, :width],
             position_ids=steps[None, :].expand(rows, width),
             attention_mask=self._mask_argument(expanded),
-            past_key_values=cache,
             use_cache=True,
+            **{self._cache_argument: cache},
         )
         hidden = out.last_hidden_state[torch.arange(rows, device=self._device), last]
         first = self._model.lm_head(hidden).argmax(-1)
@@ -323,8 +352,8 @@ class StaticBatchEngine:
             input_ids=self._tokens[:rows],
             position_ids=positions[:, None],
             attention_mask=self._mask_argument(masks),
-            past_key_values=cache,
             use_cache=True,
+            **{self._cache_argument: cache},
         )
         nxt = self._model.lm_head(out.last_hidden_state[:, -1]).argmax(-1)
         self._next[:rows].copy_(nxt)

@@ -6,11 +6,13 @@ Behaviour every engine must have runs against both: transformers' continuous bat
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from bot.generation import (
     ContextOverflow,
+    GenerationError,
     GenerationRequest,
     GenerationStats,
     GenerationTimeout,
@@ -123,3 +125,39 @@ def test_a_stream_left_early_on_a_closed_loop_does_not_stop_generation(any_gener
     asyncio.run(first_delta_only())  # this loop closes while a decode step is still in flight
     deltas, stats = asyncio.run(collect(any_generator, GenerationRequest(PROMPT, max_new_tokens=6)))
     assert stats.completion_tokens == 6 and deltas
+
+
+def _break_one_step(generator: TransformersGenerator, monkeypatch: pytest.MonkeyPatch, failing_call: int) -> None:
+    """Make the engine's `failing_call`-th forward pass from now raise (1: the prefill)."""
+    calls = {"n": 0}
+
+    def wrap(real):  # type: ignore[no-untyped-def]
+        def step(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls["n"] += 1
+            if calls["n"] == failing_call:
+                raise RuntimeError("injected device fault")
+            return real(*args, **kwargs)
+
+        return step
+
+    engine = generator._engine
+    if generator.engine_name == "static":
+        monkeypatch.setattr(engine, "_prefill_step", wrap(engine._prefill_step))  # type: ignore[union-attr]
+        monkeypatch.setattr(engine, "_decode_step", wrap(engine._decode_step))  # type: ignore[union-attr]
+    else:
+        runner = engine._manager.batch_processor.model_runner  # type: ignore[union-attr]
+        monkeypatch.setattr(runner, "compute_batch", wrap(runner.compute_batch))
+
+
+@pytest.mark.parametrize(("phase", "failing_call"), [("prefill", 1), ("decode", 3)])
+def test_a_failed_step_fails_its_request_at_once_and_the_next_is_answered(
+    any_generator: TransformersGenerator, monkeypatch: pytest.MonkeyPatch, phase: str, failing_call: int
+) -> None:
+    _break_one_step(any_generator, monkeypatch, failing_call)
+    started = time.perf_counter()
+    with pytest.raises(GenerationError, match="injected device fault"):
+        asyncio.run(collect(any_generator, GenerationRequest(PROMPT, max_new_tokens=20, timeout_s=120)))
+    assert time.perf_counter() - started < 1.5, f"a failed {phase} step took its request this long to fail"
+    monkeypatch.undo()
+    deltas, stats = asyncio.run(collect(any_generator, GenerationRequest(PROMPT, max_new_tokens=4)))
+    assert stats.completion_tokens == 4 and "".join(deltas).strip()
