@@ -48,12 +48,17 @@ async def answered_while_stopping(base: str, stop: Callable[[], None]) -> tuple[
     """Ask a question, call `stop` (a signal to the server) once the question is stored, and
     return the frames up to the answer's `done` and the close code the socket gets after it."""
     client = await Client.open(base)
-    await client.start()
-    await client.send({"type": "message", "client_message_id": "last", "text": QUESTION})
-    assert (await client.recv())["type"] == "user_message"
-    stop()
-    frames = await client.until("done")
-    return frames, await closed_with(client)
+    try:
+        ready = await client.start()
+        assert ready["type"] == "ready", ready
+        await client.send({"type": "message", "client_message_id": "last", "text": QUESTION})
+        echo = await client.recv()
+        assert echo["type"] == "user_message", echo
+        stop()
+        frames = await client.until("done")
+        return frames, await closed_with(client)
+    finally:
+        await client.close()  # a failed assertion must not leave the socket for a later test's warnings
 
 
 async def closed_with(client: Client, timeout: float = 30) -> int | None:

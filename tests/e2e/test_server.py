@@ -115,7 +115,12 @@ def test_workers_share_one_port_and_one_redis_and_drain_on_sigterm(
     supervisor runs (and restarts); what one worker publishes reaches sockets held by the
     other; /metrics adds the workers up; SIGTERM drains each worker and nothing is left."""
     data = data_dir_with_sample_index(tmp_path_factory, sample_index, "workers")
-    process, base = start_server(data, ready_within_s=240, args=["--workers", "2"])
+    # Landing one chat on each worker may take many new conversations from this one address:
+    # more than the per-address hourly budget (30), whose refusal would then meet the last
+    # chat of the test instead of its answer.
+    process, base = start_server(
+        data, ready_within_s=240, args=["--workers", "2"], env={"SUPPORTBOT_CONVERSATIONS_PER_CLIENT_PER_HOUR": "1000"}
+    )
     log_path: Path = process.log_path  # type: ignore[attr-defined]
     SERVER_LOGS[request.node.nodeid] = log_path
     supervisor = psutil.Process(process.pid)
@@ -150,8 +155,18 @@ def test_workers_share_one_port_and_one_redis_and_drain_on_sigterm(
                     return held
             pytest.fail("40 connections all went to one worker")
 
+        opened: list[Client] = []
+
         async def scenario() -> None:
+            try:
+                await chats(opened)
+            finally:  # close what the scenario opened even when an assertion failed
+                for client in opened:
+                    await client.close()
+
+        async def chats(opened: list[Client]) -> None:
             held = await one_chat_per_worker()
+            opened += [client for client, _ in held.values()]
             assert set(held) == {w.pid for w in workers}
             metrics = (await asyncio.to_thread(httpx.get, f"{base}/metrics")).text.splitlines()
             assert "supportbot_ws_connections 2.0" in metrics  # summed over both workers
@@ -183,6 +198,7 @@ def test_workers_share_one_port_and_one_redis_and_drain_on_sigterm(
             assert "supportbot_embedded_redis_restarts_total 1.0" in metrics
             first_cid = next(iter(held.values()))[1]
             again = await Client.open(base)
+            opened.append(again)
             ready = await again.start(conversation_id=first_cid)
             assert [m["text"] for m in ready["history"] if m["role"] == "agent"] == ["Hi"]
 
