@@ -1,4 +1,10 @@
-"""Checks that each sentence of an answer is supported by the passages it was given."""
+"""Checks that each sentence of an answer is supported by the passages it was given, and
+contradicts none of them.
+
+Support alone passes "The kettle can be placed in the dishwasher" (it shares most words with
+"Never ... put the kettle ... in a dishwasher"), so a supported sentence must also agree with
+the evidence sentence closest to it: the same polarity (never, not, cannot), no yes or no that
+the evidence does not give, no name, place, brand, number or comparison the evidence lacks."""
 
 from __future__ import annotations
 
@@ -15,6 +21,13 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _CITATION = re.compile(r"\s*\[\d+\]")
 _WORD = re.compile(r"[a-z0-9][a-z0-9'-]*")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_NEGATION = re.compile(
+    r"(?i)\b(not|never|no|none|cannot|can't|cant|don't|doesn't|didn't|won't|isn't|aren't|wasn't|shouldn't|mustn't"
+    r"|without|unable|neither|nor|only)\b|n't\b"
+)
+_YES_NO = re.compile(r"(?i)^\W*(yes|no|yeah|nope|sure|of course|absolutely|definitely)\b")
+_COMPARISON = re.compile(r"(?i)\b(\w+er than|more|less|fewer|cheaper|faster|slower|better|worse|best|cheapest|most|least)\b")
+_NAME = re.compile(r"(?<=[\w,;:)] )([A-Z][a-zA-Z0-9'-]+)")
 
 
 def split_sentences(text: str) -> list[str]:
@@ -35,6 +48,27 @@ class SentenceCheck:
     supported: bool
     similarity: float
     overlap: float
+    contradiction: str = ""  # why a supported-looking sentence disagrees with its evidence
+
+
+def contradiction(sentence: str, closest: str, evidence_text: str) -> str:
+    """Why `sentence` disagrees with `closest` (its nearest evidence sentence), or ''."""
+    if bool(_NEGATION.search(sentence)) != bool(_NEGATION.search(closest)):
+        return "polarity"
+    yes_no = _YES_NO.match(sentence)
+    if yes_no and not _YES_NO.match(closest.removeprefix("A:").strip()):
+        return "yes/no"
+    numbers = set(_NUMBER.findall(sentence))
+    if numbers and not numbers <= set(_NUMBER.findall(closest)):
+        return "number"
+    lowered = evidence_text.lower()
+    names = [n for n in _NAME.findall(sentence) if n.lower() not in lowered]
+    if names:
+        return f"name: {names[0]}"
+    compared = {m.lower() for m in _COMPARISON.findall(sentence)}
+    if compared and not compared <= {m.lower() for m in _COMPARISON.findall(closest)}:
+        return "comparison"
+    return ""
 
 
 class GroundednessChecker:
@@ -48,7 +82,9 @@ class GroundednessChecker:
         self.min_similarity = min_similarity
         self.min_overlap = min_overlap
 
-    def check(self, sentences: Sequence[str], passages: Sequence[str]) -> list[SentenceCheck]:
+    def check(self, sentences: Sequence[str], passages: Sequence[str], question: str = "") -> list[SentenceCheck]:
+        """One check per sentence. `question` is accepted for checkers that weigh it; this one
+        judges sentences against the passages alone."""
         if not sentences:
             return []
         evidence = [s for p in passages for s in split_sentences(p)] or [""]
@@ -56,6 +92,7 @@ class GroundednessChecker:
         vectors = self._embedder.embed([*cleaned, *evidence])
         matrix = vectors[: len(cleaned)] @ vectors[len(cleaned) :].T
         similarity, closest = matrix.max(axis=1), matrix.argmax(axis=1)
+        evidence_text = " ".join(passages)
         vocabulary = {w for p in passages for w in _WORD.findall(p.lower())}
         checks = []
         for sentence, text, score, best in zip(sentences, cleaned, similarity, closest, strict=True):
@@ -64,8 +101,6 @@ class GroundednessChecker:
             supported = bool(words) and (float(score) >= self.min_similarity or overlap >= self.min_overlap)
             # Prices, durations and limits must come from one place: "$49 per month" is wrong even
             # though "$49" and "per month" both occur, in different sentences.
-            numbers = set(_NUMBER.findall(text))
-            if supported and numbers and not numbers <= set(_NUMBER.findall(evidence[int(best)])):
-                supported = False
-            checks.append(SentenceCheck(sentence, supported, float(np.round(score, 4)), round(overlap, 4)))
+            why = contradiction(text, evidence[int(best)], evidence_text) if supported else ""
+            checks.append(SentenceCheck(sentence, supported and not why, float(np.round(score, 4)), round(overlap, 4), why))
         return checks

@@ -26,3 +26,23 @@ def test_supported_and_unsupported_sentences(embedder: SentenceEmbedder) -> None
         [PASSAGE],
     )
     assert [c.supported for c in checks] == [True, True, False, False], checks
+
+
+def test_a_sentence_that_contradicts_its_evidence_is_not_supported(embedder: SentenceEmbedder) -> None:
+    """Shared words are not agreement: polarity, yes/no, names, numbers and comparisons must match."""
+    evidence = [
+        "Never descale with bleach or put the kettle or its base in a dishwasher. "
+        "We ship to the US, Canada, the UK and the EU. Club Annual costs $49 per year."
+    ]
+    checks = GroundednessChecker(embedder).check(
+        [
+            "The kettle can be placed in the dishwasher.",
+            "We ship to Australia, the US and Canada.",
+            "Yes, you can put the base in a dishwasher.",
+            "Club Annual is cheaper than Club Monthly.",
+            "Never put the kettle in a dishwasher.",
+        ],
+        evidence,
+    )
+    assert [(c.supported, c.contradiction) for c in checks][:2] == [(False, "polarity"), (False, "name: Australia")]
+    assert not checks[2].supported and not checks[3].supported and checks[4].supported, checks

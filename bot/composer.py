@@ -1,0 +1,217 @@
+"""The answer composer: the help center's own sentences that answer the question.
+
+It cannot invent: every word of its answer is quoted from a retrieved passage. Each
+sentence (or list item) of the passages is scored against the question, by meaning (the
+embedder) and by the question's own words, and the best ones are quoted in article order,
+with a list kept whole when the best sentence is one of its steps. It is the floor every
+answer falls back to, and the answer whenever the generator has not earned trust.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bot.grounding import split_sentences
+from retrieval.embedder import Embedder
+from retrieval.lexical import LexicalTokenizer
+from retrieval.types import Passage
+
+_LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
+# Lead-ins that only make sense after the sentence before them ("It expires ...").
+_CONTINUATION = re.compile(r"(?i)^(it|this|that|they|these|those|then|the link|the code|if so)\b")
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """A sentence, or one item of a list, in the order it stands in its passage."""
+
+    text: str
+    block: int  # units of one paragraph or one list share a block
+    is_item: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Composition:
+    text: str  # the quoted units, list structure kept
+    passage: Passage  # the passage they come from
+    relevance: float  # the best unit's score for the question
+    coverage: float  # share of the question's own words found in the passage (title and heading included)
+
+
+def passage_units(text: str) -> list[Unit]:
+    """Sentences and list items of a passage, each tagged with its block."""
+    units: list[Unit] = []
+    block = 0
+    in_list = False
+    lines = text.splitlines()
+    if lines and lines[0].startswith("Q:"):
+        # An FAQ entry: its question is what matched, not an answer; quote the answer.
+        lines = [line.removeprefix("A:").strip() for line in lines[1:]]
+    for line in lines:
+        line = line.strip()
+        if not line:
+            block += 1
+            in_list = False
+            continue
+        item = bool(_LIST_ITEM.match(line))
+        if item != in_list:
+            block += 1
+            in_list = item
+        if item:
+            units.append(Unit(line, block, True))
+        else:
+            units.extend(Unit(sentence, block, False) for sentence in split_sentences(line))
+    return units
+
+
+class AnswerComposer:
+    """Quotes the sentences of `passages` that answer a question.
+
+    `lexical_weight` weighs the share of the question's words a sentence contains against
+    its cosine similarity; both are fitted on the tuning split (docs/benchmarks.md).
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        *,
+        lexical_weight: float = 0.6,
+        ignore_words: str = "",
+        passage_weight: float = 0.6,
+        max_units: int = 3,
+        max_chars: int = 700,
+        neighbour_margin: float = 0.06,
+        cache_size: int = 20_000,
+    ) -> None:
+        if max_units < 1 or max_chars < 40:
+            raise ValueError("max_units must be at least 1 and max_chars at least 40")
+        self._embedder = embedder
+        self._tokenizer = LexicalTokenizer()
+        self.lexical_weight = lexical_weight
+        self.passage_weight = passage_weight  # how much the passage's own retrieval confidence counts
+        # The company's own name is in half the help center: sharing it answers nothing.
+        self._ignored = set(self._tokenizer.tokenize(ignore_words))
+        self.max_units = max_units
+        self.max_chars = max_chars
+        self.neighbour_margin = neighbour_margin
+        # Unit vectors by text: the same passages come back for many questions.
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def warm_up(self, passage_texts: Sequence[str]) -> None:
+        """Embed every unit of these passages now, so the first questions only embed themselves."""
+        units = [u for text in passage_texts for u in passage_units(text)]
+        texts = list(dict.fromkeys(t for u in units for t in [u.text, *(split_sentences(u.text) if u.is_item else [])]))
+        for start in range(0, len(texts), 256):
+            self._vectors("", texts[start : start + 256])
+
+    def words(self, text: str) -> set[str]:
+        return set(self._tokenizer.tokenize(text)) - self._ignored
+
+    def compose(
+        self, question: str, passages: Sequence[Passage], *, drop: Callable[[str], bool] = lambda _: False
+    ) -> Composition | None:
+        """The best-answering units of the best passage, or None when the passages have none.
+
+        `drop` removes units that must never be quoted (ones that read as instructions).
+        """
+        candidates = [(p, [u for u in passage_units(p.text) if not drop(u.text)]) for p in passages]
+        candidates = [(p, units) for p, units in candidates if units]
+        if not candidates:
+            return None
+        # A list item with several sentences is judged by its best sentence too: "Tap Reset
+        # password. The link expires after 1 hour." answers "how long is the link valid".
+        probes = [[u.text, *(split_sentences(u.text) if u.is_item else [])] for _, units in candidates for u in units]
+        flat = [t for texts in probes for t in texts]
+        question_vector, vectors = self._vectors(question, flat)
+        cosines = vectors @ question_vector
+        unit_cosines: list[float] = []
+        offset = 0
+        for texts in probes:
+            unit_cosines.append(float(cosines[offset : offset + len(texts)].max()))
+            offset += len(texts)
+        # A passage counts with its document's best retrieval confidence: the chunk that holds the
+        # answer often scores below its neighbour under a closer heading.
+        document_confidence: dict[str, float] = {}
+        for passage, _ in candidates:
+            document_confidence[passage.document_id] = max(document_confidence.get(passage.document_id, 0.0), passage.confidence)
+        asked = self.words(question)
+        best: tuple[float, int, int] | None = None  # score, passage index, unit index
+        scores: list[list[float]] = []
+        offset = 0
+        for pi, (passage, units) in enumerate(candidates):
+            context = self.words(f"{passage.title} {passage.chunk.heading}")
+            prior = self.passage_weight * document_confidence[passage.document_id]
+            row: list[float] = []
+            for ui, unit in enumerate(units):
+                shared = len(asked & (self.words(unit.text) | context)) / len(asked) if asked else 0.0
+                score = unit_cosines[offset + ui] + self.lexical_weight * shared + prior
+                row.append(score)
+                if best is None or score > best[0]:
+                    best = (score, pi, ui)
+            scores.append(row)
+            offset += len(units)
+        assert best is not None
+        score, pi, ui = best
+        passage, units = candidates[pi]
+        chosen = self._select(units, scores[pi], ui)
+        text = _render([units[i] for i in chosen], self.max_chars)
+        passage_words = self.words(f"{passage.title} {passage.chunk.heading} {passage.text}")
+        coverage = len(asked & passage_words) / len(asked) if asked else 0.0
+        return Composition(text, passage, round(score, 4), round(coverage, 4))
+
+    def _select(self, units: list[Unit], scores: list[float], best: int) -> list[int]:
+        """The best unit, its whole list if it is a list item, and close runners-up nearby."""
+        if units[best].is_item:
+            block = [i for i, u in enumerate(units) if u.block == units[best].block]
+            intro = block[0] - 1
+            if intro >= 0 and units[intro].text.endswith(":"):
+                block.insert(0, intro)
+            return block
+        chosen = {best}
+        if best + 1 < len(units) and units[best + 1].block == units[best].block and _CONTINUATION.match(units[best + 1].text):
+            chosen.add(best + 1)
+        if best > 0 and _CONTINUATION.match(units[best].text) and units[best - 1].block == units[best].block:
+            chosen.add(best - 1)
+        ranked = sorted(range(len(units)), key=lambda i: -scores[i])
+        for i in ranked:
+            if len(chosen) >= self.max_units:
+                break
+            if not units[i].is_item and scores[i] >= scores[best] - self.neighbour_margin and abs(i - best) <= 2:
+                chosen.add(i)
+        return sorted(chosen)
+
+    def _vectors(self, question: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        embedded = self._embedder.embed([question, *missing])
+        with self._lock:
+            for text, vector in zip(missing, embedded[1:], strict=True):
+                self._cache[text] = vector
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+            vectors = np.stack([self._cache[t] if t in self._cache else embedded[1 + missing.index(t)] for t in texts])
+        return embedded[0], vectors
+
+
+def _render(units: list[Unit], max_chars: int) -> str:
+    """Units joined as they stood: list items one per line, sentences of a paragraph in one line."""
+    parts: list[str] = []
+    previous: Unit | None = None
+    for unit in units:
+        if parts and sum(len(p) for p in parts) + len(unit.text) > max_chars:
+            break
+        if previous is not None and (unit.is_item or previous.is_item or unit.block != previous.block):
+            parts.append("\n")
+        elif previous is not None:
+            parts.append(" ")
+        parts.append(unit.text)
+        previous = unit
+    return "".join(parts).strip()
