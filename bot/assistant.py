@@ -1,10 +1,13 @@
-"""One turn of the conversation: state in, grounded streamed answer and its record out.
+"""One turn of the conversation: state in, a grounded answer and its record out.
 
-    question -> stand-alone query -> retrieve -> decide -> generate -> check -> record
+    question -> stand-alone query -> retrieve -> decide -> compose (or generate -> check) -> record
 
-Answers stream sentence by sentence: each sentence is checked against the passages as soon
-as it is complete and only supported sentences reach the user. Every turn ends with a
-`TurnResult` that says which path it took.
+The composer quotes the help center's own sentences that answer the question, at once: it
+cannot invent, so it is the answer unless the generator has earned trust (answer mode
+`generative`, chosen by `bot.answer_policy`). Generated answers stream sentence by sentence;
+each is checked against the passages for support and for contradiction as soon as it is
+complete, and only sentences that pass reach the user; when none pass, the composer answers.
+Every turn ends with a `TurnResult` that says which path it took.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from bot.composer import AnswerComposer, Composition
 from bot.generation import GenerationError, GenerationRequest, GenerationStats, Generator
 from bot.grounding import GroundednessChecker, complete_sentences, split_sentences
 from bot.prompt import PROMPT_VERSION, HistoryTurn, PromptBuilder
 from retrieval.retriever import Retriever
-from retrieval.types import Passage
+from retrieval.types import Passage, SearchResult, Visibility
 
 NOT_SURE_ANSWER = "I'm not sure about that: I couldn't find it in our help center. Would you like me to connect you with a person from our support team?"
 ERROR_ANSWER = (
@@ -34,15 +38,28 @@ _WANTS_HUMAN = re.compile(
     r"|\b(real|live|actual)\s+(person|human|agent)\b|^\s*(human|agent|operator|representative)\W*$"
 )
 HUMAN_ANSWER = "I'm asking a person from our support team to join this chat. They will reply here."
+OFFER_PERSON = "If that doesn't solve it, I can connect you with a person from our support team."
+# Clearly angry or fed-up text: the visitor is offered a person before they have to ask.
+_FRUSTRATED = re.compile(
+    r"(?i)\b(useless|ridiculous|terrible|awful|worst|pathetic|stupid|garbage|rubbish|scam|furious|angry|fed up|sick of"
+    r"|not helpful|doesn'?t help|didn'?t help|not working|still (not|doesn'?t|broken)|waste of time|wtf|damn|!!+)"
+)
+_WORD = re.compile(r"[a-z0-9]+")
 _FOLLOW_UP = re.compile(r"(?i)^(and|also|what about|how about|but|then|so)\b|\b(it|that|this|those|these|they|them|its|one)\b")
 
 
+class AnswerMode(StrEnum):
+    EXTRACTIVE = "extractive"  # the composer answers: the help center's own sentences
+    GENERATIVE = "generative"  # the generator writes, the guard checks, the composer is the fallback
+
+
 class AnswerPath(StrEnum):
+    COMPOSED = "composed"  # the help center's own sentences that answer the question
     GENERATED = "generated"  # model answer, every sentence supported by the passages
-    FALLBACK = "fallback"  # nothing the model wrote was supported: the best passage itself
+    FALLBACK = "fallback"  # nothing the model wrote passed the guard: the composer's answer instead
     NOT_SURE = "not_sure"  # retrieval was not confident enough to answer: offer a human
     ERROR = "error"  # the generator failed or timed out
-    BUSY = "busy"  # every generation slot was taken: the best passage, at once, instead of a long wait
+    BUSY = "busy"  # every generation slot was taken: the composer's answer, at once, instead of a long wait
     HUMAN = "human_requested"  # the visitor asked for a person: the conversation joins the handoff queue
 
 
@@ -83,7 +100,8 @@ class TurnResult:
     total_s: float = 0.0
     removed_sentences: list[str] = field(default_factory=list)
     error: str | None = None
-    quoted: str = ""  # on the fallback path: the article text the answer quotes
+    quoted: str = ""  # composed, fallback and busy paths: the article text the answer quotes
+    handoff_reason: str = ""  # why a person was offered: not_sure, requested, repeated, frustrated, error
     prompt_version: str = PROMPT_VERSION
     evidence: list[Evidence] = field(default_factory=list)  # the passages the answer was written from
 
@@ -106,6 +124,20 @@ def wants_human(message: str) -> bool:
     return bool(_WANTS_HUMAN.search(message))
 
 
+def frustration(message: str, history: Sequence[HistoryTurn]) -> str:
+    """'repeated' when the visitor asks the same thing again, 'frustrated' for angry text, else ''."""
+    asked = _sentence_key(message)
+    words = set(_WORD.findall(asked))
+    for turn in history:
+        if turn.role != "user":
+            continue
+        before = _sentence_key(turn.text)
+        other = set(_WORD.findall(before))
+        if before == asked or (len(words) >= 3 and len(words & other) / len(words | other) >= 0.8):
+            return "repeated"
+    return "frustrated" if _FRUSTRATED.search(message) else ""
+
+
 def standalone_query(message: str, history: Sequence[HistoryTurn]) -> str:
     """A follow-up ("and how much does that cost?") joined to the previous user question.
 
@@ -119,27 +151,46 @@ def standalone_query(message: str, history: Sequence[HistoryTurn]) -> str:
 
 
 class Assistant:
+    """Answers one message. `generator` is needed only in generative mode: an extractive
+    assistant never loads a model."""
+
     def __init__(
         self,
         retriever: Retriever,
-        generator: Generator,
-        checker: GroundednessChecker,
+        composer: AnswerComposer,
         *,
+        generator: Generator | None = None,
+        checker: GroundednessChecker | None = None,
+        mode: AnswerMode = AnswerMode.EXTRACTIVE,
         prompt_builder: PromptBuilder | None = None,
         confidence_threshold: float = 0.35,
+        relevance_threshold: float = 0.0,
+        max_unknown_words: int | None = None,
         top_k: int = 4,
         max_new_tokens: int = 128,
         timeout_s: float = 60.0,
         max_message_chars: int = 2000,
         max_concurrent_generations: int | None = None,
+        company: str = "Brewlo",
     ) -> None:
         if not 0 <= confidence_threshold <= 1:
             raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
+        if mode is AnswerMode.GENERATIVE and (generator is None or checker is None):
+            raise ValueError("generative mode needs a generator and a groundedness checker")
         self._retriever = retriever
+        self._composer = composer
         self._generator = generator
         self._checker = checker
-        self.prompts = prompt_builder or PromptBuilder(generator.count_tokens, format_chat=generator.format_chat)
+        self.mode = mode
+        self.prompts = prompt_builder or (
+            PromptBuilder(generator.count_tokens, company=company, format_chat=generator.format_chat)
+            if generator is not None
+            else PromptBuilder(len, company=company)  # extractive: only its injection filter is used
+        )
         self._threshold = confidence_threshold
+        self.relevance_threshold = relevance_threshold
+        self.max_unknown_words = max_unknown_words
+        self._vocabulary: tuple[str, frozenset[str]] = ("", frozenset())  # (index version, words of its public text)
         self._top_k = top_k
         self._max_new_tokens = max_new_tokens
         self._timeout_s = timeout_s
@@ -149,8 +200,19 @@ class Assistant:
         self._max_generating = max_concurrent_generations
         self.generating = 0  # answers being generated now (this process)
 
+    def warm_up(self) -> None:
+        """Embed the sentences of every public passage (seconds, once per process)."""
+        snapshot = self._retriever.snapshot
+        self._composer.warm_up([c.text for c in snapshot.chunks if c.visibility is Visibility.PUBLIC])
+        self._public_vocabulary()
+
+    @property
+    def model_id(self) -> str:
+        """Who writes the answers: the generator's model, or the composer."""
+        return self._generator.model_id if self.mode is AnswerMode.GENERATIVE and self._generator else "composer"
+
     async def respond(self, message: str, history: Sequence[HistoryTurn] = ()) -> AsyncGenerator[TurnEvent, None]:
-        """Answer deltas as they pass the grounding check, then one `TurnDone`."""
+        """Answer deltas (the composer's answer in one delta), then one `TurnDone`."""
         message = message.strip()
         if not message:
             raise ValueError("message is empty")
@@ -159,23 +221,84 @@ class Assistant:
         started = time.perf_counter()
         if wants_human(message):
             result = TurnResult(message, message, HUMAN_ANSWER, path=AnswerPath.HUMAN, handoff=True, confidence=1.0)
+            result.handoff_reason = "requested"
             result.total_s = result.time_to_first_token_s = time.perf_counter() - started
             yield AnswerDelta(HUMAN_ANSWER)
             yield TurnDone(result)
             return
-        result = TurnResult(question=message, search_query=standalone_query(message, history), model_id=self._generator.model_id)
-        search = await asyncio.to_thread(self._retriever.search, result.search_query, self._top_k)
+        result = TurnResult(question=message, search_query=standalone_query(message, history), model_id=self.model_id)
+        upset = frustration(message, history)
+        search, composition, unknown = await asyncio.to_thread(self._search_and_compose, message, result.search_query)
         result.retrieval_s = time.perf_counter() - started
         result.confidence = search.confidence
-        if search.confidence < self._threshold or not search.passages:
+        if not self._answerable(search.confidence, composition, unknown):
             result.path, result.handoff, result.answer = AnswerPath.NOT_SURE, True, NOT_SURE_ANSWER
+            result.handoff_reason = "not_sure"
             result.total_s = result.time_to_first_token_s = time.perf_counter() - started
             yield AnswerDelta(NOT_SURE_ANSWER)
             yield TurnDone(result)
             return
+        assert composition is not None
+        if self.mode is AnswerMode.EXTRACTIVE:
+            self._compose(result, composition, upset)
+            result.path = AnswerPath.COMPOSED
+            result.total_s = result.time_to_first_token_s = time.perf_counter() - started
+            yield AnswerDelta(result.answer)
+            yield TurnDone(result)
+            return
+        async for event in self._generate(message, history, search.passages, composition, result, upset, started):
+            yield event
 
-        budget = self._generator.context_window - self._max_new_tokens
-        prompt = self.prompts.build(message, search.passages, history, budget)
+    def _search_and_compose(self, message: str, query: str) -> tuple[SearchResult, Composition | None, int]:
+        """Retrieval, the sentences that answer the message itself, and how many of the
+        message's words the help center never uses (one worker-thread hop)."""
+        search = self._retriever.search(query, self._top_k)
+        composition = self._composer.compose(message, search.passages, drop=self.prompts.looks_like_injection)
+        unknown = len(self._composer.words(message) - self._public_vocabulary()) if self.max_unknown_words is not None else 0
+        return search, composition, unknown
+
+    def _public_vocabulary(self) -> frozenset[str]:
+        snapshot = self._retriever.snapshot
+        if self._vocabulary[0] != snapshot.version:
+            words: set[str] = set()
+            for chunk in snapshot.chunks:
+                if chunk.visibility is Visibility.PUBLIC:
+                    words |= self._composer.words(f"{chunk.title} {chunk.heading} {chunk.text}")
+            self._vocabulary = (snapshot.version, frozenset(words))
+        return self._vocabulary[1]
+
+    def _answerable(self, confidence: float, composition: Composition | None, unknown: int) -> bool:
+        """Confident retrieval, a sentence that answers the question (not one that only shares
+        the company's name with it), and a question about things the help center speaks of:
+        "Nespresso", "Spotify" or "Costco" in a question are topics it has no word for."""
+        if composition is None or confidence < self._threshold or composition.relevance < self.relevance_threshold:
+            return False
+        return self.max_unknown_words is None or unknown <= self.max_unknown_words
+
+    def _compose(self, result: TurnResult, composition: Composition, upset: str, lead: str = "") -> None:
+        best = composition.passage
+        result.sources, result.evidence, result.quoted = [_source(best)], [_evidence(best)], composition.text
+        joiner = "\n" if "\n" in composition.text else " "
+        result.answer = f'{lead}From our article "{best.title}":{joiner}{composition.text}'
+        if upset:
+            result.handoff, result.handoff_reason = True, upset
+            result.answer += f"\n\n{OFFER_PERSON}"
+
+    async def _generate(
+        self,
+        message: str,
+        history: Sequence[HistoryTurn],
+        passages: list[Passage],
+        composition: Composition,
+        result: TurnResult,
+        upset: str,
+        started: float,
+    ) -> AsyncGenerator[TurnEvent, None]:
+        """The generator's answer, sentence by sentence through the guard; the composer's when none pass."""
+        generator, checker = self._generator, self._checker
+        assert generator is not None and checker is not None
+        budget = generator.context_window - self._max_new_tokens
+        prompt = self.prompts.build(message, passages, history, budget)
         result.sources = _sources(prompt.passages)
         result.evidence = [_evidence(p) for p in prompt.passages]
         evidence = [p.text for p in prompt.passages]
@@ -200,8 +323,8 @@ class Assistant:
             return new, False
 
         async def checked(sentences: list[str]) -> list[str]:
-            """Supported sentences that do not echo the prompt (its delimiters or its canary)."""
-            checks = await asyncio.to_thread(self._checker.check, sentences, evidence)
+            """Sentences the evidence supports and does not contradict, that do not echo the prompt."""
+            checks = await asyncio.to_thread(checker.check, sentences, evidence, message)
             good = [c.sentence for c in checks if c.supported and not self.prompts.echoes_prompt(c.sentence)]
             result.removed_sentences += [c.sentence for c in checks if c.sentence not in good]
             for sentence in good:
@@ -212,8 +335,8 @@ class Assistant:
 
         if self._max_generating is not None and self.generating >= self._max_generating:
             # Admission control: a request queued behind a full generator would wait for
-            # minutes and time out; the visitor gets the article now, with its source.
-            self._quote(result, prompt.passages[0], "Many people are asking right now, so here is")
+            # minutes and time out; the visitor gets the composer's answer now, with its source.
+            self._compose(result, composition, upset, lead="Many people are asking right now, so here is the short answer. ")
             result.path = AnswerPath.BUSY
             result.total_s = result.time_to_first_token_s = time.perf_counter() - started
             yield AnswerDelta(result.answer)
@@ -227,7 +350,7 @@ class Assistant:
             )
             # aclosing: leaving the loop early closes the stream now (cancelling the request),
             # not whenever the event loop gets round to finalising the generator.
-            async with contextlib.aclosing(self._generator.stream(request, stats)) as stream:
+            async with contextlib.aclosing(generator.stream(request, stats)) as stream:
                 async for delta in stream:
                     buffer += delta
                     sentences, buffer = complete_sentences(buffer)
@@ -248,6 +371,7 @@ class Assistant:
                     yield AnswerDelta(("" if first else " ") + " ".join(good))
         except GenerationError as exc:
             result.path, result.error, result.handoff = AnswerPath.ERROR, str(exc), True
+            result.handoff_reason = "error"
             if not kept:
                 result.answer = ERROR_ANSWER
                 result.time_to_first_token_s = time.perf_counter() - started
@@ -255,26 +379,24 @@ class Assistant:
         else:
             if kept:
                 result.path = AnswerPath.GENERATED
+                if upset:
+                    result.handoff, result.handoff_reason = True, upset
+                    yield AnswerDelta(f"\n\n{OFFER_PERSON}")
             else:
-                self._quote(result, prompt.passages[0], "Here is")
+                self._compose(result, composition, upset)
                 result.path = AnswerPath.FALLBACK
                 result.time_to_first_token_s = time.perf_counter() - started
                 yield AnswerDelta(result.answer)
         finally:
             self.generating -= 1
         if kept:
-            result.answer = " ".join(kept)
+            result.answer = " ".join(kept) + (
+                f"\n\n{OFFER_PERSON}" if result.handoff_reason in ("repeated", "frustrated") else ""
+            )
         result.prompt_tokens, result.completion_tokens = stats.prompt_tokens, stats.completion_tokens
         result.generator_ttft_s = stats.time_to_first_token_s
         result.total_s = time.perf_counter() - started
         yield TurnDone(result)
-
-    def _quote(self, result: TurnResult, best: Passage, lead: str) -> None:
-        """Answer with the article itself, minus any sentence that tries to act as instructions."""
-        clean = [x for x in split_sentences(best.text) if not self.prompts.looks_like_injection(x)]
-        quoted = " ".join(clean[:3]) or best.title
-        result.sources, result.evidence, result.quoted = [_source(best)], [_evidence(best)], quoted
-        result.answer = f'{lead} what our help center says in "{best.title}": {quoted}'
 
 
 def _sentence_key(sentence: str) -> str:

@@ -1,12 +1,31 @@
-"""Whole-turn quality on labelled questions: right article cited, grounded, honest when unsure."""
+"""Whole-turn quality on labelled questions: what a customer would call wrong.
+
+Each labelled turn (knowledge_base/samples/eval/turns.jsonl) has a kind (an ordinary
+question, a contradiction trap, or out of scope), a split (tune or heldout), the key facts a
+right answer contains, and patterns of the false answers a trap tempts. A turn is scored on:
+
+- key facts present: every group of key facts has one of its strings in the answer;
+- false statement: the answer matches a false-claim pattern, or states a sentence that is not
+  the help center's own and that the cited articles do not carry (a word, name or number they
+  lack, or the opposite polarity of the sentence closest to it) — a check on words and
+  polarity, independent of the embedding guard the turn itself used;
+- not sure: the bot said it is not sure (and offered a person);
+- time to first text and the path it took.
+
+Tune thresholds on the tuning split; report on the held-out one.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 from bot.assistant import AnswerPath, Assistant, TurnDone, TurnResult
 from bot.grounding import split_sentences
@@ -14,74 +33,206 @@ from retrieval.lexical import STOPWORDS
 
 _WORD = re.compile(r"[a-z0-9][a-z0-9'-]*")
 _CITATION = re.compile(r"\s*\[\d+\]")
+_MARKUP = re.compile(r"[*`_]+")
+_NEGATION = re.compile(r"(?i)\b(not|never|no|cannot|can't|don't|doesn't|won't|isn't|aren't|without)\b|n't\b")
+KINDS = ("answer", "trap", "out_of_scope")
+SPLITS = ("tune", "heldout")
 
 
 @dataclass(frozen=True, slots=True)
 class LabelledTurn:
     question: str
-    document_id: str | None  # None: the help center cannot answer it
+    document_id: str | None  # None: the help center cannot answer it; "not sure" is right
+    kind: str = "answer"
+    split: str = "heldout"
+    reference: str = ""
+    key_facts: tuple[tuple[str, ...], ...] = ()
+    false_claims: tuple[str, ...] = ()
+    id: str = ""
+
+    @property
+    def in_scope(self) -> bool:
+        return self.document_id is not None
+
+
+def load_turns(path: Path) -> list[LabelledTurn]:
+    """Labelled turns from JSONL; lines of the older {question, document_id} form load too."""
+    turns: list[LabelledTurn] = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            kind = str(row.get("kind") or ("answer" if row.get("document_id") else "out_of_scope"))
+            split = str(row.get("split", "heldout"))
+            if kind not in KINDS or split not in SPLITS:
+                raise ValueError(f"kind must be one of {KINDS} and split one of {SPLITS}")
+            for pattern in row.get("false_claims", []):
+                re.compile(pattern)
+            turns.append(
+                LabelledTurn(
+                    question=str(row["question"]),
+                    document_id=row.get("document_id"),
+                    kind=kind,
+                    split=split,
+                    reference=str(row.get("reference", "")),
+                    key_facts=tuple(tuple(str(a) for a in group) for group in row.get("key_facts", [])),
+                    false_claims=tuple(str(p) for p in row.get("false_claims", [])),
+                    id=str(row.get("id", line_no)),
+                )
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, re.error) as exc:
+            raise ValueError(f"{path}:{line_no}: not a labelled turn: {exc}") from None
+    return turns
+
+
+def normalise(text: str) -> str:
+    return " ".join(_MARKUP.sub("", text).lower().split())
+
+
+def has_key_facts(answer: str, groups: Sequence[Sequence[str]]) -> bool:
+    text = normalise(answer)
+    return bool(groups) and all(any(normalise(alt) in text for alt in group) for group in groups)
+
+
+def unsupported_sentences(claims: Sequence[str], evidence: str) -> list[str]:
+    """Claimed sentences the evidence does not carry: not quoted from it, and with a content word
+    it lacks, or the opposite polarity of its closest sentence (by shared words)."""
+    source = normalise(evidence)
+    vocabulary = set(_WORD.findall(source))
+    sentences = split_sentences(evidence)
+    wrong = []
+    for claim in claims:
+        text = normalise(_CITATION.sub("", claim)).rstrip(".!?")
+        if not text or text in source:
+            continue
+        words = [w for w in _WORD.findall(text) if w not in STOPWORDS]
+        if any(w not in vocabulary for w in words):
+            wrong.append(claim)
+            continue
+        closest = max(sentences, key=lambda s: len(set(words) & set(_WORD.findall(normalise(s)))), default="")
+        if bool(_NEGATION.search(claim)) != bool(_NEGATION.search(closest)):
+            wrong.append(claim)
+    return wrong
+
+
+@dataclass(slots=True)
+class TurnScore:
+    turn: LabelledTurn
+    result: TurnResult
+    key_facts: bool
+    false_statement: bool
+    not_sure: bool
+    why_false: list[str] = field(default_factory=list)
+
+    @property
+    def correct(self) -> bool:
+        if not self.turn.in_scope:
+            return self.not_sure and not self.false_statement
+        return self.key_facts and not self.false_statement
+
+
+def score_turn(turn: LabelledTurn, result: TurnResult, evidence_for: dict[str, str]) -> TurnScore:
+    not_sure = result.path in (AnswerPath.NOT_SURE, AnswerPath.HUMAN)
+    why: list[str] = []
+    answered = result.path not in (AnswerPath.NOT_SURE, AnswerPath.HUMAN, AnswerPath.ERROR)
+    if answered:
+        why += [f"false claim /{p}/" for p in turn.false_claims if re.search(p, result.answer, re.IGNORECASE)]
+        # The framing of a quote ("From our article ...") is not a claim; the quote is.
+        claims = split_sentences(result.quoted) if result.quoted else split_sentences(result.answer)
+        evidence = " ".join(evidence_for.get(s.document_id, s.snippet) for s in result.sources)
+        why += [f"unsupported: {s}" for s in unsupported_sentences(claims, evidence)]
+    return TurnScore(turn, result, has_key_facts(result.answer, turn.key_facts), bool(why), not_sure, why)
 
 
 @dataclass(slots=True)
 class BotEvalReport:
-    in_scope: int = 0
-    out_of_scope: int = 0
-    cited_right_article: int = 0
-    answered: int = 0  # generated or fallback
-    generated: int = 0
-    fully_supported: int = 0  # answered turns whose every claimed sentence passes the independent check
-    generated_supported: int = 0
-    out_of_scope_not_sure: int = 0
-    paths: Counter[str] = field(default_factory=Counter)
-    ttft_s: list[float] = field(default_factory=list)
-    results: list[tuple[LabelledTurn, TurnResult]] = field(default_factory=list)
+    mode: str
+    scores: list[TurnScore] = field(default_factory=list)
 
-    def share(self, part: int, whole: int) -> float:
-        return part / whole if whole else 0.0
+    def summary(self) -> dict[str, Any]:
+        """The figures a gate compares: shares over their own denominators, and counts."""
+        in_scope = [s for s in self.scores if s.turn.in_scope]
+        out = [s for s in self.scores if not s.turn.in_scope]
+        traps = [s for s in self.scores if s.turn.kind == "trap"]
+        answered = [s for s in self.scores if not s.not_sure and s.result.path is not AnswerPath.ERROR]
+        ttft = sorted(s.result.time_to_first_token_s for s in self.scores if s.result.time_to_first_token_s is not None)
+        return {
+            "mode": self.mode,
+            "questions": len(self.scores),
+            "in_scope": len(in_scope),
+            "key_facts_present": _share(sum(s.key_facts for s in in_scope), len(in_scope)),
+            "answers": len(answered),
+            "false_statements": sum(s.false_statement for s in self.scores),
+            "false_statement_rate": _share(sum(s.false_statement for s in answered), len(answered)),
+            "traps": len(traps),
+            "trap_failures": sum(s.false_statement for s in traps),
+            "out_of_scope": len(out),
+            "out_of_scope_not_sure": _share(sum(s.not_sure for s in out), len(out)),
+            "in_scope_not_sure": _share(sum(s.not_sure for s in in_scope), len(in_scope)),
+            "ttft_p50_s": _quantile(ttft, 0.5),
+            "ttft_p95_s": _quantile(ttft, 0.95),
+            "paths": dict(Counter(s.result.path.value for s in self.scores)),
+        }
 
-
-def lexically_supported(sentence: str, evidence: str, min_share: float = 0.6) -> bool:
-    """Independent of the turn's own (embedding) check: most content words occur in the evidence."""
-    words = [w for w in _WORD.findall(_CITATION.sub("", sentence).lower()) if w not in STOPWORDS]
-    vocabulary = set(_WORD.findall(evidence.lower()))
-    return bool(words) and sum(w in vocabulary for w in words) / len(words) >= min_share
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": s.turn.id,
+                "kind": s.turn.kind,
+                "question": s.turn.question,
+                "path": s.result.path.value,
+                "key_facts": s.key_facts,
+                "false_statement": s.false_statement,
+                "not_sure": s.not_sure,
+                "why_false": s.why_false,
+                "ttft_s": s.result.time_to_first_token_s,
+                "answer": s.result.answer,
+                "sources": [x.document_id for x in s.result.sources],
+            }
+            for s in self.scores
+        ]
 
 
 async def evaluate_turns(
     assistant: Assistant, items: Sequence[LabelledTurn], evidence_for: dict[str, str], concurrency: int = 8
 ) -> BotEvalReport:
     """Run each question as a fresh conversation, `concurrency` at a time (so the generator batches)."""
-    report = BotEvalReport()
+    report = BotEvalReport(assistant.mode.value)
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(item: LabelledTurn) -> tuple[LabelledTurn, TurnResult]:
+    async def one(item: LabelledTurn) -> TurnScore:
         async with gate:
             result = None
+            started = time.perf_counter()
             async for event in assistant.respond(item.question):
                 if isinstance(event, TurnDone):
                     result = event.result
-            assert result is not None
-            return item, result
+            assert result is not None, f"no TurnDone for {item.question!r} after {time.perf_counter() - started:.1f} s"
+            return score_turn(item, result, evidence_for)
 
-    for item, result in await asyncio.gather(*(one(i) for i in items)):
-        report.results.append((item, result))
-        report.paths[result.path.value] += 1
-        if result.time_to_first_token_s is not None:
-            report.ttft_s.append(result.time_to_first_token_s)
-        if item.document_id is None:
-            report.out_of_scope += 1
-            report.out_of_scope_not_sure += result.path is AnswerPath.NOT_SURE
-            continue
-        report.in_scope += 1
-        if result.path in (AnswerPath.GENERATED, AnswerPath.FALLBACK):
-            report.answered += 1
-            report.cited_right_article += any(s.document_id == item.document_id for s in result.sources)
-            evidence = " ".join(evidence_for.get(s.document_id, s.snippet) for s in result.sources)
-            # A fallback's framing ("Here is what ... says in X:") is not a claim; its quote is.
-            claims = split_sentences(result.quoted if result.path is AnswerPath.FALLBACK else result.answer)
-            supported = all(lexically_supported(s, evidence) for s in claims)
-            report.fully_supported += supported
-            if result.path is AnswerPath.GENERATED:
-                report.generated += 1
-                report.generated_supported += supported
+    report.scores = list(await asyncio.gather(*(one(i) for i in items)))
     return report
+
+
+def write_report(path: Path, reports: Sequence[BotEvalReport], meta: dict[str, Any]) -> None:
+    """One JSON file with each mode's summary and per-question rows, for gates and diffs."""
+    payload = {**meta, "summaries": [r.summary() for r in reports], "questions": {r.mode: r.rows() for r in reports}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, default=_json_default) + "\n", encoding="utf-8")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return str(value)
+
+
+def _share(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 0.0
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return round(values[min(len(values) - 1, int(q * len(values)))], 4)

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
+from bot.assistant import AnswerMode
 from bot.audit import AuditLog
 from bot.conversations import ConversationStore
 from bot.crypto import Sealer, SealError
@@ -38,7 +39,7 @@ from retrieval.retriever import Retriever
 from server import agent_api
 from server.auth import ApiKeys
 from server.chat import ChatService
-from server.components import build_assistant, build_generator
+from server.components import answer_mode, build_assistant, build_generator
 from server.events import EventHub
 from server.limits import RateLimiter
 from server.metrics import Metrics
@@ -187,10 +188,15 @@ def create_app(settings: Settings) -> FastAPI:
                 await run_in_threadpool(embedded.stop)
             raise RuntimeError(f"refusing to start: {exc}") from None
         (log.info if sealer.enabled else log.warning)(said)
-        generator = build_generator(settings)
+        decision = answer_mode(settings)
+        log.info("answer mode %s: %s", decision.mode.value, decision.reason)
+        # The generator loads only when answers are generated: an extractive server starts in
+        # seconds and holds a fraction of the memory.
+        generator = build_generator(settings) if decision.mode is AnswerMode.GENERATIVE else None
         if isinstance(generator, TransformersGenerator):
             await run_in_threadpool(generator.warm_up)
         app.state.generator = generator
+        app.state.answer_mode = decision.mode
         app.state.redis = redis
         store = ConversationStore(redis, prefix=settings.redis_prefix, ttl_s=settings.conversation_ttl_s, sealer=sealer)
         feedback = FeedbackLog(store)
@@ -207,13 +213,14 @@ def create_app(settings: Settings) -> FastAPI:
             tasks.append(asyncio.create_task(embedded.watch(on_restart=metrics.redis_restarts.inc), name="redis-watch"))
         if isinstance(generator, TransformersGenerator):
             tasks.append(asyncio.create_task(_sample_queue_depth(metrics, generator), name="queue-depth"))
-        assistant = build_assistant(settings, retriever, embedder, generator)
+        assistant = build_assistant(settings, retriever, embedder, generator, mode=decision.mode)
+        await run_in_threadpool(assistant.warm_up)
         app.state.store, app.state.feedback, app.state.limiter = store, feedback, limiter
         app.state.review = Review(store, feedback)
         app.state.audit, app.state.privacy, app.state.sealer = audit, privacy, sealer
         app.state.keys = ApiKeys(redis, settings.redis_prefix)
         app.state.chat = ChatService(settings, store, assistant, metrics, events, feedback, limiter)
-        log.info("ready: generator %s, redis %s", generator.model_id, "embedded" if embedded else "external")
+        log.info("ready: answers by %s, redis %s", assistant.model_id, "embedded" if embedded else "external")
         _drain_on_signals(app.state.chat, settings.shutdown_drain_s)
         try:
             yield
@@ -282,13 +289,18 @@ def create_app(settings: Settings) -> FastAPI:
         checks: dict[str, str] = {}
         retriever: Retriever | None = getattr(request.app.state, "retriever", None)
         checks["index"] = retriever.snapshot.version if retriever is not None else "not loaded"
-        checks["generator"] = "loaded" if getattr(request.app.state, "generator", None) is not None else "not loaded"
+        mode = getattr(request.app.state, "answer_mode", None)
+        if mode is AnswerMode.EXTRACTIVE:
+            checks["generator"] = "not needed"  # the composer answers; no model is loaded
+        else:
+            checks["generator"] = "loaded" if getattr(request.app.state, "generator", None) is not None else "not loaded"
+        checks["answer_mode"] = mode.value if mode is not None else "not decided"
         redis: Redis | None = getattr(request.app.state, "redis", None)
         try:
             checks["redis"] = "ok" if redis is not None and await redis.ping() else "not connected"
         except RedisError as exc:
             checks["redis"] = f"unreachable: {type(exc).__name__}"
-        ready = retriever is not None and checks["generator"] == "loaded" and checks["redis"] == "ok"
+        ready = retriever is not None and checks["generator"] in ("loaded", "not needed") and checks["redis"] == "ok"
         return JSONResponse({"status": "ready" if ready else "not ready", **checks}, status_code=200 if ready else 503)
 
     @app.get("/metrics")

@@ -429,6 +429,8 @@ class Connection:
                 "sources": sources,
                 "confidence": round(result.confidence, 4),
                 "path": str(result.path),
+                "handoff": result.handoff,
+                "handoff_reason": result.handoff_reason,
                 "model_id": result.model_id,
                 "prompt_version": result.prompt_version,
                 "passages": [dataclasses.asdict(e) for e in result.evidence],
@@ -455,7 +457,13 @@ class Connection:
                 metrics.handoffs.labels("request").inc()
             elif result.handoff:
                 await store.append_event(
-                    cid, {"type": "handoff", "message_id": answer_id, "reason": str(result.path), "message": "A person can help."}
+                    cid,
+                    {
+                        "type": "handoff",
+                        "message_id": answer_id,
+                        "reason": result.handoff_reason or str(result.path),
+                        "message": "A person can help.",
+                    },
                 )
             metrics.answers.labels(str(result.path)).inc()
             if result.generator_ttft_s is not None:

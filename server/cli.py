@@ -19,6 +19,7 @@ T = TypeVar("T")
 
 app = typer.Typer(help="Supportbot: a self-hosted customer-support assistant.", no_args_is_help=True, add_completion=False)
 app.add_typer(kb_app, name="kb")
+EVAL_TURNS = EVAL_QUESTIONS.with_name("turns.jsonl")  # labelled turns: key facts, traps, out of scope
 bot_app = typer.Typer(help="Evaluate whole turns: retrieval, generation and answer policy.", no_args_is_help=True)
 app.add_typer(bot_app, name="bot")
 keys_app = typer.Typer(help="API keys for support agents and admins (stored hashed in Redis).", no_args_is_help=True)
@@ -319,66 +320,117 @@ def _root(ctx: typer.Context) -> None:
 def bot_eval(
     ctx: typer.Context,
     questions: Annotated[
-        Path, typer.Option(help="JSONL of {question, document_id}; document_id null = out of scope.")
-    ] = EVAL_QUESTIONS,
-    limit: Annotated[int, typer.Option(min=0, help="Use only the first N in-scope and N out-of-scope questions (0: all).")] = 0,
-    max_new_tokens: Annotated[int, typer.Option(min=1, max=1024, help="Answer length budget.")] = 64,
+        Path, typer.Option(help="JSONL of labelled turns: question, document_id, kind, split, key_facts, false_claims.")
+    ] = EVAL_TURNS,
+    split: Annotated[str, typer.Option(help="tune, heldout or all. Tune thresholds on tune; report on heldout.")] = "heldout",
+    mode: Annotated[
+        str | None,
+        typer.Option(help="extractive or generative [default: what the server would run, from SUPPORTBOT_ANSWER_MODE]."),
+    ] = None,
+    compare: Annotated[str | None, typer.Option(help="A second answer mode, run on the same questions in the same run.")] = None,
+    record: Annotated[
+        bool,
+        typer.Option(
+            help="With generative and extractive compared: record whether the generator beat the composer (answer mode auto reads it)."
+        ),
+    ] = False,
+    output: Annotated[Path | None, typer.Option(help="Write summaries and per-question rows as JSON here.")] = None,
+    limit: Annotated[int, typer.Option(min=0, help="Use only the first N questions of the split (0: all).")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=1024, help="Answer length budget when generating.")] = 64,
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="Questions in flight at once.")] = 8,
-    show: Annotated[bool, typer.Option(help="Print every question with its path and answer.")] = False,
+    show: Annotated[bool, typer.Option(help="Print every question with its path, verdict and answer.")] = False,
 ) -> None:
-    """Share of answers citing the right article, fully supported, and out-of-scope questions answered "not sure"."""
+    """Key facts present, false statements, contradiction traps and honest "not sure", per answer mode, side by side."""
     import asyncio
 
-    from bot.evaluation import BotEvalReport, LabelledTurn, evaluate_turns
-    from bot.generation import TransformersGenerator
+    from bot.answer_policy import write_record
+    from bot.assistant import AnswerMode
+    from bot.evaluation import BotEvalReport, evaluate_turns, load_turns, write_report
+    from bot.generation import Generator, TransformersGenerator
     from bot.remote_generation import OpenAICompatibleGenerator
     from knowledge_base.components import build_embedder, build_retriever
-    from retrieval.evaluation import load_questions
-    from server.components import build_assistant, build_generator
+    from server.components import answer_mode, build_assistant, build_generator
 
     settings: Settings = ctx.obj
-    labelled = [LabelledTurn(q.question, q.document_id) for q in load_questions(questions)]
-    if limit:
-        labelled = [q for q in labelled if q.document_id][:limit] + [q for q in labelled if not q.document_id][:limit]
+    if split not in ("tune", "heldout", "all"):
+        typer.echo(f"error: --split must be tune, heldout or all, not {split!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        modes = [AnswerMode(mode) if mode else answer_mode(settings).mode]
+        if compare:
+            modes.append(AnswerMode(compare))
+        labelled = [t for t in load_turns(questions) if split == "all" or t.split == split]
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if record and set(modes) != {AnswerMode.EXTRACTIVE, AnswerMode.GENERATIVE}:
+        typer.echo("error: --record compares generative with extractive: pass --mode generative --compare extractive", err=True)
+        raise typer.Exit(2)
+    labelled = labelled[:limit] if limit else labelled
+    if not labelled:
+        typer.echo(f"error: no labelled turns in the {split} split of {questions}", err=True)
+        raise typer.Exit(2)
     embedder = build_embedder(settings)
     retriever = build_retriever(settings, embedder)
-    generator = build_generator(settings)
+    generator: Generator | None = build_generator(settings) if AnswerMode.GENERATIVE in modes else None
     if isinstance(generator, TransformersGenerator):
         generator.warm_up()
-    assistant = build_assistant(settings, retriever, embedder, generator, max_new_tokens=max_new_tokens)
     evidence: dict[str, str] = {}
     for chunk in retriever.snapshot.chunks:
         evidence[chunk.document_id] = evidence.get(chunk.document_id, "") + " " + chunk.text
 
-    async def run() -> BotEvalReport:
+    async def run() -> list[BotEvalReport]:
         try:
-            return await evaluate_turns(assistant, labelled, evidence, concurrency)
+            reports = []
+            for each in modes:
+                assistant = build_assistant(settings, retriever, embedder, generator, mode=each, max_new_tokens=max_new_tokens)
+                await asyncio.to_thread(assistant.warm_up)  # as a server does before it is ready
+                reports.append(await evaluate_turns(assistant, labelled, evidence, concurrency))
+            return reports
         finally:
             if isinstance(generator, OpenAICompatibleGenerator):
                 await generator.aclose()
 
     try:
-        report = asyncio.run(run())
+        reports = asyncio.run(run())
     finally:
         if isinstance(generator, TransformersGenerator):
             generator.close()
     if show:
-        for item, result in report.results:
-            typer.echo(
-                f"[{result.path.value}] {item.question!r} -> {result.answer[:160]!r} sources={[s.document_id for s in result.sources]}"
-            )
-    ttft = sorted(report.ttft_s)
-    typer.echo(f"{report.in_scope} in-scope and {report.out_of_scope} out-of-scope questions; paths: {dict(report.paths)}")
-    typer.echo(
-        f"cited the right article:        {report.share(report.cited_right_article, report.in_scope):.3f} of in-scope questions"
-    )
-    supported = report.share(report.fully_supported, report.answered)
-    generated = report.share(report.generated_supported, report.generated)
-    typer.echo(f"all sentences supported:        {supported:.3f} of {report.answered} answers (independent lexical check)")
-    typer.echo(f"  of which generated:           {generated:.3f} of {report.generated}; the rest quote the article (fallback)")
-    typer.echo(f"out of scope answered not sure: {report.share(report.out_of_scope_not_sure, report.out_of_scope):.3f}")
-    if ttft:
-        typer.echo(f"time to first text: p50 {ttft[len(ttft) // 2]:.2f} s, p90 {ttft[int(len(ttft) * 0.9)]:.2f} s")
+        for report in reports:
+            for row in report.rows():
+                verdict = "FALSE" if row["false_statement"] else ("facts" if row["key_facts"] else "-")
+                typer.echo(
+                    f"[{report.mode} {row['path']} {verdict}] {row['question']!r} -> {row['answer'][:160]!r} {row['why_false']}"
+                )
+    summaries = [r.summary() for r in reports]
+    typer.echo(f"{len(labelled)} questions ({split} split of {questions.name}), index {retriever.snapshot.version}")
+    rows = [
+        ("key facts present (in scope)", "key_facts_present", "{:.3f}"),
+        ("false statements", "false_statements", "{}"),
+        ("false statements per answer", "false_statement_rate", "{:.3f}"),
+        ("contradiction traps failed", "trap_failures", "{}"),
+        ("out of scope: not sure", "out_of_scope_not_sure", "{:.3f}"),
+        ("in scope: not sure", "in_scope_not_sure", "{:.3f}"),
+        ("time to first text p50 (s)", "ttft_p50_s", "{}"),
+        ("time to first text p95 (s)", "ttft_p95_s", "{}"),
+    ]
+    typer.echo(f"{'':32}" + "".join(f"{s['mode']:>14}" for s in summaries))
+    for label, key, fmt in rows:
+        typer.echo(f"{label:32}" + "".join(f"{fmt.format(s[key]):>14}" for s in summaries))
+    for s in summaries:
+        typer.echo(f"paths ({s['mode']}): {s['paths']}")
+    if output:
+        write_report(
+            output, reports, {"questions_file": str(questions), "split": split, "index_version": retriever.snapshot.version}
+        )
+        typer.echo(f"wrote {output}")
+    if record:
+        by_mode = {s["mode"]: s for s in summaries}
+        path = write_record(
+            settings.data_dir, settings.generator_model, retriever.snapshot.version, by_mode["generative"], by_mode["extractive"]
+        )
+        typer.echo(f"recorded {path}: answer mode auto now runs {answer_mode(settings).mode.value}")
 
 
 @app.command()

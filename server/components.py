@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bot.assistant import Assistant
+from bot.answer_policy import TrustDecision, decide
+from bot.assistant import AnswerMode, Assistant
+from bot.composer import AnswerComposer
 from bot.generation import Generator, TransformersGenerator
 from bot.grounding import GroundednessChecker
 from bot.model_store import resolve_generator
@@ -41,21 +43,34 @@ def build_assistant(
     settings: Settings,
     retriever: Retriever,
     embedder: SentenceEmbedder,
-    generator: Generator,
+    generator: Generator | None,
     *,
+    mode: AnswerMode = AnswerMode.EXTRACTIVE,
     max_new_tokens: int | None = None,
 ) -> Assistant:
+    """An assistant in `mode`; `generator` may be None in extractive mode (nothing is loaded)."""
+    generative = mode is AnswerMode.GENERATIVE
     return Assistant(
         retriever,
-        generator,
-        GroundednessChecker(embedder),
+        AnswerComposer(embedder, ignore_words=settings.company_name),
+        generator=generator if generative else None,
+        checker=GroundednessChecker(embedder) if generative else None,
+        mode=mode,
+        company=settings.company_name,
         confidence_threshold=settings.answer_confidence_threshold,
+        relevance_threshold=settings.answer_relevance_threshold,
+        max_unknown_words=settings.answer_max_unknown_words,
         top_k=settings.answer_top_k,
         max_new_tokens=max_new_tokens or settings.generator_max_new_tokens,
         timeout_s=settings.generator_timeout_s,
         max_message_chars=settings.answer_max_message_chars,
-        max_concurrent_generations=generation_admission(settings, generator),
+        max_concurrent_generations=generation_admission(settings, generator) if generator is not None else None,
     )
+
+
+def answer_mode(settings: Settings) -> TrustDecision:
+    """The mode this server answers in, and why (`auto` asks the evaluation record)."""
+    return decide(settings.answer_mode, settings.data_dir, settings.generator_model)
 
 
 def generation_admission(settings: Settings, generator: Generator) -> int:

@@ -110,12 +110,16 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> No
 
 def _prepare_shared_files(settings: Settings) -> None:
     """Build the sample index and dequantize the bundled model once, before the workers start."""
+    from bot.assistant import AnswerMode
     from bot.model_store import resolve_generator
     from knowledge_base.components import build_builder, build_embedder
+    from server.components import answer_mode
 
     report = build_builder(settings, build_embedder(settings)).ensure_built([settings.sample_kb_dir])
     if report is not None:
         log.info("built the sample knowledge base index: %d documents, version %s", len(report.added), report.version)
+    if answer_mode(settings).mode is AnswerMode.EXTRACTIVE:
+        return  # the composer answers: no worker loads the model
     if settings.generator_backend != "openai" or settings.generator_tokenizer is None:
         resolve_generator(settings.generator_model, settings.models_dir)
 

@@ -147,7 +147,36 @@ class Settings(BaseSettings):
     answer_confidence_threshold: float = Field(
         0.35, ge=0, le=1, description="Below this retrieval confidence the bot says it is not sure and offers a human."
     )
-    answer_top_k: int = Field(4, gt=0, le=20, description="Passages given to the generator.")
+    answer_top_k: int = Field(4, gt=0, le=20, description="Passages the answer is composed or generated from.")
+    answer_mode: Literal["auto", "extractive", "generative"] = Field(
+        "auto",
+        description=(
+            "extractive: the help center's own sentences (the composer); generative: the generator writes, the guard "
+            "checks; auto: generative only for a model whose recorded evaluation beat the composer (bot eval --record)."
+        ),
+    )
+    answer_relevance_threshold: float = Field(
+        1.06,
+        ge=0,
+        le=2,
+        description="Below this score of the best sentence for the question the bot says it is not sure (fitted on the tuning split).",
+    )
+    answer_max_unknown_words: int | None = Field(
+        2,
+        ge=0,
+        le=50,
+        description="More words of a question than this that the help center never uses: not sure (fitted on the tuning split; unset: no limit).",
+    )
+    company_name: str = Field(
+        "Brewlo", min_length=1, max_length=100, description="Whose help center this is (prompts, greeting)."
+    )
+    assistant_name: str = Field("Brewlo Assistant", min_length=1, max_length=100, description="The name the widget shows.")
+    greeting: str = Field(
+        "Hi! Ask me anything about Brewlo: orders, billing, your kettle.",
+        min_length=1,
+        max_length=500,
+        description="The widget's first message.",
+    )
     answer_max_message_chars: int = Field(2000, gt=0, le=100_000)
 
     @model_validator(mode="after")

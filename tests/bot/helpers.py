@@ -6,7 +6,13 @@ import time
 import uuid
 from typing import Any
 
+from bot.assistant import AnswerMode, Assistant
+from bot.composer import AnswerComposer
 from bot.conversations import ConversationStore
+from bot.generation import Generator
+from bot.grounding import GroundednessChecker
+from retrieval.embedder import SentenceEmbedder
+from retrieval.retriever import Retriever
 
 PASSAGE = {
     "document_id": "usage/descaling",
@@ -54,3 +60,15 @@ async def add_turn(
     if turn.lock_token:
         await store.unlock_answer(conversation_id, turn.lock_token)
     return answer_id
+
+
+def generative_assistant(retriever: Retriever, generator: Generator, embedder: SentenceEmbedder, **options: Any) -> Assistant:
+    """An assistant that generates (the guard checks, the composer is the fallback), as answer mode generative runs."""
+    return Assistant(
+        retriever,
+        AnswerComposer(embedder),
+        generator=generator,
+        checker=GroundednessChecker(embedder),
+        mode=AnswerMode.GENERATIVE,
+        **options,
+    )

@@ -14,13 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.assistant import AnswerPath, Assistant, TurnDone
+from bot.assistant import AnswerPath, TurnDone
 from bot.generation import GenerationError, GenerationRequest, GenerationStats, GenerationTimeout
-from bot.grounding import GroundednessChecker
 from bot.model_store import BUNDLED_GENERATOR, resolve_generator
 from bot.remote_generation import OpenAICompatibleGenerator
 from retrieval.embedder import SentenceEmbedder
 from retrieval.retriever import Retriever
+from tests.bot.helpers import generative_assistant
 from tests.conftest import MODELS_DIR
 
 PROMPT = "Question: How do I descale my kettle?\nAnswer:"
@@ -100,7 +100,7 @@ def test_a_whole_turn_through_the_remote_backend(
     endpoint: tuple[str, str], sample_retriever: Retriever, embedder: SentenceEmbedder
 ) -> None:
     generator = remote(endpoint)
-    bot = Assistant(sample_retriever, generator, GroundednessChecker(embedder), max_new_tokens=32, timeout_s=120)
+    bot = generative_assistant(sample_retriever, generator, embedder, max_new_tokens=32, timeout_s=120)
 
     async def turn() -> TurnDone:
         try:

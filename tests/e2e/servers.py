@@ -50,6 +50,9 @@ def start_server(
         "SUPPORTBOT_DATA_DIR": str(data_dir),
         "SUPPORTBOT_MODEL_CACHE_DIR": str(MODELS_DIR),
         "SUPPORTBOT_GENERATOR_MAX_NEW_TOKENS": "24",
+        # These servers exercise streaming, cancellation and admission, which need the generator;
+        # the default (auto: the composer until a model earns trust) has its own tests.
+        "SUPPORTBOT_ANSWER_MODE": "generative",
         "HF_HUB_OFFLINE": "1",
         **(env or {}),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -101,10 +102,26 @@ def test_sample_help_center_meets_the_content_floor() -> None:
     assert len((SAMPLES / "faq.csv").read_text().splitlines()) - 1 >= 80
 
 
-def test_bot_eval_runs_whole_turns(data_dir: Path, generator: TransformersGenerator) -> None:
+def test_bot_eval_compares_answer_modes_in_one_run(data_dir: Path, generator: TransformersGenerator, tmp_path: Path) -> None:
     env_model = str(MODELS_DIR / "gemma-3-270m-dense")  # the fixture made sure it is dequantized
+    report = tmp_path / "eval.json"
+    OPTIONS = ["--max-new-tokens", "16", "--show", "--output"]
     result = subprocess.run(
-        [*SUPPORTBOT, "bot", "eval", "--limit", "1", "--max-new-tokens", "16", "--show"],
+        [
+            *SUPPORTBOT,
+            "bot",
+            "eval",
+            "--split",
+            "tune",
+            "--limit",
+            "4",
+            "--mode",
+            "extractive",
+            "--compare",
+            "generative",
+            *OPTIONS,
+            str(report),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -112,6 +129,14 @@ def test_bot_eval_runs_whole_turns(data_dir: Path, generator: TransformersGenera
         env={**os.environ, "SUPPORTBOT_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "SUPPORTBOT_GENERATOR_MODEL": env_model},
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "1 in-scope and 1 out-of-scope questions" in result.stdout
-    assert "out of scope answered not sure: 1.000" in result.stdout
-    assert "[not_sure] 'what is the capital of france'" in result.stdout
+    assert "4 questions (tune split of turns.jsonl)" in result.stdout
+    header = next(line for line in result.stdout.splitlines() if "extractive" in line and "generative" in line)
+    assert header.split() == ["extractive", "generative"]
+    assert "contradiction traps failed" in result.stdout and "key facts present (in scope)" in result.stdout
+    saved = json.loads(report.read_text())
+    assert [s["mode"] for s in saved["summaries"]] == ["extractive", "generative"]
+    assert len(saved["questions"]["extractive"]) == 4 and saved["split"] == "tune"
+    refused = subprocess.run(
+        [*SUPPORTBOT, "bot", "eval", "--split", "neither"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert refused.returncode == 2 and "--split must be tune, heldout or all" in refused.stderr

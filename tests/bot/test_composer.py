@@ -1,0 +1,92 @@
+"""The composer and the extractive assistant on the real sample index and the real embedder."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from bot.assistant import NOT_SURE_ANSWER, AnswerMode, AnswerPath, Assistant, TurnDone, TurnResult, frustration
+from bot.composer import AnswerComposer, passage_units
+from bot.prompt import HistoryTurn
+from retrieval.embedder import SentenceEmbedder
+from retrieval.retriever import Retriever
+
+
+@pytest.fixture(scope="module")
+def extractive(sample_retriever: Retriever, embedder: SentenceEmbedder) -> Assistant:
+    """As the server builds it in answer mode extractive, with the fitted thresholds."""
+    bot = Assistant(
+        sample_retriever,
+        AnswerComposer(embedder, ignore_words="Brewlo"),
+        mode=AnswerMode.EXTRACTIVE,
+        relevance_threshold=1.06,
+        max_unknown_words=2,
+    )
+    bot.warm_up()
+    return bot
+
+
+def turn(bot: Assistant, message: str, history: list[HistoryTurn] | None = None) -> tuple[list[str], TurnResult]:
+    async def go() -> tuple[list[str], TurnResult]:
+        deltas: list[str] = []
+        async for event in bot.respond(message, history or []):
+            if isinstance(event, TurnDone):
+                return deltas, event.result
+            deltas.append(event.text)
+        raise AssertionError("no TurnDone")
+
+    return asyncio.run(go())
+
+
+def test_units_keep_lists_and_drop_an_faq_entrys_question() -> None:
+    units = passage_units("Intro line. Second.\n- Step one.\n- Step two.\n\nAfter.")
+    assert [(u.text, u.is_item) for u in units] == [
+        ("Intro line.", False),
+        ("Second.", False),
+        ("- Step one.", True),
+        ("- Step two.", True),
+        ("After.", False),
+    ]
+    assert units[2].block == units[3].block != units[4].block
+    assert [u.text for u in passage_units("Q: Can I boil milk?\nA: No. Only heat water.")] == ["No.", "Only heat water."]
+
+
+def test_the_answer_is_the_sentence_that_holds_the_fact_not_the_first_lines(extractive: Assistant) -> None:
+    deltas, result = turn(extractive, "How long is the password reset link valid?")
+    assert result.path is AnswerPath.COMPOSED and len(deltas) == 1 and deltas[0] == result.answer
+    assert "1 hour" in result.answer and result.sources[0].document_id == "accounts/reset-password"
+    assert result.answer.startswith('From our article "') and result.quoted in result.answer
+    assert result.model_id == "composer" and result.completion_tokens == 0
+
+
+@pytest.mark.parametrize(
+    ("question", "truth", "false"),
+    [
+        ("Can I put my kettle in the dishwasher?", r"(?i)never", r"(?i)(?<!never )(?<!not )\bcan\b[^.]{0,30}dishwasher"),
+        ("Can I return an opened filter pack?", r"(?i)cannot be returned", r"(?i)opened filter packs? (can|may) be returned"),
+        ("Are returns from Canada free?", r"\$9\.95", r"(?i)returns from canada are free"),
+    ],
+)
+def test_contradiction_traps_get_the_articles_own_words(extractive: Assistant, question: str, truth: str, false: str) -> None:
+    _, result = turn(extractive, question)
+    assert result.path is AnswerPath.COMPOSED, result
+    assert re.search(truth, result.answer) and not re.search(false, result.answer), result.answer
+
+
+@pytest.mark.parametrize(
+    "question", ["which nespresso pod is best for a strong lungo", "give me a step by step V60 pour over recipe with grind size"]
+)
+def test_a_question_that_only_shares_the_companys_words_is_not_sure(extractive: Assistant, question: str) -> None:
+    deltas, result = turn(extractive, question)
+    assert deltas == [NOT_SURE_ANSWER] and result.path is AnswerPath.NOT_SURE and result.handoff_reason == "not_sure"
+
+
+def test_a_frustrated_visitor_is_offered_a_person(extractive: Assistant) -> None:
+    asked = [HistoryTurn("user", "How do I descale my kettle?"), HistoryTurn("assistant", "From our article ...")]
+    assert frustration("how do I descale my kettle", asked) == "repeated"
+    assert frustration("this is useless, my kettle still won't heat!!", []) == "frustrated"
+    assert frustration("How do I descale my kettle?", []) == ""
+    _, result = turn(extractive, "How do I descale my kettle?", asked)
+    assert result.handoff and result.handoff_reason == "repeated" and result.answer.endswith("support team.")

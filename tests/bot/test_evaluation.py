@@ -1,0 +1,68 @@
+"""The labelled turns and the scoring that sees a wrong answer."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bot.answer_policy import decide, earned, write_record
+from bot.assistant import AnswerMode, AnswerPath, Source, TurnResult
+from bot.evaluation import has_key_facts, load_turns, score_turn, unsupported_sentences
+from server.cli import EVAL_TURNS
+
+ARTICLE = "Never descale with bleach or put the kettle or its base in a dishwasher. The body can be wiped with a damp cloth."
+
+
+def test_the_labelled_set_has_traps_out_of_scope_and_two_disjoint_splits() -> None:
+    turns = load_turns(EVAL_TURNS)
+    kinds = {k: [t for t in turns if t.kind == k] for k in ("answer", "trap", "out_of_scope")}
+    assert len(kinds["trap"]) >= 40 and len(kinds["out_of_scope"]) >= 30 and len(kinds["answer"]) >= 60
+    for kind in kinds.values():
+        assert {t.split for t in kind} == {"tune", "heldout"}
+    tune = {t.question.lower() for t in turns if t.split == "tune"}
+    assert not tune & {t.question.lower() for t in turns if t.split == "heldout"}
+    assert all(t.key_facts for t in turns if t.in_scope)
+
+
+def test_key_facts_and_false_claims_are_scored_on_the_answer() -> None:
+    assert has_key_facts("The link **expires after 1 hour**.", [["1 hour", "one hour"]])
+    assert not has_key_facts("The link expires soon.", [["1 hour", "one hour"]])
+    turn = next(t for t in load_turns(EVAL_TURNS) if t.kind == "trap" and t.false_claims)
+    bad = TurnResult(turn.question, turn.question, answer="Yes, of course.", path=AnswerPath.GENERATED)
+    scored = score_turn(turn, bad, {})
+    assert scored.false_statement and not scored.correct and any(w.startswith("false claim") for w in scored.why_false)
+
+
+def test_a_claim_the_evidence_does_not_carry_is_false_even_when_its_words_are_there() -> None:
+    claims = ["Put the kettle in a dishwasher.", "The body can be wiped with a damp cloth.", "We ship to Australia."]
+    assert unsupported_sentences(claims, ARTICLE) == ["Put the kettle in a dishwasher.", "We ship to Australia."]
+    source = Source("Descaling", None, "usage/descaling", ARTICLE[:50], 1.0)
+    quoted = TurnResult("q", "q", answer='From our article "Descaling": ' + ARTICLE, path=AnswerPath.COMPOSED, quoted=ARTICLE)
+    quoted.sources = [source]
+    turn = next(t for t in load_turns(EVAL_TURNS) if t.in_scope)
+    assert not score_turn(turn, quoted, {"usage/descaling": ARTICLE}).false_statement
+
+
+def test_a_broken_labelled_file_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "turns.jsonl"
+    path.write_text('{"question": "ok", "document_id": null}\n{"question": "x", "kind": "riddle"}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: not a labelled turn")):
+        load_turns(path)
+
+
+SUMMARY = {"key_facts_present": 0.6, "false_statements": 0, "trap_failures": 0, "out_of_scope_not_sure": 0.8}
+
+
+def test_auto_generates_only_after_a_recorded_win_over_the_composer(tmp_path: Path) -> None:
+    assert decide("auto", tmp_path, "gemma").mode is AnswerMode.EXTRACTIVE
+    assert decide("generative", tmp_path, "gemma").mode is AnswerMode.GENERATIVE
+    worse = {**SUMMARY, "trap_failures": 2, "key_facts_present": 0.9}
+    assert earned(worse, SUMMARY) == (False, "2 contradiction traps failed")
+    write_record(tmp_path, "gemma", "000001", worse, SUMMARY)
+    refused = decide("auto", tmp_path, "gemma")
+    assert refused.mode is AnswerMode.EXTRACTIVE and "traps failed" in refused.reason
+    write_record(tmp_path, "gemma", "000001", {**SUMMARY, "key_facts_present": 0.7}, SUMMARY)
+    assert decide("auto", tmp_path, "gemma").mode is AnswerMode.GENERATIVE
+    assert decide("auto", tmp_path, "another-model").mode is AnswerMode.EXTRACTIVE

@@ -1,0 +1,82 @@
+"""The default server (answer mode auto, no model that earned trust): the composer answers
+over the real websocket, without loading the generator."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.e2e.chat_client import Client, run
+from tests.e2e.conftest import SERVER_LOGS
+from tests.e2e.servers import data_dir_with_sample_index, start_server, stop_server
+
+
+@pytest.fixture(scope="module")
+def composer_server(tmp_path_factory: pytest.TempPathFactory, sample_index: Path) -> Iterator[tuple[str, float, int]]:
+    started = time.monotonic()
+    process, base = start_server(
+        data_dir_with_sample_index(tmp_path_factory, sample_index, "composer"),
+        ready_within_s=120,
+        env={"SUPPORTBOT_ANSWER_MODE": "auto"},
+    )
+    ready_s = time.monotonic() - started
+    SERVER_LOGS[base] = process.log_path  # type: ignore[attr-defined]
+    rss = psutil.Process(process.pid).memory_info().rss
+    try:
+        yield base, ready_s, rss
+    finally:
+        stop_server(process)
+
+
+async def ask(base: str, text: str) -> list[dict[str, object]]:
+    client = await Client.open(base)
+    try:
+        assert (await client.start())["type"] == "ready"
+        await client.send({"type": "message", "client_message_id": "1", "text": text})
+        return await client.until("done")
+    finally:
+        await client.close()
+
+
+def test_the_default_server_answers_without_loading_a_model(composer_server: tuple[str, float, int]) -> None:
+    base, ready_s, rss = composer_server
+    ready = httpx.get(f"{base}/readyz").json()
+    assert ready["answer_mode"] == "extractive" and ready["generator"] == "not needed", ready
+    assert rss < 1_000_000_000, f"the server holds {rss / 1e9:.2f} GB without a generator"
+    assert ready_s < 90  # seconds, not the minutes a model load takes (loose: CI's 2 cores are shared)
+
+
+@pytest.mark.parametrize(
+    ("trap", "article", "truth", "false"),
+    [
+        (
+            "can I put my kettle in the dishwasher?",
+            "usage/descaling",
+            r"(?i)\bnever\b[^.]*dishwasher",
+            r"(?i)(?<!never )(?<!not )\b(can|may) (be placed|go|put)[^.]{0,30}dishwasher",
+        ),
+        ("Are returns from Canada free?", "shipping/returns", r"\$9\.95", r"(?i)returns from canada are free"),
+    ],
+)
+def test_a_contradiction_trap_gets_the_articles_own_words(
+    composer_server: tuple[str, float, int], trap: str, article: str, truth: str, false: str
+) -> None:
+    frames = run(ask(composer_server[0], trap))
+    text = "".join(str(f["delta"]) for f in frames if f["type"] == "token")
+    done = frames[-1]
+    sources = next(f for f in frames if f["type"] == "sources")["sources"]
+    assert done["path"] == "composed" and done["model_id"] == "composer", done
+    assert re.search(truth, text) and not re.search(false, text), text
+    assert sources[0]["document_id"] == article  # type: ignore[index]
+
+
+def test_out_of_scope_gets_not_sure_and_the_offer_of_a_person(composer_server: tuple[str, float, int]) -> None:
+    frames = run(ask(composer_server[0], "which nespresso pod is best for a strong lungo"))
+    text = "".join(str(f["delta"]) for f in frames if f["type"] == "token")
+    assert frames[-1]["path"] == "not_sure" and "connect you with a person" in text
