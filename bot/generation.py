@@ -200,9 +200,12 @@ class _ContinuousBatching:
 
     def _running_manager(self) -> Any:
         with self._lock:
+            # Stopping or dead means crashed: only close() stops it on purpose, and nothing
+            # submits after that. The failed requests hear of the crash before transformers
+            # records it, so ask whether it still takes requests, not only for its error.
             status = getattr(self._manager, "background_thread_status", None)
-            crashed = getattr(status, "fatal_error", None) is not None
-            if crashed and not self._manager.is_running():
+            refuses = status.can_accept_new_requests() if status is not None else None
+            if refuses is not None or not self._manager.is_running():  # wait for its thread, then replace it
                 log.error("continuous batching stopped after a failed step; starting it again")
                 with contextlib.suppress(Exception):
                     self._manager.stop(block=True, timeout=5)
