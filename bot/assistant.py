@@ -45,6 +45,7 @@ _FRUSTRATED = re.compile(
     r"|not helpful|doesn'?t help|didn'?t help|not working|still (not|doesn'?t|broken)|waste of time|wtf|damn|!!+)"
 )
 _WORD = re.compile(r"[a-z0-9]+")
+_ADDRESS = re.compile(r"\S+@\S+|\bhttps?://\S+|\bwww\.\S+")
 _FOLLOW_UP = re.compile(r"(?i)^(and|also|what about|how about|but|then|so)\b|\b(it|that|this|those|these|they|them|its|one)\b")
 
 
@@ -254,8 +255,13 @@ class Assistant:
         message's words the help center never uses (one worker-thread hop)."""
         search = self._retriever.search(query, self._top_k)
         composition = self._composer.compose(message, search.passages, drop=self.prompts.looks_like_injection)
-        unknown = len(self._composer.words(message) - self._public_vocabulary()) if self.max_unknown_words is not None else 0
+        unknown = len(self._topic_words(message) - self._public_vocabulary()) if self.max_unknown_words is not None else 0
         return search, composition, unknown
+
+    def _topic_words(self, message: str) -> set[str]:
+        """The message's words that name a topic: no addresses, links, numbers or codes, which
+        a visitor adds to an in-scope question ("I'm ana@example.com, order 4411")."""
+        return {w for w in self._composer.words(_ADDRESS.sub(" ", message)) if w.isalpha()}
 
     def _public_vocabulary(self) -> frozenset[str]:
         snapshot = self._retriever.snapshot

@@ -455,7 +455,9 @@ class Connection:
             if result.path == AnswerPath.HUMAN:
                 await store.change_status(cid, "request", reason="asked for a person")
                 metrics.handoffs.labels("request").inc()
-            elif result.handoff:
+            elif result.handoff and result.handoff_reason not in ("repeated", "frustrated"):
+                # A frustrated visitor's offer is in the answer itself and on the record; the
+                # handoff event stays for answers the bot could not give.
                 await store.append_event(
                     cid,
                     {

@@ -90,3 +90,8 @@ def test_a_frustrated_visitor_is_offered_a_person(extractive: Assistant) -> None
     assert frustration("How do I descale my kettle?", []) == ""
     _, result = turn(extractive, "How do I descale my kettle?", asked)
     assert result.handoff and result.handoff_reason == "repeated" and result.answer.endswith("support team.")
+
+
+def test_an_email_address_or_an_order_number_does_not_make_a_question_unknown(extractive: Assistant) -> None:
+    _, result = turn(extractive, "I'm ana.lopez@example.com, phone +44 7700 900123, order 88412. How do I reset my password?")
+    assert result.path is AnswerPath.COMPOSED and result.sources[0].document_id == "accounts/reset-password"
