@@ -72,7 +72,9 @@ def redis_pid(data_dir: Path) -> int | None:
     return None
 
 
-def start_server(data_dir: Path, models_dir: Path, cpus: str = "", workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    data_dir: Path, models_dir: Path, cpus: str = "", workers: int = 1, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -87,6 +89,7 @@ def start_server(data_dir: Path, models_dir: Path, cpus: str = "", workers: int 
         "SUPPORTBOT_RATE_CLIENT_FRAMES_PER_S": "1000000",
         "SUPPORTBOT_RATE_CLIENT_BURST": "1000000",
         "SUPPORTBOT_CONVERSATIONS_PER_CLIENT_PER_HOUR": "100000",
+        **(extra_env or {}),
     }
     log = (data_dir / "server.log").open("w")
     pinned = {int(c) for c in cpus.split(",")} if cpus else None
