@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bot.generation import GenerationRequest, GenerationStats, TransformersGenerator
-from bot.model_store import resolve_generator
+from bot.generation.generator import GenerationRequest, GenerationStats, TransformersGenerator
+from bot.generation.model_store import resolve_generator
 
 QUESTIONS = [
     "How do I descale my kettle?",

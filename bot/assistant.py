@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from bot.composer import AnswerComposer, Composition
-from bot.generation import GenerationError, GenerationRequest, GenerationStats, Generator
+from bot.generation.generator import GenerationError, GenerationRequest, GenerationStats, Generator
 from bot.grounding import GroundednessChecker, complete_sentences, split_sentences
 from bot.prompt import PROMPT_VERSION, HistoryTurn, PromptBuilder
 from retrieval.retriever import Retriever

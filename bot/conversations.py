@@ -8,8 +8,8 @@ Key layout (all under one prefix, documented in docs/protocol.md):
     {p}conv:{id}:events       stream  every sequenced frame sent to clients; entry id 0-{seq}
     {p}conv:{id}:cmid:{cmid}  string  the message id a client message id was answered as (resends)
     {p}conv:{id}:answering    string  lock token while an answer streams (one answer at a time)
-    {p}conv:{id}:ratings      hash    answer id -> its latest rating, up or down (bot/feedback.py)
-    {p}conv:{id}:feedback     list    every feedback event on the conversation, oldest first (bot/feedback.py)
+    {p}conv:{id}:ratings      hash    answer id -> its latest rating, up or down (bot/feedback/log.py)
+    {p}conv:{id}:feedback     list    every feedback event on the conversation, oldest first (bot/feedback/log.py)
     {p}conversations          zset    conversation ids scored by last update (agents list by time)
     {p}handoff_queue          zset    conversations waiting for a person, scored by when they asked
     {p}live:{id}              channel each event as it is appended (server/events.py fans it out)
@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-from bot.crypto import Sealer
+from bot.privacy.crypto import Sealer
 
 # Appends one frame (JSON without its opening brace) to a conversation's event stream under the
 # next sequence number, publishes it for live sockets, and refreshes the expiries. Shared by

@@ -17,12 +17,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from bot import datasets
-from bot.audit import AuditLog
 from bot.conversations import ConversationNotFound, ConversationStore, HeldByAnotherAgent
-from bot.feedback import MAX_COMMENT_CHARS, MAX_CORRECTION_CHARS, FeedbackError, FeedbackLog
-from bot.privacy import Privacy
-from bot.review import ConversationQuery, Review
+from bot.feedback import datasets
+from bot.feedback.log import MAX_COMMENT_CHARS, MAX_CORRECTION_CHARS, FeedbackError, FeedbackLog
+from bot.feedback.review import ConversationQuery, Review
+from bot.privacy.audit import AuditLog
+from bot.privacy.erasure import Privacy
 from server.auth import AdminDep, AgentDep, ApiKeys, Principal, Role
 from server.limits import RateLimiter, feedback_bucket
 from server.settings import Settings

@@ -24,15 +24,15 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from bot.assistant import AnswerMode
-from bot.audit import AuditLog
 from bot.conversations import ConversationStore
-from bot.crypto import Sealer, SealError
-from bot.feedback import FeedbackLog
-from bot.feedback_sink import FeedbackSink
-from bot.generation import TransformersGenerator
-from bot.privacy import Privacy, check_encryption
-from bot.remote_generation import OpenAICompatibleGenerator
-from bot.review import Review
+from bot.feedback.log import FeedbackLog
+from bot.feedback.review import Review
+from bot.feedback.sink import FeedbackSink
+from bot.generation.generator import TransformersGenerator
+from bot.generation.remote import OpenAICompatibleGenerator
+from bot.privacy.audit import AuditLog
+from bot.privacy.crypto import Sealer, SealError
+from bot.privacy.erasure import Privacy, check_encryption
 from knowledge_base.components import build_builder, build_embedder, build_retriever
 from retrieval.index_files import IndexFormatError
 from retrieval.retriever import Retriever

@@ -26,7 +26,7 @@ from starlette.websockets import WebSocketState
 
 from bot.assistant import AnswerDelta, AnswerPath, Assistant, TurnDone
 from bot.conversations import ConversationNotFound, ConversationStore
-from bot.feedback import MAX_COMMENT_CHARS, FeedbackError, FeedbackLog
+from bot.feedback.log import MAX_COMMENT_CHARS, FeedbackError, FeedbackLog
 from bot.prompt import HistoryTurn
 from server.events import EventHub
 from server.limits import RateLimiter, feedback_bucket

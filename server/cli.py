@@ -128,10 +128,10 @@ def privacy_erase(
     dry_run: Annotated[bool, typer.Option(help="List what would be removed; change nothing.")] = False,
 ) -> None:
     """Delete a visitor's conversations, messages, feedback events and sink-file lines; print what went."""
-    from bot.audit import AuditLog
     from bot.conversations import ConversationNotFound, ConversationStore
-    from bot.crypto import Sealer
-    from bot.privacy import Privacy
+    from bot.privacy.audit import AuditLog
+    from bot.privacy.crypto import Sealer
+    from bot.privacy.erasure import Privacy
 
     settings: Settings = ctx.obj
     if bool(conversation) == bool(user):
@@ -171,10 +171,10 @@ def privacy_purge(
     dry_run: Annotated[bool, typer.Option(help="List what would be removed; change nothing.")] = False,
 ) -> None:
     """Remove everything older than a cutoff now (the server also expires data by itself)."""
-    from bot.audit import AuditLog
     from bot.conversations import ConversationStore
-    from bot.crypto import Sealer
-    from bot.privacy import Privacy, parse_age
+    from bot.privacy.audit import AuditLog
+    from bot.privacy.crypto import Sealer
+    from bot.privacy.erasure import Privacy, parse_age
 
     settings: Settings = ctx.obj
     try:
@@ -197,7 +197,7 @@ def privacy_purge(
 @privacy_app.command("new-key")
 def privacy_new_key(key_id: Annotated[str, typer.Argument(help="A short name for the key, e.g. k2026a.")] = "k1") -> None:
     """Print a new encryption key entry for SUPPORTBOT_ENCRYPTION_KEYS (put it first to rotate)."""
-    from bot.crypto import Sealer, SealError
+    from bot.privacy.crypto import Sealer, SealError
 
     entry = f"{key_id}:{Sealer.new_key()}"
     try:
@@ -211,8 +211,8 @@ def privacy_new_key(key_id: Annotated[str, typer.Argument(help="A short name for
 @feedback_app.command("sink")
 def feedback_sink(ctx: typer.Context) -> None:
     """Copy feedback waiting in Redis into the sink files now (a running server does this continuously)."""
-    from bot.crypto import Sealer
-    from bot.feedback_sink import FeedbackSink
+    from bot.feedback.sink import FeedbackSink
+    from bot.privacy.crypto import Sealer
 
     settings: Settings = ctx.obj
 
@@ -264,7 +264,7 @@ def feedback_export(
     import json
     import sys
 
-    from bot import datasets
+    from bot.feedback import datasets
 
     settings: Settings = ctx.obj
     if format not in datasets.SCHEMAS:
@@ -278,7 +278,7 @@ def feedback_export(
         keep_pii=keep_pii,
         after=after,
     )
-    from bot.crypto import Sealer, SealError
+    from bot.privacy.crypto import Sealer, SealError
 
     try:
         events, problems = datasets.read_events(settings.feedback_dir, Sealer(settings.encryption_key_list))
@@ -346,8 +346,8 @@ def bot_eval(
     from bot.answer_policy import write_record
     from bot.assistant import AnswerMode
     from bot.evaluation import BotEvalReport, evaluate_turns, load_turns, write_report
-    from bot.generation import Generator, TransformersGenerator
-    from bot.remote_generation import OpenAICompatibleGenerator
+    from bot.generation.generator import Generator, TransformersGenerator
+    from bot.generation.remote import OpenAICompatibleGenerator
     from knowledge_base.components import build_embedder, build_retriever
     from server.components import answer_mode, build_assistant, build_generator
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from bot.answer_policy import TrustDecision, decide
 from bot.assistant import AnswerMode, Assistant
 from bot.composer import AnswerComposer
-from bot.generation import Generator, TransformersGenerator
+from bot.generation.generator import Generator, TransformersGenerator
+from bot.generation.model_store import resolve_generator
+from bot.generation.remote import OpenAICompatibleGenerator
 from bot.grounding import GroundednessChecker
-from bot.model_store import resolve_generator
-from bot.remote_generation import OpenAICompatibleGenerator
 from retrieval.embedder import SentenceEmbedder
 from retrieval.retriever import Retriever
 from server.settings import Settings

@@ -111,7 +111,7 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> No
 def _prepare_shared_files(settings: Settings) -> None:
     """Build the sample index and dequantize the bundled model once, before the workers start."""
     from bot.assistant import AnswerMode
-    from bot.model_store import resolve_generator
+    from bot.generation.model_store import resolve_generator
     from knowledge_base.components import build_builder, build_embedder
     from server.components import answer_mode
 

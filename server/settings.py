@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bot.crypto import Sealer
+from bot.privacy.crypto import Sealer
 
 SAMPLE_KB_DIR = Path(__file__).resolve().parent.parent / "knowledge_base" / "samples" / "help-center"
 

@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled models must load without a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from bot.generation import TransformersGenerator
+from bot.generation.generator import TransformersGenerator
 from knowledge_base.builder import KnowledgeBaseBuilder
 from retrieval.embedder import SentenceEmbedder
 from retrieval.retriever import Retriever

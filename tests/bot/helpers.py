@@ -9,7 +9,7 @@ from typing import Any
 from bot.assistant import AnswerMode, Assistant
 from bot.composer import AnswerComposer
 from bot.conversations import ConversationStore
-from bot.generation import Generator
+from bot.generation.generator import Generator
 from bot.grounding import GroundednessChecker
 from retrieval.embedder import SentenceEmbedder
 from retrieval.retriever import Retriever

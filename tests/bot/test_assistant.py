@@ -18,7 +18,7 @@ from bot.assistant import (
     TurnResult,
     standalone_query,
 )
-from bot.generation import GenerationError, GenerationRequest, GenerationStats, TransformersGenerator
+from bot.generation.generator import GenerationError, GenerationRequest, GenerationStats, TransformersGenerator
 from bot.grounding import GroundednessChecker, split_sentences
 from bot.prompt import HistoryTurn
 from knowledge_base.builder import KnowledgeBaseBuilder

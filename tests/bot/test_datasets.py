@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from bot import datasets
 from bot.conversations import ConversationStore
-from bot.feedback import FeedbackLog
-from bot.feedback_sink import FeedbackSink
-from bot.redaction import redact
+from bot.feedback import datasets
+from bot.feedback.log import FeedbackLog
+from bot.feedback.redaction import redact
+from bot.feedback.sink import FeedbackSink
 from tests.bot.helpers import add_turn
 from tests.bot.test_feedback import run_with_store
 

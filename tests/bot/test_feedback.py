@@ -12,8 +12,8 @@ import pytest
 from redis.asyncio import Redis
 
 from bot.conversations import ConversationNotFound, ConversationStore
-from bot.feedback import FeedbackError, FeedbackLog
-from bot.feedback_sink import GROUP, FeedbackSink
+from bot.feedback.log import FeedbackError, FeedbackLog
+from bot.feedback.sink import GROUP, FeedbackSink
 from tests.bot.helpers import add_turn
 
 T = TypeVar("T")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from bot.generation import (
+from bot.generation.generator import (
     ContextOverflow,
     GenerationError,
     GenerationRequest,

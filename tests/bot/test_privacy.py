@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from bot import datasets
-from bot.audit import AuditLog
 from bot.conversations import ConversationStore
-from bot.crypto import Sealer, SealError
-from bot.feedback import FeedbackLog
-from bot.feedback_sink import FeedbackSink
-from bot.privacy import Privacy, check_encryption, parse_age
+from bot.feedback import datasets
+from bot.feedback.log import FeedbackLog
+from bot.feedback.sink import FeedbackSink
+from bot.privacy.audit import AuditLog
+from bot.privacy.crypto import Sealer, SealError
+from bot.privacy.erasure import Privacy, check_encryption, parse_age
 from tests.bot.helpers import add_turn
 
 SECRET = "jane.doe@example.com"
@@ -179,7 +179,7 @@ def test_purge_and_the_audit_trail(redis_url: str, redis_prefix: str, tmp_path: 
 
 def test_an_interrupted_rewrite_leaves_the_old_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash between writing the new sink file and renaming it: the old file stays as it was."""
-    from bot import atomic_files
+    from bot.privacy import atomic_files
 
     path = tmp_path / "feedback-2026-11-23.jsonl"
     original = b'{"conversation_id":"c_1","event_id":"a"}\n{"conversation_id":"c_2","event_id":"b"}\n'

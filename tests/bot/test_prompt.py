@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from bot.generation import TransformersGenerator
+from bot.generation.generator import TransformersGenerator
 from bot.prompt import HistoryTurn, PromptBuilder, neutralise, render_chat
 from retrieval.types import ChunkRecord, Passage, Visibility
 

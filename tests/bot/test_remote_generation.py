@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from bot.assistant import AnswerPath, TurnDone
-from bot.generation import GenerationError, GenerationRequest, GenerationStats, GenerationTimeout
-from bot.model_store import BUNDLED_GENERATOR, resolve_generator
-from bot.remote_generation import OpenAICompatibleGenerator
+from bot.generation.generator import GenerationError, GenerationRequest, GenerationStats, GenerationTimeout
+from bot.generation.model_store import BUNDLED_GENERATOR, resolve_generator
+from bot.generation.remote import OpenAICompatibleGenerator
 from retrieval.embedder import SentenceEmbedder
 from retrieval.retriever import Retriever
 from tests.bot.helpers import generative_assistant

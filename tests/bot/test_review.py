@@ -7,8 +7,8 @@ import time
 import pytest
 
 from bot.conversations import ConversationNotFound, ConversationStore, HeldByAnotherAgent
-from bot.feedback import FeedbackLog
-from bot.review import ConversationQuery, Review
+from bot.feedback.log import FeedbackLog
+from bot.feedback.review import ConversationQuery, Review
 from tests.bot.helpers import add_turn
 from tests.bot.test_feedback import run_with_store
 

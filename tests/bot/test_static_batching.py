@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from bot.generation import GenerationError, GenerationRequest, GenerationStats, TransformersGenerator
+from bot.generation.generator import GenerationError, GenerationRequest, GenerationStats, TransformersGenerator
 
 # The long prompt is past Gemma 3's 512-token sliding window, so windowed layers must mask.
 LONG = (

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bot.generation import TransformersGenerator
+from bot.generation.generator import TransformersGenerator
 from tests.e2e.servers import Site, data_dir_with_sample_index, start_server, stop_server
 
 SERVER_LOGS: dict[str, Path] = {}  # the `server` fixture's base URL, or a test's node id -> a server log, for failure reports

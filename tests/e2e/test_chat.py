@@ -15,7 +15,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from bot.generation import TransformersGenerator
+from bot.generation.generator import TransformersGenerator
 from server.redis_server import EmbeddedRedis
 from tests.e2e.chat_client import QUESTION, Client, answered_while_stopping, run
 from tests.e2e.servers import data_dir_with_sample_index, start_server, stop_server

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.generation import TransformersGenerator
+from bot.generation.generator import TransformersGenerator
 from tests.conftest import MODELS_DIR, SAMPLES
 
 SUPPORTBOT = [sys.executable, "-m", "server.cli"]

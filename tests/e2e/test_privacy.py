@@ -15,8 +15,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from bot.crypto import Sealer
-from bot.generation import TransformersGenerator
+from bot.generation.generator import TransformersGenerator
+from bot.privacy.crypto import Sealer
 from tests.e2e.chat_client import Client, run
 from tests.e2e.servers import cli, data_dir_with_sample_index, free_port, start_server, stop_server
 

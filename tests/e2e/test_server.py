@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from bot.generation import TransformersGenerator
+from bot.generation.generator import TransformersGenerator
 from tests.e2e.chat_client import QUESTION, Client, answered_while_stopping, closed_with, run
 from tests.e2e.conftest import SERVER_LOGS
 from tests.e2e.servers import cli, data_dir_with_sample_index, redis_children, start_server, stop_server

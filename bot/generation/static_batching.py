@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-log = logging.getLogger("supportbot.static_batching")
+log = logging.getLogger("supportbot.generation.static_batching")
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 LENGTH_BUCKETS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bot.model_store import resolve_generator
+from bot.generation.model_store import resolve_generator
 from bot.prompt import render_chat
 
-log = logging.getLogger("supportbot.generation")
+log = logging.getLogger("supportbot.generation.generator")
 
 # 64 pages of 256 tokens: 16k tokens in flight, about 600 MB for Gemma 3 270M in float32.
 CPU_KV_CACHE_BLOCKS = 64
@@ -246,7 +246,7 @@ class _ContinuousBatching:
 class TransformersGenerator:
     """In-process generation, batched across requests; same code on CUDA and CPU.
 
-    Two engines: `static` (ours, bot/static_batching.py: fixed slots over a static KV
+    Two engines: `static` (ours, bot/generation/static_batching.py: fixed slots over a static KV
     cache, CUDA-graph decode steps) and `continuous` (transformers' continuous-batching
     manager with a paged cache). `auto` picks static on a GPU and continuous on a CPU,
     the faster of the two on each (docs/benchmarks.md).
@@ -334,7 +334,7 @@ class TransformersGenerator:
         _run_coroutine_in_thread(self._drain(GenerationRequest("Hello", max_new_tokens=2, timeout_s=300)))
 
     def _start_static(self, on_gpu: bool) -> _Engine:
-        from bot.static_batching import StaticBatchEngine
+        from bot.generation.static_batching import StaticBatchEngine
 
         engine = StaticBatchEngine(
             self._model,

@@ -33,10 +33,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from bot.crypto import PREFIX as SEALED_PREFIX
-from bot.crypto import Sealer
+from bot.privacy.crypto import PREFIX as SEALED_PREFIX
+from bot.privacy.crypto import Sealer
 
-log = logging.getLogger("supportbot.feedback")
+log = logging.getLogger("supportbot.feedback.log")
 
 GROUP = "sink"
 FILE_PREFIX = "feedback-"

@@ -20,7 +20,7 @@ BUNDLED_GENERATOR_ID = "google/gemma-3-270m (Q4_K_M GGUF, dequantized)"
 _DENSE_DIR = "gemma-3-270m-dense"
 _COMPLETE_MARKER = ".complete"
 
-log = logging.getLogger("supportbot.model_store")
+log = logging.getLogger("supportbot.generation.model_store")
 
 
 class ModelUnavailable(Exception):

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bot.conversations import Conversation, ConversationStore, _conversation
-from bot.crypto import Sealer
-from bot.feedback import FeedbackLog
+from bot.feedback.log import FeedbackLog
+from bot.privacy.crypto import Sealer
 
 Status = Literal["bot", "handoff", "closed"]
 PAGE = 200  # index entries fetched per round trip

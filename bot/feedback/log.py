@@ -6,7 +6,7 @@ prompt version) and, in one Lua script:
 
 - refuses an event id it has seen (a resend gets the first outcome, nothing twice),
 - appends the event to the `{p}feedback` stream, which `FeedbackSink` copies into
-  date-partitioned JSONL files (bot/feedback_sink.py),
+  date-partitioned JSONL files (bot/feedback/sink.py),
 - keeps the answer's latest rating (last one wins; every event stays in the stream, the
   files and the conversation's feedback list, so the history is kept),
 - counts corrections on the conversation for agents' filters.

@@ -19,11 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.atomic_files import atomic_replace
 from bot.conversations import ConversationStore
-from bot.crypto import PREFIX as SEALED_PREFIX
-from bot.crypto import Sealer, SealError
-from bot.feedback_sink import FILE_PREFIX
+from bot.feedback.sink import FILE_PREFIX
+from bot.privacy.atomic_files import atomic_replace
+from bot.privacy.crypto import PREFIX as SEALED_PREFIX
+from bot.privacy.crypto import Sealer, SealError
 
 
 @dataclass(slots=True)

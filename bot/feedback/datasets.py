@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bot.atomic_files import atomic_replace
-from bot.crypto import Sealer, SealError
-from bot.feedback_sink import FILE_PREFIX
+from bot.feedback.redaction import redact
+from bot.feedback.sink import FILE_PREFIX
+from bot.privacy.atomic_files import atomic_replace
+from bot.privacy.crypto import Sealer, SealError
 from bot.prompt import instructions, passage_block
-from bot.redaction import redact
 
 Format = Literal["sft", "preference"]
 SCHEMAS = {"sft": "supportbot.sft.v1", "preference": "supportbot.preference.v1"}

@@ -16,7 +16,14 @@ from typing import Any
 
 import openai
 
-from bot.generation import ContextOverflow, GenerationError, GenerationRequest, GenerationStats, GenerationTimeout, StopMatcher
+from bot.generation.generator import (
+    ContextOverflow,
+    GenerationError,
+    GenerationRequest,
+    GenerationStats,
+    GenerationTimeout,
+    StopMatcher,
+)
 from bot.prompt import render_chat
 
 
