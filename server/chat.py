@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocketState
 
 from bot.assistant import AnswerDelta, AnswerPath, Assistant, TurnDone
-from bot.conversations import ConversationNotFound, ConversationStore
+from bot.conversations import ConversationNotFound, ConversationStore, TurnStart
 from bot.feedback.log import MAX_COMMENT_CHARS, FeedbackError, FeedbackLog
 from bot.prompt import HistoryTurn
 from server.events import EventHub
@@ -188,6 +188,7 @@ class Connection:
         self.connection_id = uuid.uuid4().hex[:12]
         self.conversation_id: str | None = None
         self.answer: asyncio.Task[None] | None = None
+        self._done_sent = False  # the answer task has sent its `done` (it may still hold the lock)
         self._forwarder: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._sent_seq = 0
@@ -358,16 +359,34 @@ class Connection:
             return
         answer_id = f"m_{uuid.uuid4().hex}"
         user = {"id": f"u_{uuid.uuid4().hex}", "role": "user", "text": text, "client_message_id": frame.client_message_id}
-        turn = await self.store.begin_turn(
-            self.conversation_id,
-            client_message_id=frame.client_message_id,
-            answer_id=answer_id,
-            user_message={**user, "created": time.time()},
-            event={"type": "user_message", "message_id": user["id"], "text": text, "client_message_id": frame.client_message_id},
-            lock_ttl_s=self.settings.generator_timeout_s + 30,
-            history=HISTORY_TURNS,
-            guard=self.service.limiter.guard(*self._frame_buckets()),
-        )
+
+        async def begin() -> TurnStart:
+            assert self.conversation_id is not None
+            return await self.store.begin_turn(
+                self.conversation_id,
+                client_message_id=frame.client_message_id,
+                answer_id=answer_id,
+                user_message={**user, "created": time.time()},
+                event={
+                    "type": "user_message",
+                    "message_id": user["id"],
+                    "text": text,
+                    "client_message_id": frame.client_message_id,
+                },
+                lock_ttl_s=self.settings.generator_timeout_s + 30,
+                history=HISTORY_TURNS,
+                guard=self.service.limiter.guard(*self._frame_buckets()),
+            )
+
+        turn = await begin()
+        previous = self.answer
+        if turn.outcome == "busy" and self._done_sent and previous is not None and not previous.done():
+            # This connection's last answer has sent `done` and is only recording and releasing
+            # its lock: a visitor who replies at once is not "busy" (a composed answer takes
+            # milliseconds). Bounded, and only in that state, so a cancel is never held up.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(previous), 2)
+            turn = await begin()
         if turn.outcome == "limited":
             await self._rate_limited(turn.retry_after_s)
             return
@@ -384,6 +403,7 @@ class Connection:
         if not turn.lock_token:
             return  # a human agent has this conversation: the message is stored and forwarded, the bot stays silent
         history = [HistoryTurn("user" if m["role"] == "user" else "assistant", m["text"]) for m in turn.history]
+        self._done_sent = False
         self.answer = asyncio.create_task(
             self._answer(answer_id, text, history, turn.lock_token, self._received), name=f"answer-{answer_id}"
         )
@@ -452,6 +472,7 @@ class Connection:
                     "timings": timings,
                 },
             )
+            self._done_sent = True
             if result.path == AnswerPath.HUMAN:
                 await store.change_status(cid, "request", reason="asked for a person")
                 metrics.handoffs.labels("request").inc()

@@ -80,3 +80,26 @@ def test_out_of_scope_gets_not_sure_and_the_offer_of_a_person(composer_server: t
     frames = run(ask(composer_server[0], "which nespresso pod is best for a strong lungo"))
     text = "".join(str(f["delta"]) for f in frames if f["type"] == "token")
     assert frames[-1]["path"] == "not_sure" and "connect you with a person" in text
+
+
+def test_a_visitor_who_asks_again_the_moment_an_answer_is_done_is_answered(composer_server: tuple[str, float, int]) -> None:
+    """A composed answer takes milliseconds; the next question sent on its `done` must not meet
+    the lock the last answer is still releasing."""
+
+    async def back_to_back() -> list[str]:
+        client = await Client.open(composer_server[0])
+        paths = []
+        try:
+            assert (await client.start())["type"] == "ready"
+            for n, question in enumerate(
+                ["How do I descale my kettle?", "Do you ship to Canada?", "How do I reset my password?"]
+            ):
+                await client.send({"type": "message", "client_message_id": str(n), "text": question})
+                frames = await client.until("done")
+                assert not [f for f in frames if f["type"] == "error"], frames
+                paths.append(str(frames[-1]["path"]))
+        finally:
+            await client.close()
+        return paths
+
+    assert run(back_to_back()) == ["composed", "composed", "composed"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -214,7 +215,13 @@ def test_workers_share_one_port_and_one_redis_and_drain_on_sigterm(
         assert process.wait(timeout=60) in (0, -signal.SIGTERM)
     finally:
         if process.poll() is None:
+            # A SIGKILLed supervisor leaves its workers running (issue 18): a failed test kills
+            # them itself, or they hold gigabytes and the port for the rest of the suite.
+            leftovers = [w for w in workers if w.is_running()]
             process.kill()
             process.wait()
+            for worker in leftovers:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    worker.kill()
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), "a worker outlived the supervisor"
     assert not redis_children(data), "the embedded Redis stops with the supervisor"
