@@ -29,13 +29,13 @@ _spec = importlib.util.spec_from_file_location("bench_server", Path(__file__).wi
 assert _spec is not None and _spec.loader is not None
 bench_server = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_server)
-REPO, connect, start_server = bench_server.REPO, bench_server.connect, bench_server.start_server
+REPO, connect, percentile, start_server = (
+    bench_server.REPO,
+    bench_server.connect,
+    bench_server.percentile,
+    bench_server.start_server,
+)
 EVAL_TURNS = REPO / "knowledge_base" / "samples" / "eval" / "turns.jsonl"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def visitor(url: str, questions: list[str]) -> list[dict[str, Any]]:
@@ -45,17 +45,12 @@ async def visitor(url: str, questions: list[str]) -> list[dict[str, Any]]:
         for n, question in enumerate(questions):
             await asyncio.sleep(0.5)  # a visitor reads before typing the next question
             sent = time.perf_counter()
-            message = json.dumps({"type": "message", "client_message_id": str(n), "text": question})
-            await ws.send(message)
+            await ws.send(json.dumps({"type": "message", "client_message_id": str(n), "text": question}))
             first = None
             while True:
                 frame = json.loads(await asyncio.wait_for(ws.recv(), 120))
                 if frame["type"] == "token" and first is None:
                     first = time.perf_counter() - sent
-                if frame["type"] == "error" and frame["code"] == "busy":  # the last answer's lock is not yet released
-                    await asyncio.sleep(0.05)
-                    await ws.send(message)
-                    continue
                 if frame["type"] == "error":
                     raise SystemExit(f"the server refused {question!r}: {frame}")
                 if frame["type"] == "done":

@@ -125,6 +125,9 @@ def wants_human(message: str) -> bool:
     return bool(_WANTS_HUMAN.search(message))
 
 
+FRUSTRATION_REASONS = frozenset({"repeated", "frustrated"})  # what `frustration` returns when it finds any
+
+
 def frustration(message: str, history: Sequence[HistoryTurn]) -> str:
     """'repeated' when the visitor asks the same thing again, 'frustrated' for angry text, else ''."""
     asked = _sentence_key(message)
@@ -396,9 +399,8 @@ class Assistant:
         finally:
             self.generating -= 1
         if kept:
-            result.answer = " ".join(kept) + (
-                f"\n\n{OFFER_PERSON}" if result.handoff_reason in ("repeated", "frustrated") else ""
-            )
+            # The offer was streamed only when the generation ended well, not after an error.
+            result.answer = " ".join(kept) + (f"\n\n{OFFER_PERSON}" if result.handoff_reason in FRUSTRATION_REASONS else "")
         result.prompt_tokens, result.completion_tokens = stats.prompt_tokens, stats.completion_tokens
         result.generator_ttft_s = stats.time_to_first_token_s
         result.total_s = time.perf_counter() - started

@@ -192,12 +192,13 @@ class AnswerComposer:
         with self._lock:
             missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
         embedded = self._embedder.embed([question, *missing])
+        fresh = dict(zip(missing, embedded[1:], strict=True))
         with self._lock:
-            for text, vector in zip(missing, embedded[1:], strict=True):
+            vectors = np.stack([fresh[t] if t in fresh else self._cache[t] for t in texts])
+            for text, vector in fresh.items():
                 self._cache[text] = vector
                 if len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
-            vectors = np.stack([self._cache[t] if t in self._cache else embedded[1 + missing.index(t)] for t in texts])
         return embedded[0], vectors
 
 

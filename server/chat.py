@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketState
 
-from bot.assistant import AnswerDelta, AnswerPath, Assistant, TurnDone
+from bot.assistant import FRUSTRATION_REASONS, AnswerDelta, AnswerPath, Assistant, TurnDone
 from bot.conversations import ConversationNotFound, ConversationStore, TurnStart
 from bot.feedback.log import MAX_COMMENT_CHARS, FeedbackError, FeedbackLog
 from bot.prompt import HistoryTurn
@@ -476,7 +476,7 @@ class Connection:
             if result.path == AnswerPath.HUMAN:
                 await store.change_status(cid, "request", reason="asked for a person")
                 metrics.handoffs.labels("request").inc()
-            elif result.handoff and result.handoff_reason not in ("repeated", "frustrated"):
+            elif result.handoff and result.handoff_reason not in FRUSTRATION_REASONS:
                 # A frustrated visitor's offer is in the answer itself and on the record; the
                 # handoff event stays for answers the bot could not give.
                 await store.append_event(
