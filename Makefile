@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml $(LOCK)
 # The local build tag is dropped from torch so a CUDA build of the same release also fits.
 COMPILE = $(BIN)/pip-compile --quiet --upgrade --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links --no-emit-trusted-host
 lock: install
-	$(COMPILE) --extra dev -o requirements/dev.lock pyproject.toml
+	$(COMPILE) --extra dev --extra train -o requirements/dev.lock pyproject.toml
 	$(COMPILE) -o requirements/serve.lock pyproject.toml
 	sed -i 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' requirements/*.lock
 
@@ -44,7 +44,7 @@ test-latest:
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet --upgrade pip
 	$(LATEST)/bin/pip install --quiet torch==2.13.0
-	$(LATEST)/bin/pip install --quiet --upgrade -e '.[dev]'
+	$(LATEST)/bin/pip install --quiet --upgrade -e '.[dev,train]'
 	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/versions.txt  # what the run used, to compare with the lock
 	$(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
 
