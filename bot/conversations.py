@@ -450,6 +450,10 @@ class ConversationStore:
         """Conversations waiting for a person, longest-waiting first."""
         return [(m.decode(), s) for m, s in await self.redis.zrange(f"{self._p}handoff_queue", 0, -1, withscores=True)]
 
+    async def answer_streaming(self, conversation_id: str) -> bool:
+        """Whether some worker holds this conversation's answer lock (an answer is being written)."""
+        return bool(await self.redis.exists(self.key(conversation_id, "answering")))
+
     async def unlock_answer(self, conversation_id: str, token: str) -> None:
         await self._release(keys=[self.key(conversation_id, "answering")], args=[token])
 

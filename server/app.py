@@ -43,6 +43,7 @@ from server.components import answer_mode, build_assistant, build_generator
 from server.events import EventHub
 from server.limits import RateLimiter
 from server.metrics import Metrics
+from server.parent import supervisor_lost
 from server.redis_server import EmbeddedRedis
 from server.settings import Settings
 
@@ -278,10 +279,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(GZipMiddleware, minimum_size=1024)
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        """The process is alive."""
-        return {"status": "ok"}
+    @app.get("/healthz", responses={503: {"description": "A worker that outlived its supervisor"}})
+    async def healthz() -> JSONResponse:
+        """The process is alive, and a worker of `serve --workers` still has its supervisor."""
+        if supervisor_lost(settings.supervisor_pid):
+            return JSONResponse({"status": "supervisor lost"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:

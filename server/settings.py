@@ -144,6 +144,20 @@ class Settings(BaseSettings):
         description="Server processes sharing the port (`serve --workers`); each loads its own copy of the models.",
     )
 
+    supervisor_pid: int | None = Field(
+        None,
+        gt=0,
+        description="Set by `serve --workers` for its workers, not by operators: a worker ends with this process, "
+        "and its /healthz fails if it outlives it.",
+    )
+    answer_grace_s: float = Field(
+        15.0,
+        ge=0,
+        le=600,
+        description="A visitor's socket that drops mid-answer: the answer goes on this long, so a reconnect gets all "
+        "of it; then it is cancelled if nobody is listening. 0: cancel at once. An explicit cancel frame always stops it.",
+    )
+
     answer_confidence_threshold: float = Field(
         0.35, ge=0, le=1, description="Below this retrieval confidence the bot says it is not sure and offers a human."
     )

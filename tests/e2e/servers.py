@@ -38,13 +38,14 @@ def start_server(
     env: dict[str, str] | None = None,
     args: Sequence[str] = (),
     own_process_group: bool = False,
+    port: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`supportbot serve` as a real process on a free port; returns once /readyz says ready.
 
     It shares the test session's dequantized model and runs its own embedded Redis in
     `data_dir` unless `env` names one. Answers are kept short for the 2-core machine.
     """
-    port = free_port()
+    port = port or free_port()
     env = {
         **os.environ,
         "SUPPORTBOT_DATA_DIR": str(data_dir),

@@ -376,3 +376,38 @@ def test_two_servers_on_one_redis_share_conversations(
         for process, _ in servers:
             stop_server(process)
         redis_server.stop()
+
+
+def test_a_socket_that_drops_mid_answer_gets_the_whole_answer_after_it_reconnects(server: str) -> None:
+    """A phone changing networks: the answer goes on for the grace period, and the widget
+    that reconnects, resumes from the last frame it saw and resends its message gets every
+    frame of that answer, once, and no second answer."""
+
+    async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+        client = await Client.open(server)
+        ready = await client.start()
+        await client.send({"type": "message", "client_message_id": "drop", "text": QUESTION})
+        before = [await client.recv()]
+        assert before[0]["type"] == "user_message"
+        client.ws.transport.abort()  # the network went away: no close frame, the server just loses the peer
+        again = await Client.open(server)
+        try:
+            await again.start(conversation_id=ready["conversation_id"], last_seq=before[-1]["seq"])
+            await again.send({"type": "message", "client_message_id": "drop", "text": QUESTION})
+            after = await again.until("done")
+        finally:
+            await again.close()
+        check = await Client.open(server)
+        restored = await check.start(conversation_id=ready["conversation_id"])
+        await check.close()
+        duplicate = next(f for f in after if f["type"] == "duplicate")
+        return before, duplicate, [f for f in after if f["type"] != "duplicate"], restored
+
+    before, duplicate, after, restored = run(scenario())
+    done = after[-1]
+    assert done["type"] == "done" and done["path"] != "cancelled"
+    assert duplicate["message_id"] == done["message_id"]  # the answer that went on, not a cancelled one
+    assert [f["seq"] for f in before + after] == list(range(1, len(before) + len(after) + 1))  # every frame, once
+    answers = [m for m in restored["history"] if m["role"] == "assistant"]
+    assert [m["id"] for m in answers] == [done["message_id"]]
+    assert answers[0]["text"] == "".join(f["delta"] for f in after if f["type"] == "token")

@@ -215,8 +215,8 @@ def test_workers_share_one_port_and_one_redis_and_drain_on_sigterm(
         assert process.wait(timeout=60) in (0, -signal.SIGTERM)
     finally:
         if process.poll() is None:
-            # A SIGKILLed supervisor leaves its workers running (issue 18): a failed test kills
-            # them itself, or they hold gigabytes and the port for the rest of the suite.
+            # Workers end with their supervisor (server.parent); should one not, a failed test
+            # kills it itself, or it holds gigabytes and the port for the rest of the suite.
             leftovers = [w for w in workers if w.is_running()]
             process.kill()
             process.wait()
@@ -225,3 +225,70 @@ def test_workers_share_one_port_and_one_redis_and_drain_on_sigterm(
                     worker.kill()
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), "a worker outlived the supervisor"
     assert not redis_children(data), "the embedded Redis stops with the supervisor"
+
+
+def test_a_supervisor_killed_with_sigkill_takes_its_workers_and_redis_along_and_nothing_acknowledged_is_lost(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, sample_index: Path
+) -> None:
+    """The out-of-memory killer's SIGKILL runs no handler of the supervisor's: its workers
+    and its Redis hear of it only through the parent-death signal. None may be left holding
+    the port, and a fresh start on the same port and data directory has every answer and
+    rating that was acknowledged before the kill."""
+    data = data_dir_with_sample_index(tmp_path_factory, sample_index, "supervisor-killed")
+    env = {"SUPPORTBOT_ANSWER_MODE": "auto"}  # the composer: no model to load in each worker
+    process, base = start_server(data, ready_within_s=180, args=["--workers", "2"], env=env)
+    SERVER_LOGS[request.node.nodeid] = process.log_path  # type: ignore[attr-defined]
+    supervisor = psutil.Process(process.pid)
+    workers = [p for p in supervisor.children() if "spawn_main" in " ".join(p.cmdline())]
+    port = int(base.rsplit(":", 1)[1])
+    again: Any = None
+    try:
+        assert len(workers) == 2 and len(redis_children(data)) == 1
+
+        async def chat() -> tuple[str, str, dict[str, Any]]:
+            client = await Client.open(base)
+            try:
+                cid = (await client.start())["conversation_id"]
+                await client.send({"type": "message", "client_message_id": "q1", "text": "How do I descale my kettle?"})
+                done = (await client.until("done"))[-1]
+                await client.send({"type": "rate", "message_id": done["message_id"], "rating": "up", "event_id": "ev-1"})
+                rated = await client.recv()
+                return cid, done["message_id"], rated
+            finally:
+                await client.close()
+
+        cid, answer_id, rated = run(chat())
+        assert rated["type"] == "rated" and not rated["duplicate"]
+        time.sleep(1.5)  # the append-only file is fsynced every second
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 15
+        while any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers) or redis_children(data):
+            assert time.monotonic() < deadline, "a worker or the Redis outlived the SIGKILLed supervisor"
+            time.sleep(0.2)
+
+        again, base = start_server(data, ready_within_s=180, args=["--workers", "2"], env=env, port=port)
+
+        async def resumed() -> dict[str, Any]:
+            client = await Client.open(base)
+            try:
+                ready = await client.start(conversation_id=cid)
+                await client.send({"type": "rate", "message_id": answer_id, "rating": "up", "event_id": "ev-1"})
+                ready["rated_again"] = await client.recv()
+                return ready
+            finally:
+                await client.close()
+
+        ready = run(resumed())
+        assert [m["id"] for m in ready["history"] if m["role"] == "assistant"] == [answer_id]
+        assert ready["rated_again"]["duplicate"], "the rating acknowledged before the kill was stored"
+    finally:
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if again is not None:
+            stop_server(again)
+    assert not redis_children(data)
