@@ -204,19 +204,27 @@ class FeedbackSink:
                 if known.offset < size:  # a torn last line: cut it off (its event was never acknowledged)
                     log.warning("feedback sink: cutting a torn line off %s at byte %d", path.name, known.offset)
                     os.ftruncate(fd, known.offset)
-            lines = []
+            lines, ids = [], set()
             for stream_id, event in events:
-                if event["event_id"] in known.ids:
+                if event["event_id"] in known.ids or event["event_id"] in ids:
                     continue
-                known.ids.add(event["event_id"])
+                ids.add(event["event_id"])
                 record = {"stream_id": stream_id, **event}
                 lines.append(json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n")
             if lines:
                 data = "".join(lines).encode()
                 written = 0
-                while written < len(data):
-                    written += os.write(fd, data[written:])
-                os.fsync(fd)
+                try:
+                    while written < len(data):
+                        written += os.write(fd, data[written:])
+                    os.fsync(fd)
+                except OSError:
+                    # A full disk, say: part of the batch may be in the file, a line torn. Forget
+                    # what we knew of it, so the retry reads the file again (whole lines count as
+                    # written, the torn one is cut off) and nothing unwritten is taken as written.
+                    self._partitions.pop(path.name, None)
+                    raise
+                known.ids |= ids
                 known.offset += len(data)
                 self.written += len(lines)
         finally:

@@ -183,3 +183,50 @@ def test_acknowledged_feedback_survives_redis_being_killed(tmp_path: Path) -> No
         assert [e["comment"] for e in lines(tmp_path / "files")] == ["nope"]
     finally:
         server.stop()
+
+
+def test_a_full_disk_keeps_events_in_the_stream_and_writes_each_once_when_space_returns(
+    redis_url: str, redis_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC after part of a batch reached the file (a fault injected into os.write): the
+    sink acknowledges nothing it did not write, and the same worker, once space returns,
+    writes every event exactly once."""
+    import errno
+
+    import bot.feedback.sink as sink_module
+
+    real_write = sink_module.os.write
+    disk_full = True
+
+    space = 40  # bytes left on the "disk": part of the first line fits, a torn line is left
+
+    def write(fd: int, data: bytes) -> int:
+        nonlocal space
+        if not disk_full:
+            return real_write(fd, data)
+        if space == 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written = real_write(fd, data[:space])
+        space -= written
+        return written
+
+    async def work(store: ConversationStore, feedback: FeedbackLog) -> None:
+        nonlocal disk_full
+        conversation = await store.create()
+        answers = [await add_turn(store, conversation.id, f"Question {i}?", f"Answer {i} [1].") for i in range(3)]
+        for answer in answers:
+            await feedback.submit(conversation.id, answer, actor_role="user", actor_id="v", rating="up")
+        sink = FeedbackSink(store.redis, tmp_path, prefix=redis_prefix, consumer="w1")
+        monkeypatch.setattr(sink_module.os, "write", write)
+        for _ in range(2):  # the running sink retries while the disk is full
+            with pytest.raises(OSError, match="No space left"):
+                await sink.run_once()
+        pending = await store.redis.xpending(f"{redis_prefix}feedback", GROUP)
+        assert pending["pending"] == 3  # nothing acknowledged: the stream still holds them all
+        disk_full = False
+        assert await sink.run_once() == 3
+        events = lines(tmp_path)  # every line parses: the torn one was cut off
+        assert sorted(e["message_id"] for e in events) == sorted(answers)
+        assert (await store.redis.xpending(f"{redis_prefix}feedback", GROUP))["pending"] == 0
+
+    run_with_store(redis_url, redis_prefix, work)
