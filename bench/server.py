@@ -73,11 +73,19 @@ def redis_pid(data_dir: Path) -> int | None:
 
 
 def start_server(
-    data_dir: Path, models_dir: Path, cpus: str = "", workers: int = 1, extra_env: dict[str, str] | None = None
+    data_dir: Path,
+    models_dir: Path,
+    cpus: str = "",
+    workers: int = 1,
+    extra_env: dict[str, str] | None = None,
+    port: int | None = None,
+    ready_within_s: float = 300,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    """`supportbot serve` on `port` (default: a free one), its log appended to DATA_DIR/server.log."""
+    if port is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -91,7 +99,9 @@ def start_server(
         "SUPPORTBOT_CONVERSATIONS_PER_CLIENT_PER_HOUR": "100000",
         **(extra_env or {}),
     }
-    log = (data_dir / "server.log").open("w")
+    log_path = data_dir / "server.log"
+    already = log_path.read_text(errors="replace").count("Application startup complete.") if log_path.exists() else 0
+    log = log_path.open("a")
     pinned = {int(c) for c in cpus.split(",")} if cpus else None
     process = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--workers", str(workers)],
@@ -101,13 +111,13 @@ def start_server(
         preexec_fn=(lambda: os.sched_setaffinity(0, pinned)) if pinned else None,  # type: ignore[arg-type]
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + ready_within_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"server exited: {(data_dir / 'server.log').read_text()[-2000:]}")
+            raise SystemExit(f"server exited: {log_path.read_text()[-2000:]}")
         try:
-            started = (data_dir / "server.log").read_text().count("Application startup complete.")
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200 and started == workers:
+            started = log_path.read_text(errors="replace").count("Application startup complete.") - already
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200 and started >= workers:
                 return process, base
         except httpx.TransportError:
             pass
