@@ -28,9 +28,6 @@ from retrieval.retriever import Retriever
 from retrieval.types import Passage, SearchResult, Visibility
 
 NOT_SURE_ANSWER = "I'm not sure about that: I couldn't find it in our help center. Would you like me to connect you with a person from our support team?"
-ERROR_ANSWER = (
-    "Sorry, something went wrong while I was writing the answer. Please try again, or ask for a person from our support team."
-)
 # "talk to a person", "can I speak with a human agent?", "I want a real person": the visitor
 # asks for a human, so the bot does not try to answer.
 _WANTS_HUMAN = re.compile(
@@ -175,6 +172,7 @@ class Assistant:
         timeout_s: float = 60.0,
         max_message_chars: int = 2000,
         max_concurrent_generations: int | None = None,
+        first_text_deadline_s: float | None = None,
         company: str = "Brewlo",
     ) -> None:
         if not 0 <= confidence_threshold <= 1:
@@ -202,6 +200,9 @@ class Assistant:
         if max_concurrent_generations is not None and max_concurrent_generations < 1:
             raise ValueError(f"max_concurrent_generations must be at least 1, got {max_concurrent_generations}")
         self._max_generating = max_concurrent_generations
+        if first_text_deadline_s is not None and first_text_deadline_s <= 0:
+            raise ValueError(f"first_text_deadline_s must be positive, got {first_text_deadline_s}")
+        self._first_text_deadline_s = first_text_deadline_s
         self.generating = 0  # answers being generated now (this process)
 
     def warm_up(self) -> None:
@@ -359,7 +360,13 @@ class Assistant:
             )
             # aclosing: leaving the loop early closes the stream now (cancelling the request),
             # not whenever the event loop gets round to finalising the generator.
-            async with contextlib.aclosing(generator.stream(request, stats)) as stream:
+            # The deadline holds only until the first checked sentence: a slow generator (a
+            # loaded GPU, a remote server in trouble) must not keep the visitor waiting when the
+            # composer's answer is ready. Nothing has been yielded while it can fire.
+            async with (
+                asyncio.timeout(self._first_text_deadline_s) as deadline,
+                contextlib.aclosing(generator.stream(request, stats)) as stream,
+            ):
                 async for delta in stream:
                     buffer += delta
                     sentences, buffer = complete_sentences(buffer)
@@ -368,6 +375,7 @@ class Assistant:
                         first = not kept
                         good = await checked(new) if new else []
                         if good:
+                            deadline.reschedule(None)
                             yield AnswerDelta(("" if first else " ") + " ".join(good))
                         if looping:
                             buffer = ""
@@ -378,13 +386,21 @@ class Assistant:
                 good = await checked(tail)
                 if good:
                     yield AnswerDelta(("" if first else " ") + " ".join(good))
+        except TimeoutError:  # the first-text deadline (nothing was said yet): the composer answers now
+            result.error = f"no checked sentence within {self._first_text_deadline_s:g} s"
+            self._compose(result, composition, upset)
+            result.path = AnswerPath.FALLBACK
+            result.time_to_first_token_s = time.perf_counter() - started
+            yield AnswerDelta(result.answer)
         except GenerationError as exc:
-            result.path, result.error, result.handoff = AnswerPath.ERROR, str(exc), True
-            result.handoff_reason = "error"
-            if not kept:
-                result.answer = ERROR_ANSWER
+            result.error = str(exc)
+            if kept:  # part of the answer was said: it stays, and a person is offered for the rest
+                result.path, result.handoff, result.handoff_reason = AnswerPath.ERROR, True, "error"
+            else:  # the composer is the floor: a failed generator still gets the visitor an answer
+                self._compose(result, composition, upset)
+                result.path = AnswerPath.FALLBACK
                 result.time_to_first_token_s = time.perf_counter() - started
-                yield AnswerDelta(ERROR_ANSWER)
+                yield AnswerDelta(result.answer)
         else:
             if kept:
                 result.path = AnswerPath.GENERATED

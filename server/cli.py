@@ -383,7 +383,9 @@ def bot_eval(
         try:
             reports = []
             for each in modes:
-                assistant = build_assistant(settings, retriever, embedder, generator, mode=each, max_new_tokens=max_new_tokens)
+                assistant = build_assistant(
+                    settings, retriever, embedder, generator, mode=each, max_new_tokens=max_new_tokens, first_text_deadline=False
+                )
                 await asyncio.to_thread(assistant.warm_up)  # as a server does before it is ready
                 reports.append(await evaluate_turns(assistant, labelled, evidence, concurrency))
             return reports

@@ -47,8 +47,12 @@ def build_assistant(
     *,
     mode: AnswerMode = AnswerMode.EXTRACTIVE,
     max_new_tokens: int | None = None,
+    first_text_deadline: bool = True,
 ) -> Assistant:
-    """An assistant in `mode`; `generator` may be None in extractive mode (nothing is loaded)."""
+    """An assistant in `mode`; `generator` may be None in extractive mode (nothing is loaded).
+
+    An evaluation turns `first_text_deadline` off: it measures what the model writes, which
+    a deadline made for this machine's speed would replace with the composer's answer."""
     generative = mode is AnswerMode.GENERATIVE
     return Assistant(
         retriever,
@@ -65,6 +69,7 @@ def build_assistant(
         timeout_s=settings.generator_timeout_s,
         max_message_chars=settings.answer_max_message_chars,
         max_concurrent_generations=generation_admission(settings, generator) if generator is not None else None,
+        first_text_deadline_s=settings.answer_first_text_deadline_s if first_text_deadline else None,
     )
 
 

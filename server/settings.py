@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     )
     generator_max_new_tokens: int = Field(256, gt=0, le=4096)
     generator_timeout_s: float = Field(60.0, gt=0, description="A generation running longer is cancelled.")
+    answer_first_text_deadline_s: float = Field(
+        3.0,
+        gt=0,
+        le=600,
+        description="Generative mode: when no generated sentence has passed the guard this soon after the "
+        "message, the composer's answer is sent instead and the generation is stopped (visitors leave after "
+        "a few seconds).",
+    )
     generator_engine: Literal["auto", "static", "continuous"] = Field(
         "auto",
         description="In-process batching: static (our slots + CUDA graphs), continuous (transformers'); "

@@ -54,6 +54,8 @@ def start_server(
         # These servers exercise streaming, cancellation and admission, which need the generator;
         # the default (auto: the composer until a model earns trust) has its own tests.
         "SUPPORTBOT_ANSWER_MODE": "generative",
+        # ...and answers that stream for seconds on this machine, not the composer's after 3 s.
+        "SUPPORTBOT_ANSWER_FIRST_TEXT_DEADLINE_S": "120",
         "HF_HUB_OFFLINE": "1",
         **(env or {}),
     }
