@@ -22,6 +22,7 @@ two workers appending to one conversation can never reuse or reorder a number.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -421,6 +422,13 @@ class ConversationStore:
             f"{self._p}live:{conversation_id}",
             conversation_id,
         ]
+        # Shielded: a visitor who closes the widget just as the bot hands them over must not
+        # leave a status change that happened in Redis uncounted in the insights.
+        return await asyncio.shield(self._apply_status(conversation_id, action, keys, args))
+
+    async def _apply_status(
+        self, conversation_id: str, action: str, keys: list[str], args: list[str | int | float]
+    ) -> StatusChange:
         reply = await self._set_status(keys=keys, args=args)
         outcome = reply[0].decode()
         if outcome == "missing":

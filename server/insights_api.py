@@ -36,11 +36,10 @@ def _invalid(field: str, message: str, value: object) -> RequestValidationError:
 def _range(period: Period, since: date | None, until: date | None) -> tuple[date, date]:
     """The days asked for, with defaults, checked: until not before since, not too many."""
     until = until or datetime.now(UTC).date()
-    span = timedelta(days=DEFAULT_DAYS - 1) if period == "day" else timedelta(days=7 * DEFAULT_WEEKS - 1)
-    if since is None:
-        since = until - span
-        if period == "week":
-            since -= timedelta(days=since.weekday())
+    if since is None and period == "day":
+        since = until - timedelta(days=DEFAULT_DAYS - 1)
+    elif since is None:  # the Monday DEFAULT_WEEKS - 1 weeks before until's week
+        since = until - timedelta(days=until.weekday() + 7 * (DEFAULT_WEEKS - 1))
     if until < since:
         raise _invalid("until", f"until ({until}) is before since ({since})", until)
     if period == "day" and (until - since).days + 1 > MAX_DAYS:

@@ -22,6 +22,7 @@ point into the conversation, whose messages expire (and are erased) as conversat
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -122,7 +123,24 @@ class InsightsLog:
         when: float | None = None,
     ) -> bool:
         """Count one event of a conversation on its start day; False when the conversation
-        predates these figures (backfill counts it) or is gone."""
+        predates these figures (backfill counts it) or is gone.
+
+        Shielded: the event is stored by the time this runs, and a visitor who closes the
+        widget at that moment (which cancels the answer's task) must not leave it uncounted."""
+        args = (path, ttft_s, handoff_reason, rating, gap_add, gap_remove, time.time() if when is None else when)
+        return await asyncio.shield(self._record_now(conversation_key, *args))
+
+    async def _record_now(
+        self,
+        conversation_key: str,
+        path: str,
+        ttft_s: float | None,
+        handoff_reason: str,
+        rating: tuple[str, str],
+        gap_add: str,
+        gap_remove: str,
+        when: float,
+    ) -> bool:
         day = await self._redis.hget(conversation_key, "ins")
         if day is None:
             return False
@@ -136,7 +154,7 @@ class InsightsLog:
             rating[1],
             gap_add,
             gap_remove,
-            time.time() if when is None else when,
+            when,
             self._retention_s,
             self._gap_ttl_s,
         ]

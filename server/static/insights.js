@@ -75,6 +75,8 @@
       el("label", { text: "To " }, el("input", { name: "until", type: "date" })),
       el("button", { type: "submit", text: "Show" }));
     form.addEventListener("submit", (event) => { event.preventDefault(); load(); });
+    // Another period gets that period's default range (14 days, 8 weeks) unless dates are picked again.
+    form.elements.period.addEventListener("change", () => { form.elements.since.value = ""; form.elements.until.value = ""; });
     section.append(
       form,
       el("p", { id: "insights-error", class: "error", role: "alert" }),
