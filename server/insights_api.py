@@ -22,6 +22,7 @@ MAX_DAYS = 92  # period=day: about a quarter
 MAX_WEEKS = 53  # period=week: about a year
 DEFAULT_DAYS = 14
 DEFAULT_WEEKS = 8
+EARLIEST, LATEST = date(2000, 1, 1), date(2999, 12, 31)
 
 Period = Literal["day", "week"]
 SinceQuery = Annotated[date | None, Query(description="First day, YYYY-MM-DD (UTC).")]
@@ -35,6 +36,9 @@ def _invalid(field: str, message: str, value: object) -> RequestValidationError:
 
 def _range(period: Period, since: date | None, until: date | None) -> tuple[date, date]:
     """The days asked for, with defaults, checked: until not before since, not too many."""
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and not EARLIEST <= value <= LATEST:  # date arithmetic near year 1 or 9999 overflows
+            raise _invalid(name, f"must be between {EARLIEST} and {LATEST}", value)
     until = until or datetime.now(UTC).date()
     if since is None and period == "day":
         since = until - timedelta(days=DEFAULT_DAYS - 1)

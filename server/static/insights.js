@@ -237,7 +237,7 @@
       const kinds = Object.entries(g.kinds).map(([k, n]) => `${KIND_LABELS[k] || k} ${n}`).join(" · ");
       const item = el("li", { class: "gap", "data-size": g.size },
         el("div", { class: "gap-head" }, el("strong", { text: `${g.size} question${g.size === 1 ? "" : "s"}` }), el("span", { class: "details", text: ` · ${kinds}` })));
-      item.append(el("ul", { class: "examples" }, ...g.examples.map((e) => el("li", { text: e.text, title: e.conversation_id }))));
+      item.append(el("ul", { class: "examples" }, ...g.examples.map(example)));
       const article = el("div", { class: "details article" });
       if (g.article) {
         const href = g.article.url && safeUrl(g.article.url);
@@ -250,6 +250,17 @@
       item.append(article);
       return item;
     }));
+  }
+
+  // An example question opens its conversation in the transcript pane (agent.js's openConversation).
+  function example(e) {
+    if (typeof window.openConversation !== "function") return el("li", { text: e.text });
+    const button = el("button", { type: "button", class: "link", text: e.text, "data-conversation": e.conversation_id, title: "Open the conversation" });
+    button.addEventListener("click", () => {
+      window.openConversation(e.conversation_id);
+      $("transcript-pane").scrollIntoView({ behavior: "smooth" });
+    });
+    return el("li", {}, button);
   }
 
   document.addEventListener("DOMContentLoaded", () => {

@@ -176,6 +176,8 @@ def test_bad_arguments_are_422_naming_the_field(scenario: Scenario) -> None:
         ("/v1/agent/insights", {"since": "2026-03-10", "until": "2026-03-01"}, "until"),
         ("/v1/agent/insights", {"period": "day", "since": "2025-01-01", "until": "2026-01-01"}, "since"),
         ("/v1/agent/insights", {"period": "week", "since": "2020-01-01", "until": "2026-01-01"}, "since"),
+        ("/v1/agent/insights", {"until": "0001-01-01"}, "until"),
+        ("/v1/agent/insights", {"period": "week", "since": "9999-12-31"}, "since"),
         ("/v1/agent/insights/gaps", {"limit": "0"}, "limit"),
         ("/v1/agent/insights/gaps", {"until": "yesterday"}, "until"),
     ):
@@ -234,6 +236,10 @@ def test_the_page_shows_the_charts_and_the_gaps(scenario: Scenario) -> None:
             gaps = await page.eval_on_selector_all("#gaps > li", "ls => ls.map(l => l.innerText)")
             assert len(gaps) == 3 and "2 questions" in gaps[0] and all(q in gaps[0] for q in BITCOIN), gaps
             assert "Closest article" in gaps[0]
+            # An example opens its conversation's transcript.
+            await page.click(f"#gaps button[data-conversation='{scenario.conversations['bitcoin-1']}']")
+            await page.wait_for_selector("#messages li.user", timeout=10_000)
+            assert BITCOIN[0] in (await page.text_content("#messages") or "")
             # Switching to weeks redraws from the API.
             await page.select_option("#insights-form select[name=period]", "week")
             await page.click("#insights-form button[type=submit]")
