@@ -13,6 +13,7 @@ Key layout (all under one prefix, documented in docs/protocol.md):
     {p}conversations          zset    conversation ids scored by last update (agents list by time)
     {p}handoff_queue          zset    conversations waiting for a person, scored by when they asked
     {p}live:{id}              channel each event as it is appended (server/events.py fans it out)
+    {p}insights:day:{day}*    the support lead's per-day figures (bot/insights/daily.py)
 
 Every key of a conversation expires `ttl_s` after its last update. Sequence numbers come
 from the hash's `last_seq`, incremented in the same Lua script that appends the event, so
@@ -21,6 +22,7 @@ two workers appending to one conversation can never reuse or reorder a number.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -30,6 +32,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
+from bot.insights.daily import AGENT_TAKEOVER, REQUESTED, InsightsLog, day_of
 from bot.privacy.crypto import Sealer
 
 # Appends one frame (JSON without its opening brace) to a conversation's event stream under the
@@ -120,7 +123,7 @@ elseif action == 'handback' or action == 'close' then
   redis.call('ZREM', KEYS[3], ARGV[7])
 end
 local seq = append(KEYS[1], KEYS[2], KEYS[4], ARGV[4], now, ARGV[5], ARGV[7], ARGV[6])
-return {'ok', redis.call('HGET', KEYS[1], 'status'), redis.call('HGET', KEYS[1], 'agent'), seq}
+return {'ok', redis.call('HGET', KEYS[1], 'status'), redis.call('HGET', KEYS[1], 'agent'), seq, status}
 """
 )
 
@@ -216,11 +219,21 @@ class Conversation:
 
 
 class ConversationStore:
-    def __init__(self, redis: Redis, *, prefix: str = "sb:", ttl_s: int = 30 * 24 * 3600, sealer: Sealer | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = "sb:",
+        ttl_s: int = 30 * 24 * 3600,
+        sealer: Sealer | None = None,
+        insights_retention_s: int = 400 * 86400,
+    ) -> None:
         self.redis: Any = redis  # redis-py's stubs type replies loosely; replies here are bytes
         self.sealer = sealer or Sealer()
         self._p = prefix
         self._ttl = ttl_s
+        # The support lead's per-day figures, counted as each event is recorded (bot/insights/daily.py).
+        self.insights = InsightsLog(redis, prefix, retention_s=insights_retention_s, gap_ttl_s=ttl_s + 86400)
         self._append = redis.register_script(_APPEND_EVENT)
         self._release = redis.register_script(_RELEASE_LOCK)
         self._begin = redis.register_script(_BEGIN_TURN)
@@ -254,6 +267,7 @@ class ConversationStore:
             "status": "bot",
             "client": self.sealer.seal(client or {}),
             "last_seq": 0,
+            "ins": day_of(now),  # counted in the per-day insights from its first event
         }
         if user_id:
             meta["user_id"] = user_id
@@ -316,6 +330,8 @@ class ConversationStore:
             "" if confidence is None else confidence,
         ]
         await self._add_message(keys=keys, args=args)
+        if path:
+            await self.insights.record_answer(keys[0], conversation_id, message)
 
     async def messages(self, conversation_id: str) -> list[dict[str, Any]]:
         return [self.sealer.open(m) for m in await self.redis.lrange(self.key(conversation_id, "messages"), 0, -1)]
@@ -406,6 +422,13 @@ class ConversationStore:
             f"{self._p}live:{conversation_id}",
             conversation_id,
         ]
+        # Shielded: a visitor who closes the widget just as the bot hands them over must not
+        # leave a status change that happened in Redis uncounted in the insights.
+        return await asyncio.shield(self._apply_status(conversation_id, action, keys, args))
+
+    async def _apply_status(
+        self, conversation_id: str, action: str, keys: list[str], args: list[str | int | float]
+    ) -> StatusChange:
         reply = await self._set_status(keys=keys, args=args)
         outcome = reply[0].decode()
         if outcome == "missing":
@@ -413,6 +436,10 @@ class ConversationStore:
         if outcome == "held":
             raise HeldByAnotherAgent(reply[2].decode())
         seq = int(reply[3]) if outcome == "ok" else 0
+        if outcome == "ok" and action == "request":
+            await self.insights.record_handoff(keys[0], conversation_id, REQUESTED)
+        elif outcome == "ok" and action == "takeover" and reply[4] != b"handoff":
+            await self.insights.record_handoff(keys[0], conversation_id, AGENT_TAKEOVER)
         return StatusChange(outcome == "ok", reply[1].decode(), (reply[2] or b"").decode(), seq)
 
     async def add_agent_message(self, conversation_id: str, agent: str, text: str) -> tuple[str, int]:

@@ -30,13 +30,15 @@ from bot.feedback.review import Review
 from bot.feedback.sink import FeedbackSink
 from bot.generation.generator import TransformersGenerator
 from bot.generation.remote import OpenAICompatibleGenerator
+from bot.insights.daily import InsightsReport, backfill
+from bot.insights.gaps import ContentGaps
 from bot.privacy.audit import AuditLog
 from bot.privacy.crypto import Sealer, SealError
 from bot.privacy.erasure import Privacy, check_encryption
 from knowledge_base.components import build_builder, build_embedder, build_retriever
 from retrieval.index_files import IndexFormatError
 from retrieval.retriever import Retriever
-from server import agent_api
+from server import agent_api, insights_api
 from server.auth import ApiKeys
 from server.chat import ChatService
 from server.components import answer_mode, build_assistant, build_generator
@@ -98,6 +100,24 @@ async def _retention(settings: Settings, privacy: Privacy, audit: AuditLog) -> N
         except (RedisError, OSError) as exc:
             log.warning("retention sweep failed (%s); next try in an hour", exc)
         await asyncio.sleep(3600)
+
+
+async def _backfill_insights(store: ConversationStore) -> None:
+    """Once per Redis: count conversations written before the per-day insights existed.
+    One worker does it (a lock); conversations it has counted are marked, so a rerun after a
+    crash counts only the rest."""
+    done, lock = f"{store.prefix}insights:backfilled", f"{store.prefix}insights:backfill-lock"
+    try:
+        if await store.redis.exists(done) or not await store.redis.set(lock, "1", nx=True, ex=3600):
+            return
+        counted = await backfill(store, store.insights)
+        await store.redis.set(done, str(counted))
+        if counted:
+            log.info("insights: counted %d conversations recorded before per-day figures existed", counted)
+    except RedisError as exc:
+        log.warning("insights backfill failed (%s); the next start tries again", exc)
+        with contextlib.suppress(RedisError):
+            await store.redis.delete(lock)
 
 
 def _drain_on_signals(service: ChatService, drain_s: float) -> None:
@@ -199,7 +219,13 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.generator = generator
         app.state.answer_mode = decision.mode
         app.state.redis = redis
-        store = ConversationStore(redis, prefix=settings.redis_prefix, ttl_s=settings.conversation_ttl_s, sealer=sealer)
+        store = ConversationStore(
+            redis,
+            prefix=settings.redis_prefix,
+            ttl_s=settings.conversation_ttl_s,
+            sealer=sealer,
+            insights_retention_s=settings.insights_retention_days * 86400,
+        )
         feedback = FeedbackLog(store)
         limiter = RateLimiter(redis, settings.redis_prefix)
         events = EventHub(redis, settings.redis_prefix)
@@ -209,7 +235,7 @@ def create_app(settings: Settings) -> FastAPI:
         audit = AuditLog(redis, settings.redis_prefix, retention_s=settings.audit_retention_days * 86400)
         privacy = Privacy(store, settings.feedback_dir)
         retention_task = asyncio.create_task(_retention(settings, privacy, audit), name="retention")
-        tasks = [sink_task, retention_task]
+        tasks = [sink_task, retention_task, asyncio.create_task(_backfill_insights(store), name="insights-backfill")]
         if embedded is not None:
             tasks.append(asyncio.create_task(embedded.watch(on_restart=metrics.redis_restarts.inc), name="redis-watch"))
         if isinstance(generator, TransformersGenerator):
@@ -218,6 +244,8 @@ def create_app(settings: Settings) -> FastAPI:
         await run_in_threadpool(assistant.warm_up)
         app.state.store, app.state.feedback, app.state.limiter = store, feedback, limiter
         app.state.review = Review(store, feedback)
+        app.state.insights = InsightsReport(store.insights, redis)
+        app.state.gaps = ContentGaps(store, embedder, retriever)
         app.state.audit, app.state.privacy, app.state.sealer = audit, privacy, sealer
         app.state.keys = ApiKeys(redis, settings.redis_prefix)
         app.state.chat = ChatService(settings, store, assistant, metrics, events, feedback, limiter)
@@ -247,6 +275,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.include_router(agent_api.router)
+    app.include_router(insights_api.router)
 
     @app.exception_handler(RedisError)
     async def redis_unavailable(request: Request, exc: RedisError) -> JSONResponse:

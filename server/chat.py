@@ -464,6 +464,7 @@ class Connection:
         cid, store, metrics = self.conversation_id, self.store, self.service.metrics
         parts: list[str] = []
         result = None
+        recorded = False
         first_sent: float | None = None
         try:
             async with contextlib.aclosing(self.service.assistant.respond(text, history)) as events:
@@ -511,6 +512,7 @@ class Connection:
                 "created": time.time(),
             }
             await store.add_message(cid, record)
+            recorded = True
             await store.append_event(cid, {"type": "sources", "message_id": answer_id, "sources": sources})
             await store.append_event(
                 cid,
@@ -547,7 +549,15 @@ class Connection:
                 metrics.tokens_per_second.observe(result.completion_tokens / result.total_s)
             log.info("answer done", extra={"conversation_id": cid, "path": str(result.path), "total_s": round(result.total_s, 3)})
         except asyncio.CancelledError:
-            await self._record_cancelled(answer_id, "".join(parts))
+            # A visitor who closes the widget just after `done` cancels the steps after the
+            # record (status, handoff event): the answer is stored already and must not be
+            # stored a second time as "cancelled".
+            if not recorded:
+                await self._record_cancelled(answer_id, "".join(parts))
+            elif not self._done_sent and result is not None:  # stored but not yet announced: announce it
+                with contextlib.suppress(RedisError):
+                    done = {"type": "done", "message_id": answer_id, "path": str(result.path)}
+                    await asyncio.shield(store.append_event(cid, done))
             raise
         except ValueError as exc:  # the assistant refused the message
             await self.error("invalid_message", str(exc))

@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     )
     feedback_retention_days: int = Field(365, gt=0, description="Feedback sink files older than this are deleted.")
     audit_retention_days: int = Field(730, gt=0, description="Audit trail entries older than this are trimmed.")
+    insights_retention_days: int = Field(
+        400, gt=0, description="The support lead's per-day counts (anonymous) are kept this long after their day's last event."
+    )
     gil_switch_interval_s: float = Field(
         0.0005,
         gt=0,

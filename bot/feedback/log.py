@@ -9,7 +9,10 @@ prompt version) and, in one Lua script:
   date-partitioned JSONL files (bot/feedback/sink.py),
 - keeps the answer's latest rating (last one wins; every event stays in the stream, the
   files and the conversation's feedback list, so the history is kept),
-- counts corrections on the conversation for agents' filters.
+- counts corrections on the conversation for agents' filters,
+
+and then moves the support lead's per-day rating counts from the answer's previous latest
+rating to this one (bot/insights/daily.py).
 
 The reply to the client is sent only after Redis has the event; with append-only
 persistence nothing acknowledged is lost.
@@ -39,12 +42,14 @@ local stream_id = redis.call('XADD', KEYS[2], '*', 'event', ARGV[2])
 redis.call('SET', KEYS[1], stream_id, 'XX', 'EX', ARGV[6])
 redis.call('RPUSH', KEYS[3], ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[7])
+local previous = ''
 if ARGV[3] ~= '' then
+  previous = redis.call('HGET', KEYS[4], ARGV[5]) or ''
   redis.call('HSET', KEYS[4], ARGV[5], ARGV[3])
   redis.call('EXPIRE', KEYS[4], ARGV[7])
 end
 if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[5], 'corrections', 1) end
-return {'ok', stream_id}
+return {'ok', stream_id, previous}
 """
 
 
@@ -144,6 +149,9 @@ class FeedbackLog:
             self._store.ttl_s,
         ]
         reply = await self._record(keys=keys, args=args)
+        if reply[0] == b"ok" and rating is not None:  # the latest rating moves the insights' counts
+            previous = reply[2].decode()
+            await self._store.insights.record_rating(keys[4], conversation_id, message_id, previous, rating)
         return Submitted(event_id, reply[1].decode(), duplicate=reply[0] == b"duplicate")
 
     async def history(self, conversation_id: str) -> list[dict[str, Any]]:

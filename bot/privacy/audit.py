@@ -26,6 +26,7 @@ ACTIONS = (
     "key.revoke",
     "privacy.erase",
     "privacy.purge",
+    "insights.gaps",
 )
 
 

@@ -1,7 +1,7 @@
 """Erasure on request and retention: what a visitor's data is, and how it all goes.
 
-A conversation's data lives in its Redis keys (`{p}conv:{id}*`), the indexes that name it,
-the feedback stream, and the feedback sink files. `erase` removes all of it; sink files are
+A conversation's data lives in its Redis keys (`{p}conv:{id}*`), the indexes that name it
+(the insights' content-gap references included), the feedback stream, and the feedback sink files. `erase` removes all of it; sink files are
 rewritten without the conversation's lines (a temporary file, fsync, rename, under the same
 `flock` the sink appends under), so an interrupted erasure leaves either the old file or the
 new one, never half of one. `purge` does the same for everything older than a cutoff.
@@ -65,11 +65,14 @@ class Privacy:
             return report
         keys: list[str] = []
         users: list[tuple[str, str]] = []
+        days: list[tuple[str, str]] = []  # (conversation, its start day in the insights)
         for cid in report.conversations:
             keys += [k.decode() async for k in self._redis.scan_iter(match=f"{self._store.key(cid)}*", count=500)]
-            user = await self._redis.hget(self._store.key(cid), "user_id")
+            user, day = await self._redis.hmget(self._store.key(cid), "user_id", "ins")
             if user:
                 users.append((cid, user.decode()))
+            if day:
+                days.append((cid, day.decode()))
         report.redis_keys = len(keys)
         stream = f"{self._store.prefix}feedback"
         doomed: list[str] = []
@@ -92,6 +95,8 @@ class Privacy:
             if doomed:
                 pipe.xdel(stream, *doomed)
             await pipe.execute()
+        for cid, day in days:  # the content gaps' references to it; the anonymous day counts stay
+            await self._store.insights.forget(cid, day)
         return report
 
     async def purge(self, older_than_s: float, *, dry_run: bool = False) -> ErasureReport:
