@@ -78,6 +78,20 @@ GOOD_PATHS = {"composed", "generated", "fallback", "not_sure", "busy"}
 FAULTS = ("worker", "redis", "supervisor", "sigterm")
 
 
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _describe(process: psutil.Process) -> dict[str, Any]:
+    try:
+        return {"pid": process.pid, "cmdline": " ".join(process.cmdline())[:200], "status": process.status()}
+    except psutil.NoSuchProcess:
+        return {"pid": process.pid, "gone": True}
+
+
 class Service:
     """The server under test: started, killed and started again on one port and data directory."""
 
@@ -306,11 +320,12 @@ class Run:
             service.process.send_signal(signal.SIGKILL if fault == "supervisor" else signal.SIGTERM)
             await asyncio.to_thread(service.process.wait, 90)
             gone_by = time.monotonic() + 30
-            while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree[1:]):
+            while alive := [p for p in tree[1:] if _alive(p)]:
                 if time.monotonic() > gone_by:
-                    entry["left_behind"] = [p.pid for p in tree[1:] if p.is_running()]
-                    for p in tree[1:]:
-                        p.kill()
+                    entry["left_behind"] = [_describe(p) for p in alive]
+                    for p in alive:
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            p.kill()
                     break
                 await asyncio.sleep(0.1)
             entry["down_s"] = round(time.monotonic() - began, 2)
@@ -325,6 +340,7 @@ class Run:
         after = [t for t in self.good_answers if t >= since]
         entry["to_next_good_answer_s"] = round(after[0] - began, 3) if after else None
         self.pending_faults.append((entry, began))
+        print(json.dumps({"fault_injected": entry}), flush=True)
 
     def recoveries(self, visitors: list[Visitor]) -> None:
         """Per fault: the visitors whose socket it broke, and how long until each had an answer again."""
@@ -338,7 +354,7 @@ class Run:
             entry["dropped_visitor_recovery_p50_s"] = round(percentile(waits, 0.5), 3) if waits else None
             entry["dropped_visitor_recovery_max_s"] = round(max(waits), 3) if waits else None
             self.faults.append(entry)
-        print(json.dumps({"fault": entry}), flush=True)
+            print(json.dumps({"fault": entry}), flush=True)
 
     async def main(self, conversations: int, duration_s: float, faults: list[str], key: str) -> list[Visitor]:
         self.started = time.monotonic()
