@@ -11,7 +11,11 @@ writes to the visitor and hands them back. Meanwhile, on a schedule, the script 
 - `redis`: SIGKILL of the embedded Redis (the supervisor restarts it from its append-only file);
 - `supervisor`: SIGKILL of the supervisor (its workers and Redis must die with it; the script
   starts the service again on the same port and data directory);
-- `sigterm`: SIGTERM of the service with answers in flight (they drain; then a restart).
+- `sigterm`: SIGTERM of the service with answers in flight (they drain; then a restart);
+- `slow_generator` / `failing_generator`: for 12 s the generator streams one word a second /
+  answers 500. Planning either runs the service in generative mode against
+  bench/fake_generator.py, an OpenAI-compatible endpoint (the `openai` backend), instead of
+  the composer alone.
 
 Afterwards it reads what was stored (each conversation's history over the websocket, the
 feedback sink files) and compares it with the clients' own records:
@@ -25,9 +29,9 @@ feedback sink files) and compares it with the clients' own records:
     .venv/bin/python bench/chaos.py [--conversations 100] [--duration 90] [--faults worker,redis,supervisor,sigterm]
     .venv/bin/python bench/chaos.py --soak 1800 --conversations 50   # no faults: memory, fds, Redis at start and end
 
-Not injected yet (see docs/benchmarks.md): a full disk under the feedback sink, a slow or
-failing generator. The visitors' questions are answered by the composer (answer mode auto)
-unless `--answer-mode generative`.
+A full disk under the feedback sink is tested with an injected ENOSPC in
+tests/bot/test_feedback.py, not here. Without generator faults the visitors' questions are
+answered by the composer (answer mode auto).
 """
 
 from __future__ import annotations
@@ -60,6 +64,10 @@ _spec = importlib.util.spec_from_file_location("bench_server", Path(__file__).wi
 assert _spec is not None and _spec.loader is not None
 bench_server = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_server)
+_fake_spec = importlib.util.spec_from_file_location("bench_fake_generator", Path(__file__).with_name("fake_generator.py"))
+assert _fake_spec is not None and _fake_spec.loader is not None
+fake_generator = importlib.util.module_from_spec(_fake_spec)
+_fake_spec.loader.exec_module(fake_generator)
 REPO, percentile, redis_pid, start_server = (
     bench_server.REPO,
     bench_server.percentile,
@@ -74,8 +82,10 @@ QUESTIONS = [
     "What does error E-1042 mean?",
     "What is the capital of Peru?",  # not in the help center: not sure
 ]
-GOOD_PATHS = {"composed", "generated", "fallback", "not_sure", "busy"}
-FAULTS = ("worker", "redis", "supervisor", "sigterm")
+GOOD_PATHS = {"composed", "generated", "fallback", "not_sure", "busy"}  # not cancelled or error
+FAULTS = ("worker", "redis", "supervisor", "sigterm", "slow_generator", "failing_generator")
+GENERATOR_FAULTS = {"slow_generator": "slow", "failing_generator": "failing"}
+GENERATOR_FAULT_S = 12.0  # how long the generator stays slow or failing
 
 
 def _alive(process: psutil.Process) -> bool:
@@ -234,7 +244,12 @@ class Visitor:
         answer_id: list[str] = []
         after_user: list[bool] = []
 
+        sent = time.monotonic()
+        first_text: list[float] = []
+
         def finished(frame: dict[str, Any]) -> dict[str, Any] | None:
+            if frame["type"] == "token" and (after_user or answer_id) and not first_text:
+                first_text.append(time.monotonic())
             if frame["type"] == "user_message" and frame.get("client_message_id") == cmid:
                 after_user.append(True)
             elif frame["type"] == "duplicate" and frame["client_message_id"] == cmid:
@@ -247,6 +262,8 @@ class Visitor:
             return None
 
         done = await self.request({"type": "message", "client_message_id": cmid, "text": text}, finished)
+        if first_text:
+            self.run.first_text.append((sent, first_text[0] - sent, done["path"]))
         self.record.answers[cmid] = done["message_id"]
         self.record.paths[done["path"]] += 1
         if done["path"] in GOOD_PATHS:
@@ -282,6 +299,8 @@ class Run:
         self.agent_sent: set[str] = set()
         self.faults: list[dict[str, Any]] = []
         self.pending_faults: list[tuple[dict[str, Any], float]] = []
+        self.first_text: list[tuple[float, float, str]] = []  # (asked at, seconds to first text, path)
+        self.generator: Any = None  # bench/fake_generator.py, when generator faults are planned
 
     async def agent(self, visitors: list[Visitor], key: str, until: float) -> None:
         """Takes a conversation over between the visitor's turns, writes to it, hands it back."""
@@ -308,7 +327,17 @@ class Run:
         service = self.service
         began = time.monotonic()
         entry: dict[str, Any] = {"fault": fault, "at_s": round(began - self.started, 1)}
-        if fault == "worker":
+        if fault in GENERATOR_FAULTS:
+            self.generator.mode = GENERATOR_FAULTS[fault]
+            await asyncio.sleep(GENERATOR_FAULT_S)
+            self.generator.mode = "ok"
+            window = [(t, s, p) for t, s, p in self.first_text if began <= t < began + GENERATOR_FAULT_S]
+            entry["answers_during"] = len(window)
+            entry["paths_during"] = dict(collections.Counter(p for _, _, p in window))
+            if window:
+                entry["first_text_p50_during_s"] = round(percentile([s for _, s, _ in window], 0.5), 3)
+                entry["first_text_max_during_s"] = round(max(s for _, s, _ in window), 3)
+        elif fault == "worker":
             os.kill(random.choice(service.worker_pids()), signal.SIGKILL)
         elif fault == "redis":
             pid = redis_pid(service.data_dir)
@@ -486,6 +515,16 @@ def main() -> None:
         "SUPPORTBOT_FEEDBACK_PER_CLIENT_PER_MINUTE": "100000",
         "SUPPORTBOT_FEEDBACK_BURST": "100000",
     }
+    generator = None
+    if set(faults) & set(GENERATOR_FAULTS):
+        generator = fake_generator.FakeGenerator()
+        generator.start()
+        env |= {
+            "SUPPORTBOT_ANSWER_MODE": "generative",
+            "SUPPORTBOT_GENERATOR_BACKEND": "openai",
+            "SUPPORTBOT_GENERATOR_BASE_URL": generator.base_url,
+            "SUPPORTBOT_GENERATOR_MAX_NEW_TOKENS": "48",
+        }
     service = Service(data_dir, args.models_dir, args.workers, env)
     report: dict[str, Any] = {"conversations": args.conversations, "workers": args.workers, "faults_planned": faults}
     try:
@@ -498,6 +537,7 @@ def main() -> None:
             check=True,
         )
         run = Run(service, args.think)
+        run.generator = generator
         report["resources_start"] = resources(service)
         began = time.monotonic()
         visitors = asyncio.run(run.main(args.conversations, args.soak or args.duration, faults, made.stdout.strip()))
@@ -524,6 +564,10 @@ def main() -> None:
             if len(run.good_answers) > 1
             else None
         )
+        firsts = [s for _, s, _ in run.first_text]
+        if firsts:
+            report["first_text_p50_s"] = round(percentile(firsts, 0.5), 3)
+            report["first_text_p95_s"] = round(percentile(firsts, 0.95), 3)
         report["stored"] = asyncio.run(compare(run, visitors))
         report["ok"] = (
             all(
@@ -544,6 +588,8 @@ def main() -> None:
         )
     finally:
         service.stop()
+        if generator is not None:
+            generator.stop()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         shutil.copy(data_dir / "server.log", args.out.with_suffix(".log"))
