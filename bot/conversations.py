@@ -8,6 +8,7 @@ Key layout (all under one prefix, documented in docs/protocol.md):
     {p}conv:{id}:events       stream  every sequenced frame sent to clients; entry id 0-{seq}
     {p}conv:{id}:cmid:{cmid}  string  the message id a client message id was answered as (resends)
     {p}conv:{id}:answering    string  lock token while an answer streams (one answer at a time)
+    {p}conv:{id}:offered:{mid} string  a person was offered under answer mid after a thumbs-down (server/chat.py)
     {p}conv:{id}:ratings      hash    answer id -> its latest rating, up or down (bot/feedback/log.py)
     {p}conv:{id}:feedback     list    every feedback event on the conversation, oldest first (bot/feedback/log.py)
     {p}conversations          zset    conversation ids scored by last update (agents list by time)

@@ -607,6 +607,31 @@ class Connection:
                 "duplicate": submitted.duplicate,
             }
         )
+        if frame.rating == "down" and not submitted.duplicate:
+            await self._offer_person_after_thumbs_down(frame.message_id)
+
+    async def _offer_person_after_thumbs_down(self, message_id: str) -> None:
+        """A thumbs-down is a visitor the answer did not help: offer a person at once, under
+        that answer, unless it offered one already (a not-sure answer) or a person is on it."""
+        assert self.conversation_id is not None
+        conversation = await self.store.get(self.conversation_id)
+        if conversation.status != "bot":
+            return
+        answer = next((m for m in await self.store.messages(self.conversation_id) if m["id"] == message_id), None)
+        if answer is None or answer.get("handoff"):
+            return
+        once = self.store.key(self.conversation_id, f"offered:{message_id}")  # a second thumbs-down: no second offer
+        if not await self.store.redis.set(once, "1", nx=True, ex=self.settings.conversation_ttl_s):
+            return
+        await self.store.append_event(
+            self.conversation_id,
+            {
+                "type": "handoff",
+                "message_id": message_id,
+                "reason": "rated_down",
+                "message": "Sorry that did not help. A person can help.",
+            },
+        )
 
     # ---------------------------------------------------------------- the forwarder
     async def _on_event(self, frame: dict[str, Any] | None) -> None:

@@ -12,6 +12,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.e2e.browser import chromium_page, require_browser
 from tests.e2e.chat_client import Client, run
 from tests.e2e.conftest import SERVER_LOGS
 from tests.e2e.servers import data_dir_with_sample_index, start_server, stop_server
@@ -103,3 +104,50 @@ def test_a_visitor_who_asks_again_the_moment_an_answer_is_done_is_answered(compo
         return paths
 
     assert run(back_to_back()) == ["composed", "composed", "composed"]
+
+
+def test_a_thumbs_down_offers_a_person_under_that_answer_once(composer_server: tuple[str, float, int]) -> None:
+    async def scenario() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+        client = await Client.open(composer_server[0])
+        try:
+            await client.start()
+            await client.send({"type": "message", "client_message_id": "1", "text": "How do I descale my kettle?"})
+            done = (await client.until("done"))[-1]
+            await client.send({"type": "rate", "message_id": done["message_id"], "rating": "down", "event_id": "d1"})
+            first = [await client.recv(), await client.recv()]
+            await client.send({"type": "rate", "message_id": done["message_id"], "rating": "down", "event_id": "d2"})
+            again = [await client.recv()]
+            with pytest.raises(TimeoutError):
+                again.append(await client.recv(timeout=1.5))  # no second offer
+            return first, again
+        finally:
+            await client.close()
+
+    first, again = run(scenario())
+    assert first[0]["type"] == "rated" and first[1]["type"] == "handoff"
+    assert first[1]["reason"] == "rated_down" and first[1]["message_id"] == first[0]["message_id"]
+    assert [f["type"] for f in again] == ["rated"]
+
+
+def test_the_widget_shows_a_contradiction_trap_the_articles_own_words(composer_server: tuple[str, float, int]) -> None:
+    """What a visitor sees in the widget, in headless Chromium: the trap question gets the
+    article's answer (never the tempting false one), with the article as its source."""
+    require_browser()
+
+    async def scenario() -> tuple[str, str]:
+        async with chromium_page() as page:
+            await page.goto(f"{composer_server[0]}/")
+            await page.locator("#supportbot-widget .launcher").click()
+            widget = page.locator("#supportbot-widget")
+            await widget.locator("textarea").fill("Can I put the kettle in the dishwasher to clean it?")
+            await widget.locator("textarea").press("Enter")
+            answer = widget.locator("li.msg.bot").first
+            await answer.locator(".rate").wait_for(timeout=30_000)  # shown once the answer is done
+            text = await answer.locator(".body").inner_text()
+            href = await answer.locator(".sources a").first.get_attribute("href") or ""
+            return text, href
+
+    text, href = run(scenario())
+    assert re.search(r"(?i)\bnever\b[^.]*dishwasher", text), text
+    assert not re.search(r"(?i)(?<!never )(?<!not )\b(can|may) (be placed|go|put)[^.]{0,30}dishwasher|^\W*yes\b", text), text
+    assert href == "https://help.brewlo.example/usage/descaling"
