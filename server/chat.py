@@ -385,6 +385,8 @@ class Connection:
                 "status": conversation.status,
                 "last_seq": conversation.last_seq,
                 "history": [_public(m) for m in await self.store.messages(conversation.id)],
+                # The widget shows these unless the site's script tag sets data-title / data-greeting.
+                "assistant": {"name": self.settings.assistant_name, "greeting": self.settings.greeting},
             }
         )
         self._sent_seq = resume_from

@@ -18,8 +18,9 @@
 
   const origin = new URL(tag.src, location.href);
   const opts = {
+    // The server's SUPPORTBOT_ASSISTANT_NAME / SUPPORTBOT_GREETING (sent in `ready`) unless the tag sets them.
     title: tag.dataset.title || "Help",
-    greeting: tag.dataset.greeting || "Hi! Ask me anything about our products and orders.",
+    greeting: tag.dataset.greeting || "",
     position: tag.dataset.position === "left" ? "left" : "right",
     color: tag.dataset.color || "",
     maxChars: Number(tag.dataset.maxChars) || 2000,
@@ -174,6 +175,7 @@ textarea { font: inherit; resize: none; border: 1px solid #9ca3af; border-radius
   const form = el("form", { class: "composer" }, el("label", { class: "sr", for: "sb-input", text: "Your message" }), input, send, stop, notice);
   const panel = el("section", { class: "panel", id: "sb-panel", role: "dialog", "aria-label": opts.title, hidden: true },
     el("header", {}, el("h2", { text: opts.title }), human, closeButton), banner, log, form);
+  const heading = panel.querySelector("h2");
   const root = el("div", { class: `root ${opts.position}` }, panel, launcher);
   if (opts.color) root.style.setProperty("--accent", opts.color);
   shadow.append(el("style", { text: CSS }), root);
@@ -310,7 +312,15 @@ textarea { font: inherit; resize: none; border: 1px solid #9ca3af; border-radius
         ready = true;
         attempt = 0;
         status = frame.status;
-        if (fresh && !log.children.length) note(opts.greeting);
+        const assistant = frame.assistant && typeof frame.assistant === "object" ? frame.assistant : {};
+        if (!tag.dataset.title && assistant.name) {
+          opts.title = String(assistant.name);
+          heading.textContent = opts.title;
+          panel.setAttribute("aria-label", opts.title);
+          launcher.setAttribute("aria-label", `${panel.hidden ? "Open" : "Close"} chat: ${opts.title}`);
+        }
+        const greeting = opts.greeting || String(assistant.greeting || "Hi! Ask me anything about our products and orders.");
+        if (fresh && !log.children.length) note(greeting);
         showStatus();
         // Messages sent before a drop go again with the same id: the server answers each once.
         for (const [cmid, item] of pending) ws.send(JSON.stringify({ type: "message", client_message_id: cmid, text: item.text }));

@@ -139,6 +139,9 @@ def test_the_widget_shows_a_contradiction_trap_the_articles_own_words(composer_s
             await page.goto(f"{composer_server[0]}/")
             await page.locator("#supportbot-widget .launcher").click()
             widget = page.locator("#supportbot-widget")
+            # The demo page's tag sets no title or greeting: the server's settings show.
+            await widget.locator("li.msg.note", has_text="Ask me anything about Brewlo").wait_for(timeout=30_000)
+            assert await widget.locator("header h2").inner_text() == "Brewlo Assistant"
             await widget.locator("textarea").fill("Can I put the kettle in the dishwasher to clean it?")
             await widget.locator("textarea").press("Enter")
             answer = widget.locator("li.msg.bot").first
