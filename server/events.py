@@ -115,7 +115,9 @@ class EventHub:
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            # At most a second: a socket's answer frames reach it through this connection, so
+            # every second of backoff after Redis is back is a second the visitor waits.
+            backoff = min(backoff * 2, 1.0)
 
     async def _notify_all(self, frame: dict[str, Any] | None) -> None:
         for listeners in list(self._listeners.values()):

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Callable
 from socket import socket
 from typing import TYPE_CHECKING, Any
@@ -132,7 +133,14 @@ def _prepare_shared_files(settings: Settings) -> None:
 class Supervisor(Multiprocess):
     """uvicorn's worker supervisor, which also keeps the embedded Redis running (it restarts
     one that exits by itself, from its append-only file) and drops the live gauges of workers
-    that died, so `/metrics` does not count their connections forever."""
+    that died, so `/metrics` does not count their connections forever.
+
+    Redis is watched from a thread of its own, every 0.2 s: uvicorn's loop pings each worker in
+    turn and waits up to `timeout_worker_healthcheck` for each answer, so on a loaded machine a
+    dead Redis was noticed only after 17 s (bench/chaos.py). A Redis the watcher restarts gets
+    its parent-death signal from that thread, which lives until the workers have stopped."""
+
+    REDIS_WATCH_S = 0.2
 
     def __init__(
         self,
@@ -144,10 +152,26 @@ class Supervisor(Multiprocess):
         super().__init__(config, sockets)
         self.redis = redis
         self.on_redis_restart = on_redis_restart
+        self._workers_stopped = threading.Event()
+
+    def run(self) -> None:
+        watcher = None
+        if self.redis is not None:
+            watcher = threading.Thread(target=self._watch_redis, args=(self.redis,), name="redis-watch", daemon=True)
+            watcher.start()
+        try:
+            super().run()  # returns once every worker has stopped
+        finally:
+            self._workers_stopped.set()
+            if watcher is not None:
+                watcher.join(timeout=20)
+
+    def _watch_redis(self, redis: EmbeddedRedis) -> None:
+        while not self._workers_stopped.wait(self.REDIS_WATCH_S):
+            if not self.should_exit.is_set():
+                self._keep_redis_alive(redis)
 
     def keep_subprocess_alive(self) -> None:
-        if self.redis is not None and not self.should_exit.is_set():
-            self._keep_redis_alive(self.redis)
         before = {process.pid for process in self.processes}
         super().keep_subprocess_alive()
         gone = before - {process.pid for process in self.processes}
