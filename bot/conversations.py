@@ -159,6 +159,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+_EXTEND_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 
 class ConversationNotFound(LookupError):
     pass
@@ -237,6 +242,7 @@ class ConversationStore:
         self.insights = InsightsLog(redis, prefix, retention_s=insights_retention_s, gap_ttl_s=ttl_s + 86400)
         self._append = redis.register_script(_APPEND_EVENT)
         self._release = redis.register_script(_RELEASE_LOCK)
+        self._extend = redis.register_script(_EXTEND_LOCK)
         self._begin = redis.register_script(_BEGIN_TURN)
         self._guarded: dict[str, Any] = {}  # guard source -> its begin-turn script
         self._set_status = redis.register_script(_SET_STATUS)
@@ -477,6 +483,32 @@ class ConversationStore:
     async def handoff_queue(self) -> list[tuple[str, float]]:
         """Conversations waiting for a person, longest-waiting first."""
         return [(m.decode(), s) for m, s in await self.redis.zrange(f"{self._p}handoff_queue", 0, -1, withscores=True)]
+
+    async def extend_answer_lock(self, conversation_id: str, token: str, ttl_s: float) -> bool:
+        """Keep the answer lock while the answer is written; False if it was lost (it expired)."""
+        extended = await self._extend(keys=[self.key(conversation_id, "answering")], args=[token, int(ttl_s * 1000)])
+        return bool(extended)
+
+    async def reclaim_turn(
+        self, conversation_id: str, client_message_id: str, answer_id: str, *, lock_ttl_s: float, history: int
+    ) -> TurnStart:
+        """A resent message whose answer was never stored and whose lock is free: the worker
+        writing it died (SIGKILL, a Redis outage mid-answer). Take the lock to answer it again,
+        under the same answer id, so the visitor still gets one answer. `duplicate` when the
+        answer was stored meanwhile or is not the bot's to write (a person has the chat)."""
+        duplicate = TurnStart("duplicate", earlier_answer_id=answer_id)
+        token = secrets.token_hex(8)
+        lock = self.key(conversation_id, "answering")
+        if not await self.redis.set(lock, token, nx=True, px=int(lock_ttl_s * 1000)):
+            return duplicate  # being written (a grace-period answer, another worker's retry)
+        messages = await self.messages(conversation_id)
+        asked = [n for n, m in enumerate(messages) if m["role"] == "user" and m.get("client_message_id") == client_message_id]
+        status = (await self.redis.hget(self.key(conversation_id), "status") or b"").decode()
+        if any(m["id"] == answer_id for m in messages) or not asked or status != "bot":
+            await self.unlock_answer(conversation_id, token)
+            return duplicate
+        at = asked[-1]
+        return TurnStart("ok", status=status, lock_token=token, history=tuple(messages[max(0, at - history) : at]))
 
     async def answer_streaming(self, conversation_id: str) -> bool:
         """Whether some worker holds this conversation's answer lock (an answer is being written)."""

@@ -38,6 +38,9 @@ log = logging.getLogger("supportbot.chat")
 PROTOCOL_VERSION = 1
 HISTORY_TURNS = 12  # most recent messages offered to the prompt builder (it trims to fit)
 OUTBOX_FRAMES = 4096  # live frames queued for one socket; a client this far behind is closed and resumes
+# The one-answer lock expires this soon unless its worker renews it (every third of it): an
+# answer whose worker died frees the conversation in seconds, not at the generator's timeout.
+ANSWER_LOCK_TTL_S = 6.0
 
 
 class _Frame(BaseModel):
@@ -228,6 +231,7 @@ class Connection:
         self.conversation_id: str | None = None
         self.answer: asyncio.Task[None] | None = None
         self._done_sent = False  # the answer task has sent its `done` (it may still hold the lock)
+        self._unanswered: asyncio.Task[None] | None = None  # watches a resent message's answer (_answer_if_orphaned)
         self._forwarder: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._sent_seq = 0
@@ -303,7 +307,7 @@ class Connection:
             ):
                 self.service.keep_answering(self.conversation_id, answer)
                 self.answer = None
-            tasks = [t for t in (self.answer, self._forwarder) if t is not None and not t.done()]
+            tasks = [t for t in (self.answer, self._forwarder, self._unanswered) if t is not None and not t.done()]
             for task in tasks:
                 task.cancel()
             if tasks:  # bounded: a task stuck on a dead peer must not hold up shutdown
@@ -426,7 +430,7 @@ class Connection:
                     "text": text,
                     "client_message_id": frame.client_message_id,
                 },
-                lock_ttl_s=self.settings.generator_timeout_s + 30,
+                lock_ttl_s=ANSWER_LOCK_TTL_S,
                 history=HISTORY_TURNS,
                 guard=self.service.limiter.guard(*self._frame_buckets()),
             )
@@ -447,6 +451,11 @@ class Connection:
             await self.send(
                 {"type": "duplicate", "client_message_id": frame.client_message_id, "message_id": turn.earlier_answer_id}
             )
+            if self._unanswered is None or self._unanswered.done():
+                self._unanswered = asyncio.create_task(
+                    self._answer_if_orphaned(frame.client_message_id, turn.earlier_answer_id, text),
+                    name=f"orphan-{turn.earlier_answer_id}",
+                )
             return
         if turn.outcome == "busy":
             await self.error(
@@ -455,15 +464,48 @@ class Connection:
             return
         if not turn.lock_token:
             return  # a human agent has this conversation: the message is stored and forwarded, the bot stays silent
+        self._start_answer(answer_id, text, turn)
+
+    def _start_answer(self, answer_id: str, text: str, turn: TurnStart) -> None:
         history = [HistoryTurn("user" if m["role"] == "user" else "assistant", m["text"]) for m in turn.history]
         self._done_sent = False
         self.answer = asyncio.create_task(
             self._answer(answer_id, text, history, turn.lock_token, self._received), name=f"answer-{answer_id}"
         )
 
+    async def _answer_if_orphaned(self, client_message_id: str, answer_id: str, text: str) -> None:
+        """A resent message (`duplicate`) whose answer may never come: the worker writing it died
+        (SIGKILL, a Redis outage mid-answer) and its lock lapses within ANSWER_LOCK_TTL_S, as
+        live workers renew theirs. Watch the lock; once it is free, an answer that was not
+        stored is written here, under the id the visitor was given. Bounded by the longest
+        an answer may take."""
+        assert self.conversation_id is not None
+        cid = self.conversation_id
+        deadline = time.monotonic() + self.settings.generator_timeout_s + 2 * ANSWER_LOCK_TTL_S
+        with contextlib.suppress(RedisError):
+            while time.monotonic() < deadline:
+                if not await self.store.answer_streaming(cid):
+                    turn = await self.store.reclaim_turn(
+                        cid, client_message_id, answer_id, lock_ttl_s=ANSWER_LOCK_TTL_S, history=HISTORY_TURNS
+                    )
+                    if turn.outcome == "ok":
+                        log.info("answering a message whose answer was never stored", extra={"conversation_id": cid})
+                        self._start_answer(answer_id, text, turn)
+                    return
+                await asyncio.sleep(0.5)
+
+    async def _keep_lock(self, conversation_id: str, lock: str) -> None:
+        while True:
+            await asyncio.sleep(ANSWER_LOCK_TTL_S / 3)
+            with contextlib.suppress(RedisError):
+                if not await self.store.extend_answer_lock(conversation_id, lock, ANSWER_LOCK_TTL_S):
+                    log.warning("the answer lock expired while answering", extra={"conversation_id": conversation_id})
+                    return
+
     async def _answer(self, answer_id: str, text: str, history: list[HistoryTurn], lock: str, received: float) -> None:
         assert self.conversation_id is not None
         cid, store, metrics = self.conversation_id, self.store, self.service.metrics
+        keeper = asyncio.create_task(self._keep_lock(cid, lock), name=f"lock-{answer_id}")
         parts: list[str] = []
         result = None
         recorded = False
@@ -567,6 +609,7 @@ class Connection:
             log.warning("redis failed mid-answer: %s", exc, extra={"conversation_id": cid})
             await self.error("unavailable", "the service is temporarily unavailable; the answer was interrupted")
         finally:
+            keeper.cancel()
             with contextlib.suppress(RedisError):
                 await asyncio.shield(store.unlock_answer(cid, lock))
 

@@ -11,21 +11,23 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from redis.asyncio import Redis
 
+from bot.conversations import ConversationStore
 from tests.e2e.browser import chromium_page, require_browser
 from tests.e2e.chat_client import Client, run
 from tests.e2e.conftest import SERVER_LOGS
 from tests.e2e.servers import data_dir_with_sample_index, start_server, stop_server
 
+DATA_DIRS: dict[str, Path] = {}
+
 
 @pytest.fixture(scope="module")
 def composer_server(tmp_path_factory: pytest.TempPathFactory, sample_index: Path) -> Iterator[tuple[str, float, int]]:
     started = time.monotonic()
-    process, base = start_server(
-        data_dir_with_sample_index(tmp_path_factory, sample_index, "composer"),
-        ready_within_s=120,
-        env={"SUPPORTBOT_ANSWER_MODE": "auto"},
-    )
+    data = data_dir_with_sample_index(tmp_path_factory, sample_index, "composer")
+    process, base = start_server(data, ready_within_s=120, env={"SUPPORTBOT_ANSWER_MODE": "auto"})
+    DATA_DIRS[base] = data
     ready_s = time.monotonic() - started
     SERVER_LOGS[base] = process.log_path  # type: ignore[attr-defined]
     rss = psutil.Process(process.pid).memory_info().rss
@@ -154,3 +156,53 @@ def test_the_widget_shows_a_contradiction_trap_the_articles_own_words(composer_s
     assert re.search(r"(?i)\bnever\b[^.]*dishwasher", text), text
     assert not re.search(r"(?i)(?<!never )(?<!not )\b(can|may) (be placed|go|put)[^.]{0,30}dishwasher|^\W*yes\b", text), text
     assert href == "https://help.brewlo.example/usage/descaling"
+
+
+def test_a_message_whose_worker_died_mid_answer_is_answered_when_the_widget_resends_it(
+    composer_server: tuple[str, float, int],
+) -> None:
+    """A worker SIGKILLed mid-answer leaves the turn begun (the message stored, its answer id
+    given out, the lock taken) and never finished. The widget resends the message after it
+    reconnects: once the dead worker's lock lapses (seconds: live workers renew theirs), the
+    message is answered under the answer id first given out, once."""
+    base = composer_server[0]
+    data = DATA_DIRS[base]
+
+    async def scenario() -> tuple[list[dict[str, object]], list[dict[str, object]], float]:
+        client = await Client.open(base)
+        redis = Redis(unix_socket_path=str(data / "redis" / "redis.sock"))
+        try:
+            cid = str((await client.start())["conversation_id"])
+            store = ConversationStore(redis)  # what the worker that then died did, from the same Redis
+            question = "How do I descale my kettle?"
+            begun = await store.begin_turn(
+                cid,
+                client_message_id="lost",
+                answer_id="m_dead",
+                user_message={"id": "u_dead", "role": "user", "text": question, "client_message_id": "lost"},
+                event={"type": "user_message", "message_id": "u_dead", "text": question, "client_message_id": "lost"},
+                lock_ttl_s=2,
+                history=12,
+            )
+            assert begun.outcome == "ok" and begun.lock_token
+            started = time.monotonic()
+            # The widget resends on reconnect and hears `duplicate`: it then waits for that answer.
+            await client.send({"type": "message", "client_message_id": "lost", "text": question})
+            frames = await client.until("done", timeout=30)
+            waited = time.monotonic() - started
+            await client.send({"type": "message", "client_message_id": "lost", "text": question})
+            again = [await client.recv()]
+            return frames, again, waited
+        finally:
+            await client.close()
+            await redis.aclose()
+
+    frames, again, waited = run(scenario())
+    assert [f for f in frames if f["type"] == "duplicate"] == [
+        {"v": 1, "type": "duplicate", "client_message_id": "lost", "message_id": "m_dead"}
+    ]
+    done = frames[-1]
+    assert done["type"] == "done" and done["message_id"] == "m_dead" and done["path"] == "composed", frames
+    assert "".join(str(f["delta"]) for f in frames if f["type"] == "token").strip()
+    assert waited < 10  # the dead worker's 2 s lock, not a generator timeout
+    assert again == [{"v": 1, "type": "duplicate", "client_message_id": "lost", "message_id": "m_dead"}]
