@@ -37,6 +37,7 @@ from knowledge_base.components import build_builder, build_embedder, build_retri
 from retrieval.index_files import IndexFormatError
 from retrieval.retriever import Retriever
 from server import agent_api
+from server.api_contract import ALWAYS, errors, install_allow_header
 from server.auth import ApiKeys
 from server.chat import ChatService
 from server.components import answer_mode, build_assistant, build_generator
@@ -246,6 +247,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.include_router(agent_api.router)
+    install_allow_header(app)
 
     @app.exception_handler(RedisError)
     async def redis_unavailable(request: Request, exc: RedisError) -> JSONResponse:
@@ -283,7 +285,7 @@ def create_app(settings: Settings) -> FastAPI:
         """The process is alive."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "Not ready: the same body, saying which check failed."}})
     async def readyz(request: Request) -> JSONResponse:
         """Redis answers, the index and the model are loaded: chats can be served."""
         checks: dict[str, str] = {}
@@ -303,7 +305,11 @@ def create_app(settings: Settings) -> FastAPI:
         ready = retriever is not None and checks["generator"] in ("loaded", "not needed") and checks["redis"] == "ok"
         return JSONResponse({"status": "ready" if ready else "not ready", **checks}, status_code=200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition."}},
+    )
     async def prometheus_metrics() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
@@ -316,7 +322,7 @@ def create_app(settings: Settings) -> FastAPI:
             return
         await service.handle(ws)
 
-    @app.get("/v1/search", response_model=SearchOut)
+    @app.get("/v1/search", response_model=SearchOut, responses=errors(*ALWAYS))
     async def search(
         retriever: RetrieverDep,
         q: Annotated[str, Query(min_length=1, max_length=1000, description="The question.")],
