@@ -24,7 +24,8 @@ MAX_EXAMPLES = os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "12")
 
 @pytest.fixture(scope="module")
 def contract_site(tmp_path_factory: pytest.TempPathFactory, sample_index: Path) -> Iterator[Site]:
-    """A server answering with the composer (no generator: the contract is about HTTP)."""
+    """A server of its own (the fuzzer creates keys, exports and erasures), answering with the
+    composer: the contract is about HTTP, and no generator needs to load."""
     data = data_dir_with_sample_index(tmp_path_factory, sample_index, "contract")
     process, base = start_server(data, ready_within_s=120, env={"SUPPORTBOT_ANSWER_MODE": "extractive"})
     SERVER_LOGS[base] = process.log_path  # type: ignore[attr-defined]
