@@ -42,6 +42,7 @@ from server.auth import ApiKeys
 from server.chat import ChatService
 from server.components import answer_mode, build_assistant, build_generator
 from server.events import EventHub
+from server.index_reload import IndexReloader
 from server.limits import RateLimiter
 from server.metrics import Metrics
 from server.redis_server import EmbeddedRedis
@@ -216,6 +217,11 @@ def create_app(settings: Settings) -> FastAPI:
             tasks.append(asyncio.create_task(_sample_queue_depth(metrics, generator), name="queue-depth"))
         assistant = build_assistant(settings, retriever, embedder, generator, mode=decision.mode)
         await run_in_threadpool(assistant.warm_up)
+        reloader = IndexReloader(
+            retriever, settings.index_root, metrics, interval_s=settings.index_reload_interval_s, after_swap=assistant.warm_up
+        )
+        tasks.append(asyncio.create_task(reloader.run(), name="index-reload"))
+        app.state.index_reloader = reloader
         app.state.store, app.state.feedback, app.state.limiter = store, feedback, limiter
         app.state.review = Review(store, feedback)
         app.state.audit, app.state.privacy, app.state.sealer = audit, privacy, sealer
@@ -291,6 +297,10 @@ def create_app(settings: Settings) -> FastAPI:
         checks: dict[str, str] = {}
         retriever: Retriever | None = getattr(request.app.state, "retriever", None)
         checks["index"] = retriever.snapshot.version if retriever is not None else "not loaded"
+        reloader: IndexReloader | None = getattr(request.app.state, "index_reloader", None)
+        if reloader is not None and reloader.error is not None:
+            # Still ready: the version above is served; the newer one could not be loaded.
+            checks["index_reload"] = f"failed: {reloader.error}"
         mode = getattr(request.app.state, "answer_mode", None)
         if mode is AnswerMode.EXTRACTIVE:
             checks["generator"] = "not needed"  # the composer answers; no model is loaded

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     ivf_nlist: int = Field(0, ge=0, description="0: about 4*sqrt(chunks).")
     ivf_nprobe: int = Field(16, gt=0)
     keep_index_versions: int = Field(3, ge=1)
+    index_reload_interval_s: float = Field(
+        2.0, gt=0, le=3600, description="How often each worker checks CURRENT for a new index version (one stat)."
+    )
 
     retrieval_top_k: int = Field(5, gt=0, le=50)
     retrieval_candidates: int = Field(30, gt=0, le=1000, description="Dense and lexical candidates fused per search.")
@@ -200,7 +203,7 @@ class Settings(BaseSettings):
         for item in (self.forwarded_allow_ips or "").split(","):
             if item.strip() not in ("", "*"):
                 try:
-                    ipaddress.ip_network(item.strip(), strict=False)
+                    ipaddress.ip_network(item.strip())  # strict, as uvicorn parses it
                 except ValueError:
                     raise ValueError(f"forwarded_allow_ips: {item.strip()!r} is not an address or a network") from None
         if self.generator_backend == "openai" and not self.generator_base_url:
