@@ -36,7 +36,7 @@ from bot.privacy.erasure import Privacy, check_encryption
 from knowledge_base.components import build_builder, build_embedder, build_retriever
 from retrieval.index_files import IndexFormatError
 from retrieval.retriever import Retriever
-from server import agent_api
+from server import agent_api, knowledge_api
 from server.api_contract import ALWAYS, errors, install_allow_header
 from server.auth import ApiKeys
 from server.chat import ChatService
@@ -222,6 +222,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         tasks.append(asyncio.create_task(reloader.run(), name="index-reload"))
         app.state.index_reloader = reloader
+        app.state.kb_builder = build_builder(settings, embedder)  # uploads over the admin API (server/knowledge_api.py)
         app.state.store, app.state.feedback, app.state.limiter = store, feedback, limiter
         app.state.review = Review(store, feedback)
         app.state.audit, app.state.privacy, app.state.sealer = audit, privacy, sealer
@@ -253,6 +254,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.include_router(agent_api.router)
+    app.include_router(knowledge_api.router)
     install_allow_header(app)
 
     @app.exception_handler(RedisError)

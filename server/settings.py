@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     ivf_nlist: int = Field(0, ge=0, description="0: about 4*sqrt(chunks).")
     ivf_nprobe: int = Field(16, gt=0)
     keep_index_versions: int = Field(3, ge=1)
+    kb_upload_max_bytes: int = Field(
+        10 * 1024 * 1024, gt=0, le=1024**3, description="Largest file the admin API takes into the knowledge base (413 above)."
+    )
     index_reload_interval_s: float = Field(
         2.0, gt=0, le=3600, description="How often each worker checks CURRENT for a new index version (one stat)."
     )
@@ -223,6 +226,11 @@ class Settings(BaseSettings):
     def feedback_dir(self) -> Path:
         """Where the feedback sink writes its date-partitioned JSONL files."""
         return self.data_dir / "feedback"
+
+    @property
+    def kb_uploads_dir(self) -> Path:
+        """Where files uploaded over the admin API are kept: the index's manifest names them as sources."""
+        return self.data_dir / "kb-uploads"
 
     @property
     def exports_dir(self) -> Path:

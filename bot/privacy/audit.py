@@ -26,6 +26,8 @@ ACTIONS = (
     "key.revoke",
     "privacy.erase",
     "privacy.purge",
+    "kb.upload",
+    "kb.remove",
 )
 
 
