@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +31,7 @@ from retrieval.types import ChunkRecord
 from retrieval.vector_index import VectorIndexParams
 
 ProgressCallback = Callable[[int, int, str], None]
+LAST_REPORT_FILE = "last-report.json"  # in the index root: what the latest ingest or removal did
 
 
 @dataclass(slots=True)
@@ -44,6 +50,23 @@ class IngestReport:
     @property
     def changed(self) -> bool:
         return bool(self.added or self.updated or self.removed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "changed": self.changed}
+
+
+def read_last_report(index_root: Path) -> dict[str, Any] | None:
+    """What the latest ingest or removal under `index_root` did (CLI or API), or None."""
+    try:
+        return dict(json.loads((index_root / LAST_REPORT_FILE).read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
+
+
+def _save_report(index_root: Path, action: str, report: IngestReport) -> None:
+    staging = index_root / f".{LAST_REPORT_FILE}.{uuid.uuid4().hex}"
+    staging.write_text(json.dumps({"action": action, "time": time.time(), **report.as_dict()}, indent=2), encoding="utf-8")
+    os.replace(staging, index_root / LAST_REPORT_FILE)
 
 
 @dataclass(slots=True)
@@ -131,7 +154,9 @@ class KnowledgeBaseBuilder:
             }
             keep = {doc_id: entry for doc_id, entry in known.items() if doc_id not in gone}
             report.removed = sorted(gone)
-            return self._rebuild(current, keep, loaded, report)
+            self._rebuild(current, keep, loaded, report)
+            _save_report(self._root, "ingest", report)
+            return report
 
     def remove(self, document_ids: list[str]) -> IngestReport:
         """Remove documents by id; an id that is not in the index is reported as an error."""
@@ -140,6 +165,7 @@ class KnowledgeBaseBuilder:
             current = self._load_current()
             if current.manifest is None:
                 report.errors.update({d: "no index yet" for d in document_ids})
+                _save_report(self._root, "remove", report)
                 return report
             known = current.manifest.documents
             report.previous_version = current.manifest.version
@@ -150,7 +176,9 @@ class KnowledgeBaseBuilder:
                 report.removed.extend(matches)
             report.removed = sorted(set(report.removed))
             keep = {d: e for d, e in known.items() if d not in report.removed}
-            return self._rebuild(current, keep, {}, report)
+            self._rebuild(current, keep, {}, report)
+            _save_report(self._root, "remove", report)
+            return report
 
     def _rebuild(
         self, current: _Current, keep: dict[str, DocumentEntry], loaded: dict[str, Document], report: IngestReport

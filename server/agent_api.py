@@ -8,27 +8,38 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from bot.conversations import ConversationNotFound, ConversationStore, HeldByAnotherAgent
 from bot.feedback import datasets
-from bot.feedback.log import MAX_COMMENT_CHARS, MAX_CORRECTION_CHARS, FeedbackError, FeedbackLog
-from bot.feedback.review import ConversationQuery, Review
+from bot.feedback.log import (
+    EVENT_ID_PATTERN,
+    MAX_COMMENT_CHARS,
+    MAX_CORRECTION_CHARS,
+    NON_BLANK_TEXT_PATTERN,
+    TEXT_PATTERN,
+    FeedbackError,
+    FeedbackLog,
+)
+from bot.feedback.review import CURSOR_PATTERN, ConversationQuery, Review
 from bot.privacy.audit import AuditLog
 from bot.privacy.erasure import Privacy
-from server.auth import AdminDep, AgentDep, ApiKeys, Principal, Role
+from server.api_contract import ALWAYS, AUTH, Timestamp, errors
+from server.auth import KEY_NAME_PATTERN, AdminDep, AgentDep, ApiKeys, Principal, Role
 from server.limits import RateLimiter, feedback_bucket
 from server.settings import Settings
 
-router = APIRouter(prefix="/v1")
-_EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+router = APIRouter(prefix="/v1", responses=errors(*ALWAYS))
+# A bare file name: no separators, not hidden, never two dots in a row.
+EXPORT_NAME_PATTERN = r"^[A-Za-z0-9](\.?[A-Za-z0-9_-])*\.?$"
+_EXPORT_NAME = re.compile(EXPORT_NAME_PATTERN)
 MAX_AGENT_MESSAGE_CHARS = 4000
 
 
@@ -40,33 +51,49 @@ class FeedbackIn(_Body):
     conversation_id: str = Field(max_length=64)
     message_id: str = Field(max_length=64)
     rating: Literal["up", "down"]
-    comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS)
-    event_id: str | None = Field(None, min_length=1, max_length=64)
+    comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS, pattern=TEXT_PATTERN)
+    event_id: str | None = Field(None, pattern=EVENT_ID_PATTERN)
 
 
 class CorrectionIn(_Body):
-    text: str = Field(min_length=1, max_length=MAX_CORRECTION_CHARS)
-    comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS)
-    event_id: str | None = Field(None, min_length=1, max_length=64)
+    text: str = Field(max_length=MAX_CORRECTION_CHARS, pattern=NON_BLANK_TEXT_PATTERN)
+    comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS, pattern=TEXT_PATTERN)
+    event_id: str | None = Field(None, pattern=EVENT_ID_PATTERN)
 
 
 class AgentMessageIn(_Body):
-    text: str = Field(min_length=1, max_length=MAX_AGENT_MESSAGE_CHARS)
+    text: str = Field(max_length=MAX_AGENT_MESSAGE_CHARS, pattern=NON_BLANK_TEXT_PATTERN)
 
 
 class KeyIn(_Body):
     role: Role
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(pattern=KEY_NAME_PATTERN, description="1-64 letters, digits, spaces or . @ ' - _")
 
 
-class ExportIn(_Body):
-    format: datasets.Format
-    name: str = Field(max_length=100, description="File name inside DATA_DIR/exports (letters, digits, . _ -).")
-    since: datetime | None = None
-    until: datetime | None = None
-    labels: list[Literal["up", "down", "correction"]] = Field(default_factory=list, max_length=3)
-    keep_pii: bool = False
-    after: str | None = Field(None, max_length=40, description="Watermark from an earlier export's manifest.")
+class _ExportIn(_Body):
+    name: str = Field(
+        max_length=100, pattern=EXPORT_NAME_PATTERN, description="File name inside DATA_DIR/exports (letters, digits, . _ -)."
+    )
+    since: Timestamp | None = None
+    until: Timestamp | None = None
+    keep_pii: StrictBool = False
+    after: str | None = Field(
+        None, pattern=r"^([0-9]{1,20}(-[0-9]{1,20})?)?$", description="Watermark from an earlier export's manifest."
+    )
+
+
+class SftExportIn(_ExportIn):
+    format: Literal["sft"]
+    labels: list[Literal["up", "correction"]] = Field(default_factory=list, max_length=2)
+
+
+class PreferenceExportIn(_ExportIn):
+    format: Literal["preference"]
+    labels: list[Literal["down", "correction"]] = Field(default_factory=list, max_length=2)
+
+
+# The labels a format takes are in the schema, so a request it allows is one the export takes.
+ExportIn = Annotated[SftExportIn | PreferenceExportIn, Field(discriminator="format")]
 
 
 def _state(request: Request) -> tuple[Settings, ConversationStore, FeedbackLog, Review]:
@@ -92,7 +119,7 @@ def _not_found(conversation_id: str) -> HTTPException:
 
 
 # ------------------------------------------------------------------ public
-@router.post("/feedback", status_code=201)
+@router.post("/feedback", status_code=201, responses=errors(400, 403, 404, 429))
 async def post_feedback(body: FeedbackIn, request: Request) -> dict[str, Any]:
     """A visitor rates an answer (the widget can also do this over the websocket)."""
     settings, _, feedback, _ = _state(request)
@@ -122,17 +149,17 @@ async def post_feedback(body: FeedbackIn, request: Request) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ agents
-@router.get("/agent/me")
+@router.get("/agent/me", responses=errors(*AUTH))
 async def me(principal: AgentDep) -> dict[str, str]:
     return {"name": principal.name, "role": principal.role, "key_id": principal.key_id}
 
 
-@router.get("/agent/conversations")
+@router.get("/agent/conversations", responses=errors(*AUTH))
 async def list_conversations(
     request: Request,
     caller: AgentDep,
-    since: Annotated[datetime | None, Query(description="Last activity at or after (ISO 8601).")] = None,
-    until: Annotated[datetime | None, Query(description="Last activity before (ISO 8601).")] = None,
+    since: Annotated[Timestamp | None, Query(description="Last activity at or after (ISO 8601).")] = None,
+    until: Annotated[Timestamp | None, Query(description="Last activity before (ISO 8601).")] = None,
     status: Annotated[Literal["bot", "handoff", "closed"] | None, Query()] = None,
     waiting: Annotated[bool | None, Query(description="Asked for a person and no agent has taken it yet.")] = None,
     rating: Annotated[Literal["up", "down"] | None, Query(description="Has an answer whose latest rating is this.")] = None,
@@ -143,7 +170,7 @@ async def list_conversations(
     ] = None,
     q: Annotated[str | None, Query(max_length=200, description="Words that must all appear in its messages.")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=40)] = None,
+    cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the page before.")] = None,
 ) -> dict[str, Any]:
     """Conversations, most recently active first, filtered; `next_cursor` fetches the next page."""
     _, _, _, review = _state(request)
@@ -173,7 +200,7 @@ async def list_conversations(
     }
 
 
-@router.get("/agent/conversations/{conversation_id}")
+@router.get("/agent/conversations/{conversation_id}", responses=errors(*AUTH, 404))
 async def transcript(conversation_id: str, request: Request, caller: AgentDep) -> dict[str, Any]:
     """Every turn with its sources, confidence, path, timings, model, and feedback."""
     _, _, _, review = _state(request)
@@ -185,7 +212,11 @@ async def transcript(conversation_id: str, request: Request, caller: AgentDep) -
     return {"conversation": dataclasses.asdict(found["conversation"]), "messages": found["messages"]}
 
 
-@router.post("/agent/conversations/{conversation_id}/messages/{message_id}/correction", status_code=201)
+@router.post(
+    "/agent/conversations/{conversation_id}/messages/{message_id}/correction",
+    status_code=201,
+    responses=errors(400, *AUTH, 404),
+)
 async def correct(conversation_id: str, message_id: str, body: CorrectionIn, request: Request, agent: AgentDep) -> dict[str, Any]:
     """Attach a corrected answer to one of the bot's answers (a training example)."""
     _, _, feedback, _ = _state(request)
@@ -223,24 +254,24 @@ async def _status(request: Request, conversation_id: str, action: str, agent: Pr
     return {"status": change.status, "agent": change.agent or None, "changed": change.changed}
 
 
-@router.post("/agent/conversations/{conversation_id}/takeover")
+@router.post("/agent/conversations/{conversation_id}/takeover", responses=errors(*AUTH, 404, 409))
 async def take_over(conversation_id: str, request: Request, agent: AgentDep) -> dict[str, Any]:
     """The bot falls silent; the visitor sees that `agent` has joined."""
     return await _status(request, conversation_id, "takeover", agent)
 
 
-@router.post("/agent/conversations/{conversation_id}/handback")
+@router.post("/agent/conversations/{conversation_id}/handback", responses=errors(*AUTH, 404, 409))
 async def hand_back(conversation_id: str, request: Request, agent: AgentDep) -> dict[str, Any]:
     """The bot answers again."""
     return await _status(request, conversation_id, "handback", agent)
 
 
-@router.post("/agent/conversations/{conversation_id}/close")
+@router.post("/agent/conversations/{conversation_id}/close", responses=errors(*AUTH, 404, 409))
 async def close(conversation_id: str, request: Request, agent: AgentDep) -> dict[str, Any]:
     return await _status(request, conversation_id, "close", agent)
 
 
-@router.post("/agent/conversations/{conversation_id}/messages", status_code=201)
+@router.post("/agent/conversations/{conversation_id}/messages", status_code=201, responses=errors(400, *AUTH, 404, 409))
 async def agent_message(conversation_id: str, body: AgentMessageIn, request: Request, agent: AgentDep) -> dict[str, Any]:
     """Write to the visitor (after taking the conversation over); it reaches their open widget live."""
     _, store, _, _ = _state(request)
@@ -260,13 +291,13 @@ async def agent_message(conversation_id: str, body: AgentMessageIn, request: Req
 
 
 # ------------------------------------------------------------------ admins
-@router.get("/admin/keys")
+@router.get("/admin/keys", responses=errors(*AUTH))
 async def list_keys(request: Request, caller: AdminDep) -> dict[str, Any]:
     keys: ApiKeys = request.app.state.keys
     return {"keys": [dataclasses.asdict(k) for k in await keys.list()]}
 
 
-@router.post("/admin/keys", status_code=201)
+@router.post("/admin/keys", status_code=201, responses=errors(400, *AUTH))
 async def create_key(body: KeyIn, request: Request, caller: AdminDep) -> dict[str, Any]:
     """The key is in this response only; it is stored hashed."""
     keys: ApiKeys = request.app.state.keys
@@ -278,7 +309,7 @@ async def create_key(body: KeyIn, request: Request, caller: AdminDep) -> dict[st
     return {**dataclasses.asdict(info), "key": key}
 
 
-@router.delete("/admin/keys/{key_id}")
+@router.delete("/admin/keys/{key_id}", responses=errors(*AUTH, 404))
 async def revoke_key(key_id: str, request: Request, caller: AdminDep) -> dict[str, Any]:
     keys: ApiKeys = request.app.state.keys
     if not await keys.revoke(key_id):
@@ -289,7 +320,7 @@ async def revoke_key(key_id: str, request: Request, caller: AdminDep) -> dict[st
 
 def _export_path(settings: Settings, name: str) -> Path:
     """A file directly inside the exports directory: no separators, no `..`, no hidden files."""
-    if not _EXPORT_NAME.match(name) or ".." in name:
+    if len(name) > 100 or not _EXPORT_NAME.match(name):
         raise HTTPException(422, {"code": "invalid_name", "message": "name must be letters, digits, '.', '_' or '-' "
                                   "(no path separators, no '..', not starting with '.')"})  # fmt: skip
     root = settings.exports_dir.resolve()
@@ -299,7 +330,7 @@ def _export_path(settings: Settings, name: str) -> Path:
     return path
 
 
-@router.post("/admin/exports", status_code=201)
+@router.post("/admin/exports", status_code=201, responses=errors(400, *AUTH))
 async def create_export(body: ExportIn, request: Request, caller: AdminDep) -> dict[str, Any]:
     """Write a dataset from the feedback files into DATA_DIR/exports/NAME (plus NAME.manifest.json)."""
     settings, _, _, _ = _state(request)
@@ -329,8 +360,17 @@ async def create_export(body: ExportIn, request: Request, caller: AdminDep) -> d
     return {"name": path.name, "manifest": manifest}
 
 
-@router.get("/admin/exports/{name}")
-async def download_export(name: str, request: Request, caller: AdminDep) -> FileResponse:
+@router.get(
+    "/admin/exports/{name}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/x-ndjson": {}}, "description": "The export, one JSON object a line."},
+        **errors(*AUTH, 404),
+    },
+)
+async def download_export(
+    name: Annotated[str, PathParam(max_length=100, pattern=EXPORT_NAME_PATTERN)], request: Request, caller: AdminDep
+) -> FileResponse:
     settings, _, _, _ = _state(request)
     path = _export_path(settings, name)
     if not path.is_file():
@@ -339,48 +379,50 @@ async def download_export(name: str, request: Request, caller: AdminDep) -> File
     return FileResponse(path, media_type="application/x-ndjson", filename=path.name)
 
 
-class EraseIn(_Body):
-    conversation_id: str | None = Field(None, max_length=64)
-    user_id: str | None = Field(None, min_length=1, max_length=128)
-    dry_run: bool = False
+class EraseConversationIn(_Body):
+    conversation_id: str = Field(max_length=64)
+    dry_run: StrictBool = False
 
 
-@router.post("/admin/privacy/erase")
-async def erase(body: EraseIn, request: Request, caller: AdminDep) -> dict[str, Any]:
-    """Delete a visitor's conversations, messages, feedback events and sink-file lines; report what went."""
-    if (body.conversation_id is None) == (body.user_id is None):
-        raise HTTPException(422, {"code": "invalid_erase", "message": "give exactly one of conversation_id and user_id"})
+class EraseUserIn(_Body):
+    user_id: str = Field(min_length=1, max_length=128)
+    dry_run: StrictBool = False
+
+
+@router.post("/admin/privacy/erase", responses=errors(400, *AUTH, 404))
+async def erase(body: EraseConversationIn | EraseUserIn, request: Request, caller: AdminDep) -> dict[str, Any]:
+    """Delete a visitor's conversations, messages, feedback events and sink-file lines; report what went.
+
+    The body names exactly one of `conversation_id` and `user_id` (both, or neither, is 422)."""
     _, store, _, _ = _state(request)
     privacy: Privacy = request.app.state.privacy
-    if body.conversation_id is not None:
+    if isinstance(body, EraseConversationIn):
         try:
             await store.get(body.conversation_id)
         except ConversationNotFound:
             raise _not_found(body.conversation_id) from None
-        ids = [body.conversation_id]
+        ids, target = [body.conversation_id], body.conversation_id
     else:
-        assert body.user_id is not None
-        ids = await privacy.conversations_of_user(body.user_id)
+        ids, target = await privacy.conversations_of_user(body.user_id), f"user:{body.user_id}"
         if not ids:
             raise HTTPException(
                 404, {"code": "unknown_user", "message": f"no conversations of user {body.user_id!r}; nothing changed"}
             )
     report = await privacy.erase(ids, dry_run=body.dry_run)
     if not body.dry_run:
-        target = body.conversation_id or f"user:{body.user_id}"
         await _audit(request, caller, "privacy.erase", target, **{k: v for k, v in report.as_dict().items() if k != "dry_run"})
     return report.as_dict()
 
 
-@router.get("/admin/audit")
+@router.get("/admin/audit", responses=errors(*AUTH))
 async def audit_trail(
     request: Request,
     caller: AdminDep,
     actor: Annotated[str | None, Query(max_length=64)] = None,
     action: Annotated[str | None, Query(max_length=40)] = None,
     target: Annotated[str | None, Query(max_length=140)] = None,
-    since: Annotated[datetime | None, Query()] = None,
-    until: Annotated[datetime | None, Query()] = None,
+    since: Annotated[Timestamp | None, Query(description="At or after (ISO 8601).")] = None,
+    until: Annotated[Timestamp | None, Query(description="Before (ISO 8601).")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Who did what, newest first: transcript reads, exports, takeovers, erasures, key changes."""

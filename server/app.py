@@ -38,11 +38,13 @@ from bot.privacy.erasure import Privacy, check_encryption
 from knowledge_base.components import build_builder, build_embedder, build_retriever
 from retrieval.index_files import IndexFormatError
 from retrieval.retriever import Retriever
-from server import agent_api, insights_api
+from server import agent_api, insights_api, knowledge_api
+from server.api_contract import ALWAYS, errors, install_allow_header
 from server.auth import ApiKeys
 from server.chat import ChatService
 from server.components import answer_mode, build_assistant, build_generator
 from server.events import EventHub
+from server.index_reload import IndexReloader
 from server.limits import RateLimiter
 from server.metrics import Metrics
 from server.parent import supervisor_lost
@@ -242,6 +244,12 @@ def create_app(settings: Settings) -> FastAPI:
             tasks.append(asyncio.create_task(_sample_queue_depth(metrics, generator), name="queue-depth"))
         assistant = build_assistant(settings, retriever, embedder, generator, mode=decision.mode)
         await run_in_threadpool(assistant.warm_up)
+        reloader = IndexReloader(
+            retriever, settings.index_root, metrics, interval_s=settings.index_reload_interval_s, after_swap=assistant.warm_up
+        )
+        tasks.append(asyncio.create_task(reloader.run(), name="index-reload"))
+        app.state.index_reloader = reloader
+        app.state.kb_builder = build_builder(settings, embedder)  # uploads over the admin API (server/knowledge_api.py)
         app.state.store, app.state.feedback, app.state.limiter = store, feedback, limiter
         app.state.review = Review(store, feedback)
         app.state.insights = InsightsReport(store.insights, redis)
@@ -276,6 +284,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = metrics
     app.include_router(agent_api.router)
     app.include_router(insights_api.router)
+    app.include_router(knowledge_api.router)
+    install_allow_header(app)
 
     @app.exception_handler(RedisError)
     async def redis_unavailable(request: Request, exc: RedisError) -> JSONResponse:
@@ -315,12 +325,16 @@ def create_app(settings: Settings) -> FastAPI:
             return JSONResponse({"status": "supervisor lost"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "Not ready: the same body, saying which check failed."}})
     async def readyz(request: Request) -> JSONResponse:
         """Redis answers, the index and the model are loaded: chats can be served."""
         checks: dict[str, str] = {}
         retriever: Retriever | None = getattr(request.app.state, "retriever", None)
         checks["index"] = retriever.snapshot.version if retriever is not None else "not loaded"
+        reloader: IndexReloader | None = getattr(request.app.state, "index_reloader", None)
+        if reloader is not None and reloader.error is not None:
+            # Still ready: the version above is served; the newer one could not be loaded.
+            checks["index_reload"] = f"failed: {reloader.error}"
         mode = getattr(request.app.state, "answer_mode", None)
         if mode is AnswerMode.EXTRACTIVE:
             checks["generator"] = "not needed"  # the composer answers; no model is loaded
@@ -335,7 +349,11 @@ def create_app(settings: Settings) -> FastAPI:
         ready = retriever is not None and checks["generator"] in ("loaded", "not needed") and checks["redis"] == "ok"
         return JSONResponse({"status": "ready" if ready else "not ready", **checks}, status_code=200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition."}},
+    )
     async def prometheus_metrics() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
@@ -348,7 +366,7 @@ def create_app(settings: Settings) -> FastAPI:
             return
         await service.handle(ws)
 
-    @app.get("/v1/search", response_model=SearchOut)
+    @app.get("/v1/search", response_model=SearchOut, responses=errors(*ALWAYS))
     async def search(
         retriever: RetrieverDep,
         q: Annotated[str, Query(min_length=1, max_length=1000, description="The question.")],

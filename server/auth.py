@@ -26,7 +26,8 @@ from redis.asyncio import Redis
 Role = Literal["agent", "admin"]
 ROLES: tuple[Role, ...] = ("agent", "admin")
 _KEY = re.compile(r"^sbk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
-_NAME = re.compile(r"^[\w .@'-]{1,64}$")
+KEY_NAME_PATTERN = r"^[\w .@'-]{1,64}$"  # also the REST schema's, so a name it allows is one we take
+_NAME = re.compile(KEY_NAME_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from starlette.websockets import WebSocketState
 
 from bot.assistant import FRUSTRATION_REASONS, AnswerDelta, AnswerPath, Assistant, TurnDone
 from bot.conversations import ConversationNotFound, ConversationStore, TurnStart
-from bot.feedback.log import MAX_COMMENT_CHARS, FeedbackError, FeedbackLog
+from bot.feedback.log import EVENT_ID_PATTERN, MAX_COMMENT_CHARS, FeedbackError, FeedbackLog
 from bot.prompt import HistoryTurn
 from server.events import EventHub
 from server.limits import RateLimiter, feedback_bucket
@@ -70,7 +70,7 @@ class RateFrame(_Frame):
     message_id: str = Field(max_length=64)
     rating: Literal["up", "down"]
     comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS)
-    event_id: str | None = Field(None, min_length=1, max_length=64)
+    event_id: str | None = Field(None, pattern=EVENT_ID_PATTERN)
 
 
 class HandoffFrame(_Frame):

@@ -65,6 +65,18 @@ class Metrics:
         self.feedback = Counter(
             "supportbot_feedback_total", "Feedback stored: ratings (up/down) and corrections.", ["kind"], registry=r
         )
+        self.index_version = Gauge(
+            "supportbot_index_version",
+            "The knowledge-base index version this worker serves (one series per worker with --workers).",
+            multiprocess_mode="liveall",
+            registry=r,
+        )
+        self.index_reloads = Counter(
+            "supportbot_index_reloads_total",
+            "New index versions seen: swapped in, or failed to load (the old one is still served).",
+            ["result"],
+            registry=r,
+        )
         self.handoffs = Counter(
             "supportbot_status_changes_total", "Conversation status changes, by action.", ["action"], registry=r
         )

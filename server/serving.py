@@ -71,6 +71,10 @@ def _config(settings: Settings, app: Any, host: str, port: int, **options: Any) 
         # Chat frames are a few hundred bytes: compressing each costs more time than it saves bytes.
         ws_per_message_deflate=False,
         timeout_graceful_shutdown=int(settings.shutdown_drain_s) + 5,
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1 (or its FORWARDED_ALLOW_IPS)
+        # by default, so any local process could pick its address; only a configured proxy is believed.
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips or "",
         **options,
     )
 

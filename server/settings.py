@@ -5,10 +5,11 @@ Read once at start-up (`Settings()`) and passed in; no other module reads the en
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.privacy.crypto import Sealer
@@ -43,6 +44,12 @@ class Settings(BaseSettings):
     ivf_nlist: int = Field(0, ge=0, description="0: about 4*sqrt(chunks).")
     ivf_nprobe: int = Field(16, gt=0)
     keep_index_versions: int = Field(3, ge=1)
+    kb_upload_max_bytes: int = Field(
+        10 * 1024 * 1024, gt=0, le=1024**3, description="Largest file the admin API takes into the knowledge base (413 above)."
+    )
+    index_reload_interval_s: float = Field(
+        2.0, gt=0, le=3600, description="How often each worker checks CURRENT for a new index version (one stat)."
+    )
 
     retrieval_top_k: int = Field(5, gt=0, le=50)
     retrieval_candidates: int = Field(30, gt=0, le=1000, description="Dense and lexical candidates fused per search.")
@@ -114,6 +121,13 @@ class Settings(BaseSettings):
     allowed_origins: list[str] = Field(
         ["http://localhost:8000", "http://127.0.0.1:8000"],
         description="Exact Origin values allowed to open the chat websocket; clients that send none (not browsers) are allowed.",
+    )
+    forwarded_allow_ips: str | None = Field(
+        None,
+        max_length=4000,
+        description="Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated "
+        "addresses or networks, e.g. `10.0.0.0/8,127.0.0.1`, or `*`): the visitor's own address then reaches the "
+        "per-address limits and the audit trail. Unset: the direct peer's address, whatever the headers say.",
     )
     ws_max_frame_bytes: int = Field(
         64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest websocket frame read; bigger ones close with 1009."
@@ -204,11 +218,22 @@ class Settings(BaseSettings):
     )
     answer_max_message_chars: int = Field(2000, gt=0, le=100_000)
 
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value  # compose passes "" for unset
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.chunk_overlap_tokens * 2 >= self.chunk_max_tokens:
             raise ValueError("chunk_overlap_tokens must be less than half of chunk_max_tokens")
         Sealer(self.encryption_key_list)  # a malformed key stops start-up here, with its reason
+        for item in (self.forwarded_allow_ips or "").split(","):
+            if item.strip() not in ("", "*"):
+                try:
+                    ipaddress.ip_network(item.strip())  # strict, as uvicorn parses it
+                except ValueError:
+                    raise ValueError(f"forwarded_allow_ips: {item.strip()!r} is not an address or a network") from None
         if self.generator_backend == "openai" and not self.generator_base_url:
             raise ValueError("generator_backend=openai needs SUPPORTBOT_GENERATOR_BASE_URL")
         return self
@@ -226,6 +251,11 @@ class Settings(BaseSettings):
     def feedback_dir(self) -> Path:
         """Where the feedback sink writes its date-partitioned JSONL files."""
         return self.data_dir / "feedback"
+
+    @property
+    def kb_uploads_dir(self) -> Path:
+        """Where files uploaded over the admin API are kept: the index's manifest names them as sources."""
+        return self.data_dir / "kb-uploads"
 
     @property
     def exports_dir(self) -> Path:

@@ -20,6 +20,7 @@ persistence nothing acknowledged is lost.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,6 +33,11 @@ MAX_COMMENT_CHARS = 2000
 MAX_CORRECTION_CHARS = 8000
 CONTEXT_TURNS = 6  # earlier messages kept with the answer's context
 EVENT_ID_CHARS = 64
+EVENT_ID_PATTERN = r"^[ -~]{1,64}$"  # printable ASCII: what the REST schema and the frames declare
+# What `_clean` accepts, as patterns for the REST schema: no NUL; and at least one character
+# that str.strip() keeps (\x1c-\x1f are whitespace to Python but not to JSON Schema's \s).
+TEXT_PATTERN = r"^[^\x00]*$"
+NON_BLANK_TEXT_PATTERN = r"^[^\x00]*[^\s\x00\x1c-\x1f][^\x00]*$"
 
 Rating = Literal["up", "down"]
 
@@ -103,8 +109,8 @@ class FeedbackLog:
         if correction is not None and not correction:
             raise FeedbackError("invalid_feedback", "the correction is empty")
         event_id = event_id or f"f_{uuid.uuid4().hex}"
-        if not 1 <= len(event_id) <= EVENT_ID_CHARS or not event_id.isprintable():
-            raise FeedbackError("invalid_feedback", f"event_id must be 1-{EVENT_ID_CHARS} printable characters")
+        if not re.fullmatch(EVENT_ID_PATTERN, event_id):
+            raise FeedbackError("invalid_feedback", f"event_id must be 1-{EVENT_ID_CHARS} printable ASCII characters")
 
         messages = await self._store.messages(conversation_id)
         if not messages:

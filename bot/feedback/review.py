@@ -9,6 +9,7 @@ looks at `scan_limit` candidates at most and hands back a cursor to go on from.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from bot.privacy.crypto import Sealer
 
 Status = Literal["bot", "handoff", "closed"]
 PAGE = 200  # index entries fetched per round trip
+CURSOR_PATTERN = r"^[0-9]{1,17}(\.[0-9]{1,17})?([eE][-+]?[0-9]{1,3})?$"  # a last-activity score
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +135,9 @@ def _summary(
 
 
 def _cursor_score(cursor: str) -> float:
-    try:
-        return float(cursor)
-    except ValueError:
-        raise ValueError(f"not a cursor from this API: {cursor!r}") from None
+    if not re.fullmatch(CURSOR_PATTERN, cursor):  # float() would also take "nan", which Redis refuses
+        raise ValueError(f"not a cursor from this API: {cursor!r}")
+    return float(cursor)
 
 
 def _matches(summary: ConversationSummary, query: ConversationQuery) -> bool:

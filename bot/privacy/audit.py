@@ -27,6 +27,8 @@ ACTIONS = (
     "privacy.erase",
     "privacy.purge",
     "insights.gaps",
+    "kb.upload",
+    "kb.remove",
 )
 
 
@@ -75,9 +77,11 @@ class AuditLog:
         until: float | None = None,
         limit: int = 100,
     ) -> list[AuditEntry]:
-        """Newest first, filtered."""
+        """Newest first, filtered; `since` inclusive, `until` exclusive (seconds since 1970)."""
+        if until is not None and int(until * 1000) <= 0:
+            return []  # nothing is older than 1970; Redis refuses an exclusive bound below its first id
         high = f"({int(until * 1000)}-0" if until is not None else "+"
-        low = f"{int(since * 1000)}-0" if since is not None else "-"
+        low = f"{int(since * 1000)}-0" if since is not None and since > 0 else "-"
         found: list[AuditEntry] = []
         while len(found) < limit:
             batch = await self._redis.xrevrange(self.key, high, low, count=500)

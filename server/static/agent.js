@@ -59,6 +59,7 @@ async function signIn(key) {
   $("login").hidden = true;
   $("app").hidden = false;
   $("logout").hidden = false;
+  document.dispatchEvent(new CustomEvent("supportbot:signed-in", { detail: me })); // other sections (kb.js) start here
   await loadList(true);
 }
 

@@ -89,6 +89,10 @@ def test_a_resent_event_is_stored_once(redis_url: str, redis_prefix: str) -> Non
         again = await feedback.submit(conversation.id, answer, actor_role="user", actor_id="v", rating="up", event_id="e1")
         assert not first.duplicate and again.duplicate and again.stream_id == first.stream_id
         assert await store.redis.xlen(feedback.stream_key) == 1
+        # Event ids are printable ASCII, as the REST schema and the frames declare.
+        for bad in ("é-1", "tab\there", "x" * 65):
+            with pytest.raises(FeedbackError, match="printable ASCII"):
+                await feedback.submit(conversation.id, answer, actor_role="user", actor_id="v", rating="up", event_id=bad)
 
     run_with_store(redis_url, redis_prefix, work)
 

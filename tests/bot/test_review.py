@@ -59,6 +59,9 @@ def test_filters_search_and_pages(redis_url: str, redis_prefix: str) -> None:
         assert seen == newest_first
         with pytest.raises(ValueError, match="cursor"):
             await review.search(ConversationQuery(cursor="drop table"))
+        for not_a_score in ("nan", "inf", "-1"):  # float() takes the first two; Redis would refuse them
+            with pytest.raises(ValueError, match="cursor"):
+                await review.search(ConversationQuery(cursor=not_a_score))
         # The transcript attaches feedback to its message.
         transcript = await review.transcript(ids[2])
         answer = transcript["messages"][1]

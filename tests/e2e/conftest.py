@@ -31,13 +31,26 @@ def site(tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator
         stop_server(process)
 
 
+@pytest.fixture(scope="session")
+def extractive_site(tmp_path_factory: pytest.TempPathFactory, sample_index: Path) -> Iterator[Site]:
+    """A server with default settings that answers with the composer: no generator to load, so it
+    starts in seconds, for tests about HTTP, addresses and the knowledge base rather than answers."""
+    data = data_dir_with_sample_index(tmp_path_factory, sample_index, "extractive")
+    process, base = start_server(data, ready_within_s=120, env={"SUPPORTBOT_ANSWER_MODE": "extractive"})
+    SERVER_LOGS[base] = process.log_path  # type: ignore[attr-defined]
+    try:
+        yield Site(base, data)
+    finally:
+        stop_server(process)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
     """A failed test that used a server gets the tail of that server's log in its report."""
     report = yield
     if report.failed and call.when == "call":
         funcargs = getattr(item, "funcargs", {})
-        logs = [funcargs["site"].data / "server.log"] if "site" in funcargs else []
+        logs = [funcargs[name].data / "server.log" for name in ("site", "extractive_site") if name in funcargs]
         for key in (funcargs.get("server"), item.nodeid):  # a test with its own server files it under its node id
             if key in SERVER_LOGS:
                 logs.append(SERVER_LOGS[key])
