@@ -9,7 +9,7 @@ schemathesis, so a route that answers a code or a body its schema does not name 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
@@ -78,6 +78,8 @@ def _as_utc(value: datetime) -> datetime:
 
 # A `since`/`until` argument: ISO 8601; one without a zone is taken as UTC.
 Timestamp = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_as_utc)]
+# A day, YYYY-MM-DD (the insights' ranges); a number is refused as for Timestamp.
+Day = Annotated[date, BeforeValidator(_not_a_number)]
 
 
 def install_allow_header(app: FastAPI) -> None:

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from bot.insights.daily import InsightsReport
 from bot.insights.gaps import ContentGaps
 from bot.privacy.audit import AuditLog
+from server.api_contract import Day
 from server.auth import AgentDep, Principal
 
 router = APIRouter(prefix="/v1/agent/insights", tags=["insights"])
@@ -25,8 +26,10 @@ DEFAULT_WEEKS = 8
 EARLIEST, LATEST = date(2000, 1, 1), date(2999, 12, 31)
 
 Period = Literal["day", "week"]
-SinceQuery = Annotated[date | None, Query(description="First day, YYYY-MM-DD (UTC).")]
-UntilQuery = Annotated[date | None, Query(description="Last day, inclusive, YYYY-MM-DD (UTC); default today.")]
+SinceQuery = Annotated[Day | None, Query(description="First day, YYYY-MM-DD (UTC).")]
+UntilQuery = Annotated[
+    Day | None, Query(description="Last day, inclusive, YYYY-MM-DD (UTC); default today (or `since`, if later).")
+]
 
 
 def _invalid(field: str, message: str, value: object) -> RequestValidationError:
@@ -36,20 +39,24 @@ def _invalid(field: str, message: str, value: object) -> RequestValidationError:
 
 def _range(period: Period, since: date | None, until: date | None) -> tuple[date, date]:
     """The days asked for, with defaults, checked: until not before since, not too many."""
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and not EARLIEST <= value <= LATEST:  # date arithmetic near year 1 or 9999 overflows
-            raise _invalid(name, f"must be between {EARLIEST} and {LATEST}", value)
-    until = until or datetime.now(UTC).date()
+    # Dates are clamped to the years that can hold data (date arithmetic near year 1 or 9999
+    # would overflow); the reply's `since` and `until` say what was counted.
+    since = min(max(since, EARLIEST), LATEST) if since is not None else None
+    if until is None:
+        until = max(datetime.now(UTC).date(), since or EARLIEST)
+    until = min(max(until, EARLIEST), LATEST)
     if since is None and period == "day":
         since = until - timedelta(days=DEFAULT_DAYS - 1)
     elif since is None:  # the Monday DEFAULT_WEEKS - 1 weeks before until's week
         since = until - timedelta(days=until.weekday() + 7 * (DEFAULT_WEEKS - 1))
+    since = max(since, EARLIEST)
     if until < since:
         raise _invalid("until", f"until ({until}) is before since ({since})", until)
-    if period == "day" and (until - since).days + 1 > MAX_DAYS:
-        raise _invalid("since", f"at most {MAX_DAYS} days per request with period=day (use period=week)", since)
-    if period == "week" and (until - since).days + 1 > 7 * MAX_WEEKS:
-        raise _invalid("since", f"at most {MAX_WEEKS} weeks per request", since)
+    # A longer range is cut to its most recent part (the reply's `since` says where it starts):
+    # the limit depends on two fields together, which a schema cannot say, so it is not a 422.
+    longest = MAX_DAYS if period == "day" else 7 * MAX_WEEKS
+    if (until - since).days + 1 > longest:
+        since = until - timedelta(days=longest - 1)
     return since, until
 
 
