@@ -26,6 +26,8 @@ ACTIONS = (
     "key.revoke",
     "privacy.erase",
     "privacy.purge",
+    "model.promote",
+    "model.rollback",
 )
 
 
