@@ -164,10 +164,20 @@ class ExampleBuilder:
         # A fresh canary per example, as every server process has its own: the model learns the
         # line is there and never worth repeating, not one value.
         prompts = PromptBuilder(self._count, self._company, f"SB-CANARY-{secrets.token_hex(8)}", self._format_chat)
-        budget = self.max_length - self._count(completion) - 2  # BOS and EOS
-        try:
-            built = prompts.build(question, passages, history, budget)
-        except ValueError:
+        answer_tokens = self._count(completion) + 2  # BOS and EOS
+        budget = self.max_length - answer_tokens
+        for _ in range(4):
+            # The builder counts its pieces apart; the joins between them cost a few tokens more.
+            # Training truncates at max_length, which would cut the answer, so measure the whole.
+            try:
+                built = prompts.build(question, passages, history, budget)
+            except ValueError:
+                return None
+            over = self._count(built.text) + answer_tokens - self.max_length
+            if over <= 0:
+                break
+            budget -= over
+        else:
             return None
         if not built.passages and passages:
             return None  # an answer without the passage it comes from teaches guessing
