@@ -29,7 +29,6 @@ from bot.feedback.log import FeedbackLog
 from bot.feedback.review import Review
 from bot.feedback.sink import FeedbackSink
 from bot.generation.generator import TransformersGenerator
-from bot.generation.remote import OpenAICompatibleGenerator
 from bot.privacy.audit import AuditLog
 from bot.privacy.crypto import Sealer, SealError
 from bot.privacy.erasure import Privacy, check_encryption
@@ -43,6 +42,7 @@ from server.components import answer_mode, build_assistant, build_generator
 from server.events import EventHub
 from server.limits import RateLimiter
 from server.metrics import Metrics
+from server.model_swap import GeneratorSwap
 from server.redis_server import EmbeddedRedis
 from server.settings import Settings
 
@@ -142,10 +142,12 @@ def _drain_on_signals(service: ChatService, drain_s: float) -> None:
             signal.signal(sig, wrap(stop))
 
 
-async def _sample_queue_depth(metrics: Metrics, generator: TransformersGenerator) -> None:
-    """Once a second, in every worker: a scrape reaches one worker but reports the sum of all."""
+async def _sample_queue_depth(metrics: Metrics, swap: GeneratorSwap) -> None:
+    """Once a second, in every worker: a scrape reaches one worker but reports the sum of all.
+    Of the generator serving now (a promotion swaps it)."""
     while True:
-        metrics.queue_depth.set(len(generator.active_request_ids()))
+        generator = swap.generator
+        metrics.queue_depth.set(len(generator.active_request_ids()) if isinstance(generator, TransformersGenerator) else 0)
         await asyncio.sleep(1)
 
 
@@ -211,8 +213,6 @@ def create_app(settings: Settings) -> FastAPI:
         tasks = [sink_task, retention_task]
         if embedded is not None:
             tasks.append(asyncio.create_task(embedded.watch(on_restart=metrics.redis_restarts.inc), name="redis-watch"))
-        if isinstance(generator, TransformersGenerator):
-            tasks.append(asyncio.create_task(_sample_queue_depth(metrics, generator), name="queue-depth"))
         assistant = build_assistant(settings, retriever, embedder, generator, mode=decision.mode)
         await run_in_threadpool(assistant.warm_up)
         app.state.store, app.state.feedback, app.state.limiter = store, feedback, limiter
@@ -220,6 +220,16 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.audit, app.state.privacy, app.state.sealer = audit, privacy, sealer
         app.state.keys = ApiKeys(redis, settings.redis_prefix)
         app.state.chat = ChatService(settings, store, assistant, metrics, events, feedback, limiter)
+        swap = GeneratorSwap(
+            settings,
+            app.state.chat,
+            lambda model, mode: build_assistant(settings, retriever, embedder, model, mode=mode),
+            generator,
+        )
+        app.state.generator_swap = swap
+        tasks.append(asyncio.create_task(_sample_queue_depth(metrics, swap), name="queue-depth"))
+        if settings.model_watch_interval_s > 0:
+            tasks.append(asyncio.create_task(swap.run(settings.model_watch_interval_s), name="model-watch"))
         log.info("ready: answers by %s, redis %s", assistant.model_id, "embedded" if embedded else "external")
         _drain_on_signals(app.state.chat, settings.shutdown_drain_s)
         try:
@@ -231,10 +241,7 @@ def create_app(settings: Settings) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if isinstance(generator, TransformersGenerator):
-                await run_in_threadpool(generator.close)
-            elif isinstance(generator, OpenAICompatibleGenerator):
-                await generator.aclose()
+            await swap.close()  # the generator serving now: the first, or the one swapped in
             await redis.aclose()
             if embedded is not None:
                 await run_in_threadpool(embedded.stop)

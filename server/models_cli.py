@@ -210,7 +210,7 @@ def models_show(ctx: typer.Context, candidate: Annotated[str, typer.Argument(hel
     typer.echo(json.dumps(manifest, indent=1, sort_keys=True))
 
 
-def _evaluate_systems(
+def evaluate_systems(
     settings: Settings, labelled: list[LabelledTurn], systems: list[tuple[str, str | None]], max_new_tokens: int, concurrency: int
 ) -> tuple[dict[str, dict[str, Any]], str]:
     """Each (name, generator model or None for the composer) on the same questions; summaries and the index version."""
@@ -294,7 +294,7 @@ def models_evaluate(
         ("current", current_model),
         ("composer", None),
     ]
-    summaries, index_version = _evaluate_systems(settings, labelled, systems, max_new_tokens, concurrency)
+    summaries, index_version = evaluate_systems(settings, labelled, systems, max_new_tokens, concurrency)
     decision = decide(summaries["candidate"], summaries["current"], summaries["composer"], settings.gate_key_facts_margin)
     evaluation = {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         description="Serve the registry's promoted model (`supportbot models promote`) when it was trained from "
         "SUPPORTBOT_GENERATOR_MODEL; false: always the configured model.",
     )
+    model_watch_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="How often each worker checks for a promoted or rolled-back model and swaps it in without a restart (0: never).",
+    )
     gate_key_facts_margin: float = Field(
         0.02,
         ge=0,

@@ -13,7 +13,7 @@ from bot.generation.model_store import BUNDLED_GENERATOR, BUNDLED_GENERATOR_ID, 
 from bot.prompt import instructions
 from retrieval.retriever import Retriever
 from server.cli import EVAL_TURNS
-from tests.conftest import MODELS_DIR
+from tests.conftest import MODELS_DIR, REPO
 from training.examples import DatasetError, EvalExclusion, content_words, normalise_question, read_export
 from training.job import TrainJob, build_examples
 from training.registry import ModelRegistry
@@ -170,3 +170,15 @@ def test_exclusion_catches_near_duplicates_of_evaluation_questions() -> None:
     assert exclusion.matching_turn(HELDOUT.question) == HELDOUT.id
     assert exclusion.matching_turn(HELDOUT.question.upper() + " ??") == HELDOUT.id
     assert exclusion.matching_turn("What is the warranty on a cast-iron frying pan?") is None
+
+
+def test_the_server_and_the_training_package_import_without_the_training_libraries() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, server.app, server.cli, training.job, training.registry, training.gate; "
+        "print(sorted(m for m in ('trl', 'peft', 'datasets') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120, cwd=REPO)
+    assert done.stdout.strip() == "[]"

@@ -12,12 +12,17 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from bot.generation.generator import GenerationRequest, TransformersGenerator
-from server.components import build_generator, served_generator_model
+from bot.assistant import AnswerMode, Assistant, TurnDone, TurnResult
+from bot.generation.generator import Generator, TransformersGenerator
+from retrieval.embedder import SentenceEmbedder
+from retrieval.retriever import Retriever
+from server.components import build_assistant, served_generator_model
+from server.model_swap import GeneratorSwap
 from tests.training.helpers import invoke
 from tests.training.test_registry import settings_for
 
@@ -60,29 +65,46 @@ def test_a_tiny_run_registers_a_candidate_with_a_complete_manifest(trained: tupl
     assert not any(p.name.startswith("adapter") for p in model.iterdir())  # merged: a plain model directory
 
 
-def test_the_merged_model_loads_in_the_server_and_answers_with_its_id(
-    trained: tuple[Path, dict[str, Any]], redis_url: str, redis_prefix: str
+def test_a_promoted_model_is_swapped_into_a_running_server_and_answers_with_its_id(
+    trained: tuple[Path, dict[str, Any]],
+    redis_url: str,
+    redis_prefix: str,
+    sample_retriever: Retriever,
+    embedder: SentenceEmbedder,
 ) -> None:
     data, manifest = trained
     candidate = manifest["candidate_id"]
+    settings = settings_for(data, SUPPORTBOT_GENERATOR_CONTEXT_TOKENS="1024", SUPPORTBOT_ANSWER_MODE="generative")
+
+    def make_assistant(generator: Generator | None, mode: AnswerMode) -> Assistant:
+        return build_assistant(settings, sample_retriever, embedder, generator, mode=mode, max_new_tokens=16)
+
+    # What a server holds: the chat service's assistant (the composer's here, so no base model loads).
+    service = SimpleNamespace(assistant=make_assistant(None, AnswerMode.EXTRACTIVE))
+    swap = GeneratorSwap(settings, service, make_assistant, None)  # type: ignore[arg-type]
+    assert not asyncio.run(swap.check())  # nothing promoted: nothing to do
+
     redis = {"SUPPORTBOT_REDIS_URL": redis_url, "SUPPORTBOT_REDIS_PREFIX": redis_prefix}
     forced = invoke(data, "models", "promote", candidate, "--force", "--by", "test", **redis)
     assert forced.exit_code == 0, forced.output
-    settings = settings_for(data, SUPPORTBOT_GENERATOR_CONTEXT_TOKENS="512")
     assert served_generator_model(settings)[1] == candidate
-    generator = build_generator(settings)
-    assert isinstance(generator, TransformersGenerator)
-    generator.warm_up()
+
+    async def swap_and_answer() -> TurnResult:
+        assert await swap.check()
+        result = None
+        async for event in service.assistant.respond("How do I descale my kettle?"):
+            if isinstance(event, TurnDone):
+                result = event.result
+        assert result is not None
+        return result
+
     try:
-        assert generator.model_id == candidate  # every answer records the candidate that wrote it
-
-        async def answer() -> str:
-            request = GenerationRequest("Question: how do I descale my kettle?\nAnswer:", max_new_tokens=8)
-            return "".join([delta async for delta in generator.stream(request)])
-
-        assert asyncio.run(answer()).strip()
+        result = asyncio.run(swap_and_answer())
+        assert isinstance(swap.generator, TransformersGenerator) and swap.generator.model_id == candidate
+        assert service.assistant.model_id == candidate  # every answer records the candidate that wrote it
+        assert result.model_id == candidate and result.answer.strip() and result.sources
     finally:
-        generator.close()
+        asyncio.run(swap.close())
 
 
 def test_evaluate_runs_candidate_current_and_composer_in_one_run(trained: tuple[Path, dict[str, Any]]) -> None:
