@@ -28,7 +28,7 @@ from bot.conversations import ConversationStore
 from bot.feedback.log import FeedbackLog
 from bot.feedback.review import Review
 from bot.feedback.sink import FeedbackSink
-from bot.generation.generator import TransformersGenerator
+from bot.generation.generator import Generator, TransformersGenerator
 from bot.privacy.audit import AuditLog
 from bot.privacy.crypto import Sealer, SealError
 from bot.privacy.erasure import Privacy, check_encryption
@@ -151,6 +151,11 @@ async def _sample_queue_depth(metrics: Metrics, swap: GeneratorSwap) -> None:
         await asyncio.sleep(1)
 
 
+def _set_generator(app: FastAPI, generator: Generator | None, mode: AnswerMode) -> None:
+    """What /readyz reports after a promoted model is swapped in."""
+    app.state.generator, app.state.answer_mode = generator, mode
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -225,6 +230,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.chat,
             lambda model, mode: build_assistant(settings, retriever, embedder, model, mode=mode),
             generator,
+            on_swap=lambda model, mode: _set_generator(app, model, mode),
         )
         app.state.generator_swap = swap
         tasks.append(asyncio.create_task(_sample_queue_depth(metrics, swap), name="queue-depth"))
@@ -302,6 +308,8 @@ def create_app(settings: Settings) -> FastAPI:
         else:
             checks["generator"] = "loaded" if getattr(request.app.state, "generator", None) is not None else "not loaded"
         checks["answer_mode"] = mode.value if mode is not None else "not decided"
+        service: ChatService | None = request.app.state.chat
+        checks["model"] = service.assistant.model_id if service is not None else "not loaded"  # who writes answers now
         redis: Redis | None = getattr(request.app.state, "redis", None)
         try:
             checks["redis"] = "ok" if redis is not None and await redis.ping() else "not connected"

@@ -32,7 +32,9 @@ class GeneratorSwap:
         service: ChatService,
         make_assistant: Callable[[Generator | None, AnswerMode], Assistant],
         generator: Generator | None,
+        on_swap: Callable[[Generator | None, AnswerMode], None] = lambda generator, mode: None,
     ) -> None:
+        self._on_swap = on_swap
         self._settings = settings
         self._service = service
         self._make_assistant = make_assistant
@@ -62,6 +64,7 @@ class GeneratorSwap:
             return False
         old_assistant, old_generator = self._service.assistant, self.generator
         self._service.assistant, self.generator, self._serving, self._failed = assistant, generator, wanted, None
+        self._on_swap(generator, mode)
         log.info("now answering with %s in %s mode (was %s)", assistant.model_id, mode.value, old_assistant.model_id)
         deadline = asyncio.get_running_loop().time() + self._settings.generator_timeout_s + 5
         while old_assistant.generating and asyncio.get_running_loop().time() < deadline:

@@ -216,9 +216,10 @@ def evaluate_systems(
     """Each (name, generator model or None for the composer) on the same questions; summaries and the index version."""
     import asyncio
 
-    from bot.assistant import AnswerMode
-    from bot.evaluation import evaluate_turns
-    from bot.generation.generator import TransformersGenerator
+    from bot.assistant import AnswerMode, Assistant
+    from bot.evaluation import BotEvalReport, evaluate_turns
+    from bot.generation.generator import Generator, TransformersGenerator
+    from bot.generation.remote import OpenAICompatibleGenerator
     from knowledge_base.components import build_embedder, build_retriever
     from server.components import build_assistant, build_generator
 
@@ -228,22 +229,27 @@ def evaluate_systems(
     for chunk in retriever.snapshot.chunks:
         evidence[chunk.document_id] = evidence.get(chunk.document_id, "") + " " + chunk.text
     summaries: dict[str, dict[str, Any]] = {}
+
+    async def evaluate(assistant: Assistant, generator: Generator | None) -> BotEvalReport:
+        try:
+            return await evaluate_turns(assistant, labelled, evidence, concurrency)
+        finally:
+            if isinstance(generator, OpenAICompatibleGenerator):
+                await generator.aclose()
+
     for name, model in systems:
         mode = AnswerMode.EXTRACTIVE if model is None else AnswerMode.GENERATIVE
-        own = (
-            settings
-            if model is None
-            else settings.model_copy(
-                update={"generator_model": model, "generator_use_promoted": False, "generator_backend": "transformers"}
-            )
-        )
+        update: dict[str, Any] = {"generator_model": model, "generator_use_promoted": False}
+        if model is not None and Path(model).is_dir():
+            update["generator_backend"] = "transformers"  # a candidate runs in-process; a remote current model stays remote
+        own = settings if model is None else settings.model_copy(update=update)
         generator = build_generator(own) if model is not None else None
         try:
             if isinstance(generator, TransformersGenerator):
                 generator.warm_up()
             assistant = build_assistant(own, retriever, embedder, generator, mode=mode, max_new_tokens=max_new_tokens)
             assistant.warm_up()
-            report = asyncio.run(evaluate_turns(assistant, labelled, evidence, concurrency))
+            report = asyncio.run(evaluate(assistant, generator))
         finally:
             if isinstance(generator, TransformersGenerator):
                 generator.close()

@@ -11,18 +11,22 @@ import asyncio
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 
 from bot.assistant import AnswerMode, Assistant, TurnDone, TurnResult
 from bot.generation.generator import Generator, TransformersGenerator
+from bot.generation.model_store import BUNDLED_GENERATOR_ID
 from retrieval.embedder import SentenceEmbedder
 from retrieval.retriever import Retriever
 from server.components import build_assistant, served_generator_model
 from server.model_swap import GeneratorSwap
+from tests.e2e.servers import start_server, stop_server
 from tests.training.helpers import invoke
 from tests.training.test_registry import settings_for
 
@@ -130,3 +134,33 @@ def test_resume_continues_an_unfinished_run_from_its_checkpoint(trained: tuple[P
     again = json.loads(path.read_text())
     assert again["status"] == "ready" and again["error"] is None and again["training"]["steps"] == 2
     assert [e["step"] for e in again["loss_history"]] == [1.0, 2.0]  # restored from the checkpoint, not retrained
+
+
+def test_a_running_server_follows_promotion_and_rollback_without_a_restart(
+    trained: tuple[Path, dict[str, Any]], redis_url: str, redis_prefix: str
+) -> None:
+    data, manifest = trained
+    candidate = manifest["candidate_id"]
+    redis = {"SUPPORTBOT_REDIS_URL": redis_url, "SUPPORTBOT_REDIS_PREFIX": redis_prefix}
+    registry = data / "models" / "registry"
+    if json.loads((registry / "PROMOTED.json").read_text())["current"] != candidate:
+        assert invoke(data, "models", "promote", candidate, "--force", "--by", "test", **redis).exit_code == 0
+    env = {**redis, "SUPPORTBOT_MODEL_WATCH_INTERVAL_S": "1", "SUPPORTBOT_GENERATOR_CONTEXT_TOKENS": "1024"}
+    process, base = start_server(data, ready_within_s=240, env=env)
+    try:
+
+        def serving(model: str) -> None:
+            deadline = time.monotonic() + 120
+            while (ready := httpx.get(f"{base}/readyz").json())["model"] != model:
+                assert time.monotonic() < deadline, (ready, process.log_path.read_text()[-2000:])  # type: ignore[attr-defined]
+                time.sleep(0.5)
+            assert ready["status"] == "ready" and ready["answer_mode"] == "generative"
+
+        serving(candidate)  # a new worker starts on the promoted model
+        assert invoke(data, "models", "rollback", "--by", "test", **redis).exit_code == 0
+        serving(BUNDLED_GENERATOR_ID)
+        assert invoke(data, "models", "promote", candidate, "--force", "--by", "test", **redis).exit_code == 0
+        serving(candidate)
+        assert process.poll() is None  # the same process all along
+    finally:
+        stop_server(process)
