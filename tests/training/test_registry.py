@@ -53,6 +53,9 @@ def test_the_gate_compares_with_the_current_model_and_the_composer() -> None:
         "2 false statements against the composer's 1",
         "1 contradiction traps failed against the composer's 0",
     ]
+    silent = decide({**summary(0.8), "paths": {"fallback": 8, "not_sure": 2}}, summary(0.7), composer, margin=0.05)
+    assert silent.reasons == ["none of its answers was its own (every one fell back to the composer)"]
+    assert decide({**summary(0.8), "paths": {"generated": 1}}, summary(0.7), composer, margin=0.05).passed
     other = decide(summary(0.9, questions=5), summary(0.7), composer, margin=0.05)
     assert not other.passed and "different questions" in other.reasons[0]
 
