@@ -77,7 +77,7 @@ def train_command(
         ),
     ] = True,
     eval_questions: Annotated[
-        Path | None, typer.Option(help="Labelled turns to keep out of training [default: the sample's].")
+        Path | None, typer.Option(help="Labelled turns to keep out of training (default: the sample help center's).")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show the trainer's progress bar.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the candidate's manifest as JSON.")] = False,
@@ -103,8 +103,7 @@ def train_command(
             seed=seed,
             save_steps=save_steps,
         )
-        model_path, model_id = resolve_generator(settings.generator_model, settings.models_dir)
-    except (ValueError, ModelUnavailable) as exc:
+    except ValueError as exc:
         raise _fail(str(exc)) from None
     retriever = None
     if from_kb and not resume:
@@ -116,6 +115,10 @@ def train_command(
             retriever.snapshot  # noqa: B018 - loads the index now, so a missing one is reported before the model loads
         except IndexFormatError as exc:
             raise _fail(str(exc)) from None
+    try:  # after the index check: the bundled model is dequantized on first use (a minute)
+        model_path, model_id = resolve_generator(settings.generator_model, settings.models_dir)
+    except ModelUnavailable as exc:
+        raise _fail(str(exc)) from None
     registry = _registry(settings)
     job = TrainJob(
         base_model=settings.generator_model,
@@ -261,7 +264,7 @@ def evaluate_systems(
 def models_evaluate(
     ctx: typer.Context,
     candidate: Annotated[str, typer.Argument(help="A candidate id from `models list`.")],
-    questions: Annotated[Path | None, typer.Option(help="Labelled turns [default: the sample's].")] = None,
+    questions: Annotated[Path | None, typer.Option(help="Labelled turns (default: the sample help center's).")] = None,
     split: Annotated[str, typer.Option(help="heldout (what the gate reads), tune or all.")] = "heldout",
     limit: Annotated[int, typer.Option(min=0, help="Only the first N questions of the split (0: all).")] = 0,
     max_new_tokens: Annotated[int, typer.Option(min=1, max=1024, help="Answer length budget.")] = 64,
@@ -355,7 +358,7 @@ def models_promote(
     ctx: typer.Context,
     candidate: Annotated[str, typer.Argument(help="A candidate id that `models evaluate` has run on.")],
     force: Annotated[bool, typer.Option(help="Promote even though the gate refuses (recorded in the audit trail).")] = False,
-    by: Annotated[str | None, typer.Option(help="Who promotes [default: cli:OS user].")] = None,
+    by: Annotated[str | None, typer.Option(help="Who promotes (default: cli:OS user).")] = None,
 ) -> None:
     """Serve the candidate if it passed the gate; workers load it on their next start."""
     from bot.answer_policy import write_record
@@ -405,7 +408,7 @@ def models_promote(
 
 @models_app.command("rollback")
 def models_rollback(
-    ctx: typer.Context, by: Annotated[str | None, typer.Option(help="Who rolls back [default: cli:OS user].")] = None
+    ctx: typer.Context, by: Annotated[str | None, typer.Option(help="Who rolls back (default: cli:OS user).")] = None
 ) -> None:
     """Serve what was promoted before the current candidate (the configured base model after the first)."""
     from server.components import answer_mode

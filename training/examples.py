@@ -38,7 +38,6 @@ SFT_SCHEMA = "supportbot.sft.v1"
 PREFERENCE_SCHEMA = "supportbot.preference.v1"
 _WORD = re.compile(r"[a-z0-9][a-z0-9'-]*")
 _FAQ = re.compile(r"(?s)^\s*Q:\s*(?P<q>.+?)\n\s*A:\s*(?P<a>.+?)\s*$")
-_QUESTION_START = re.compile(r"(?i)^(how|what|why|when|where|which|who|can|do|does|is|are|should|will)\b")
 NEAR_DUPLICATE = 0.8  # content-word Jaccard at or above this counts as the same question
 
 
@@ -197,14 +196,14 @@ def with_own_passage(retrieved: Sequence[Passage], own: ChunkRecord, top_k: int)
 
 
 def question_from_heading(title: str, heading: str) -> str:
-    """A visitor's question about one section: the heading itself when it is one."""
-    heading = heading.strip().rstrip(":")
+    """A visitor's question about one section, in the short form visitors type ("Set up your
+    Brewlo kettle: before you start?"); the heading itself when it already is a question."""
+    heading, title = heading.strip().rstrip(":"), title.strip().rstrip("?")
     if heading.endswith("?"):
         return heading
-    if _QUESTION_START.match(heading):
-        return heading + "?"
-    subject = heading[:1].lower() + heading[1:] if heading else ""
-    return f"{title}: what about {subject}?" if subject else f"What should I know about {title.lower()}?"
+    if not heading:
+        return f"{title}?"
+    return f"{title}: {heading[:1].lower() + heading[1:]}?"
 
 
 def answer_from_section(text: str, cite: int, max_sentences: int = 3) -> str:
