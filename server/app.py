@@ -28,8 +28,7 @@ from bot.conversations import ConversationStore
 from bot.feedback.log import FeedbackLog
 from bot.feedback.review import Review
 from bot.feedback.sink import FeedbackSink
-from bot.generation.generator import TransformersGenerator
-from bot.generation.remote import OpenAICompatibleGenerator
+from bot.generation.generator import Generator, TransformersGenerator
 from bot.insights.daily import InsightsReport, backfill
 from bot.insights.gaps import ContentGaps
 from bot.privacy.audit import AuditLog
@@ -47,6 +46,7 @@ from server.events import EventHub
 from server.index_reload import IndexReloader
 from server.limits import RateLimiter
 from server.metrics import Metrics
+from server.model_swap import GeneratorSwap
 from server.parent import supervisor_lost
 from server.redis_server import EmbeddedRedis
 from server.settings import Settings
@@ -165,11 +165,18 @@ def _drain_on_signals(service: ChatService, drain_s: float) -> None:
             signal.signal(sig, wrap(stop))
 
 
-async def _sample_queue_depth(metrics: Metrics, generator: TransformersGenerator) -> None:
-    """Once a second, in every worker: a scrape reaches one worker but reports the sum of all."""
+async def _sample_queue_depth(metrics: Metrics, swap: GeneratorSwap) -> None:
+    """Once a second, in every worker: a scrape reaches one worker but reports the sum of all.
+    Of the generator serving now (a promotion swaps it)."""
     while True:
-        metrics.queue_depth.set(len(generator.active_request_ids()))
+        generator = swap.generator
+        metrics.queue_depth.set(len(generator.active_request_ids()) if isinstance(generator, TransformersGenerator) else 0)
         await asyncio.sleep(1)
+
+
+def _set_generator(app: FastAPI, generator: Generator | None, mode: AnswerMode) -> None:
+    """What /readyz reports after a promoted model is swapped in."""
+    app.state.generator, app.state.answer_mode = generator, mode
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -240,12 +247,15 @@ def create_app(settings: Settings) -> FastAPI:
         tasks = [sink_task, retention_task, asyncio.create_task(_backfill_insights(store), name="insights-backfill")]
         if embedded is not None:
             tasks.append(asyncio.create_task(embedded.watch(on_restart=metrics.redis_restarts.inc), name="redis-watch"))
-        if isinstance(generator, TransformersGenerator):
-            tasks.append(asyncio.create_task(_sample_queue_depth(metrics, generator), name="queue-depth"))
         assistant = build_assistant(settings, retriever, embedder, generator, mode=decision.mode)
         await run_in_threadpool(assistant.warm_up)
         reloader = IndexReloader(
-            retriever, settings.index_root, metrics, interval_s=settings.index_reload_interval_s, after_swap=assistant.warm_up
+            retriever,
+            settings.index_root,
+            metrics,
+            interval_s=settings.index_reload_interval_s,
+            # The assistant answering then: a promoted model may have replaced this one (server/model_swap.py).
+            after_swap=lambda: app.state.chat.assistant.warm_up(),
         )
         tasks.append(asyncio.create_task(reloader.run(), name="index-reload"))
         app.state.index_reloader = reloader
@@ -257,6 +267,17 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.audit, app.state.privacy, app.state.sealer = audit, privacy, sealer
         app.state.keys = ApiKeys(redis, settings.redis_prefix)
         app.state.chat = ChatService(settings, store, assistant, metrics, events, feedback, limiter)
+        swap = GeneratorSwap(
+            settings,
+            app.state.chat,
+            lambda model, mode: build_assistant(settings, retriever, embedder, model, mode=mode),
+            generator,
+            on_swap=lambda model, mode: _set_generator(app, model, mode),
+        )
+        app.state.generator_swap = swap
+        tasks.append(asyncio.create_task(_sample_queue_depth(metrics, swap), name="queue-depth"))
+        if settings.model_watch_interval_s > 0:
+            tasks.append(asyncio.create_task(swap.run(settings.model_watch_interval_s), name="model-watch"))
         log.info("ready: answers by %s, redis %s", assistant.model_id, "embedded" if embedded else "external")
         _drain_on_signals(app.state.chat, settings.shutdown_drain_s)
         try:
@@ -268,10 +289,7 @@ def create_app(settings: Settings) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if isinstance(generator, TransformersGenerator):
-                await run_in_threadpool(generator.close)
-            elif isinstance(generator, OpenAICompatibleGenerator):
-                await generator.aclose()
+            await swap.close()  # the generator serving now: the first, or the one swapped in
             await redis.aclose()
             if embedded is not None:
                 await run_in_threadpool(embedded.stop)
@@ -341,6 +359,8 @@ def create_app(settings: Settings) -> FastAPI:
         else:
             checks["generator"] = "loaded" if getattr(request.app.state, "generator", None) is not None else "not loaded"
         checks["answer_mode"] = mode.value if mode is not None else "not decided"
+        service: ChatService | None = request.app.state.chat
+        checks["model"] = service.assistant.model_id if service is not None else "not loaded"  # who writes answers now
         redis: Redis | None = getattr(request.app.state, "redis", None)
         try:
             checks["redis"] = "ok" if redis is not None and await redis.ping() else "not connected"

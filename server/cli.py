@@ -10,6 +10,7 @@ import typer
 from redis.exceptions import RedisError
 
 from knowledge_base.cli import EVAL_QUESTIONS, kb_app
+from server.models_cli import models_app, train_command
 from server.settings import Settings
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ privacy_app = typer.Typer(help="Retention, erasure on request, encryption keys (
 app.add_typer(privacy_app, name="privacy")
 feedback_app = typer.Typer(help="Ratings and corrections: the sink files and datasets for retraining.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
+app.add_typer(models_app, name="models")
+app.command("train")(train_command)
 
 
 def _with_redis(settings: Settings, work: Callable[[Redis], Awaitable[T]]) -> T:
@@ -349,7 +352,7 @@ def bot_eval(
     from bot.generation.generator import Generator, TransformersGenerator
     from bot.generation.remote import OpenAICompatibleGenerator
     from knowledge_base.components import build_embedder, build_retriever
-    from server.components import answer_mode, build_assistant, build_generator
+    from server.components import answer_mode, build_assistant, build_generator, served_generator_model
 
     settings: Settings = ctx.obj
     if split not in ("tune", "heldout", "all"):
@@ -430,7 +433,11 @@ def bot_eval(
     if record:
         by_mode = {s["mode"]: s for s in summaries}
         path = write_record(
-            settings.data_dir, settings.generator_model, retriever.snapshot.version, by_mode["generative"], by_mode["extractive"]
+            settings.data_dir,
+            served_generator_model(settings)[1],
+            retriever.snapshot.version,
+            by_mode["generative"],
+            by_mode["extractive"],
         )
         typer.echo(f"recorded {path}: answer mode auto now runs {answer_mode(settings).mode.value}")
 

@@ -6,7 +6,7 @@ from bot.answer_policy import TrustDecision, decide
 from bot.assistant import AnswerMode, Assistant
 from bot.composer import AnswerComposer
 from bot.generation.generator import Generator, TransformersGenerator
-from bot.generation.model_store import resolve_generator
+from bot.generation.model_store import read_promoted, resolve_generator
 from bot.generation.remote import OpenAICompatibleGenerator
 from bot.grounding import GroundednessChecker
 from retrieval.embedder import SentenceEmbedder
@@ -28,7 +28,7 @@ def build_generator(settings: Settings) -> Generator:
             context_window=settings.generator_context_tokens,
         )
     return TransformersGenerator(
-        settings.generator_model,
+        served_generator_model(settings)[0],
         settings.models_dir,
         device=settings.generator_device,
         context_window=settings.generator_context_tokens,
@@ -37,6 +37,18 @@ def build_generator(settings: Settings) -> Generator:
         max_batch_tokens=settings.generator_max_batch_tokens,
         kv_cache_blocks=settings.generator_kv_cache_blocks,
     )
+
+
+def served_generator_model(settings: Settings) -> tuple[str, str]:
+    """(the generator model to load, the name its evaluation record is filed under).
+
+    The registry's promoted candidate when one was trained from the configured model (and the
+    in-process backend runs it); otherwise the configured model itself."""
+    if settings.generator_backend == "transformers" and settings.generator_use_promoted:
+        promoted = read_promoted(settings.registry_dir)
+        if promoted is not None and promoted.base_model == settings.generator_model:
+            return str(promoted.model_dir), promoted.candidate_id
+    return settings.generator_model, settings.generator_model
 
 
 def build_assistant(
@@ -75,7 +87,7 @@ def build_assistant(
 
 def answer_mode(settings: Settings) -> TrustDecision:
     """The mode this server answers in, and why (`auto` asks the evaluation record)."""
-    return decide(settings.answer_mode, settings.data_dir, settings.generator_model)
+    return decide(settings.answer_mode, settings.data_dir, served_generator_model(settings)[1])
 
 
 def generation_admission(settings: Settings, generator: Generator) -> int:

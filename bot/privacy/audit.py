@@ -29,6 +29,8 @@ ACTIONS = (
     "insights.gaps",
     "kb.upload",
     "kb.remove",
+    "model.promote",
+    "model.rollback",
 )
 
 

@@ -1,0 +1,166 @@
+"""`supportbot train`: build the data, train, register the candidate with its manifest.
+
+The caller (the CLI) passes in what it built from settings: the retriever over the live index
+(or None without `--from-kb`), where the base model lies, the registry. A run writes its
+candidate's manifest first with status `training` (so `--resume` can find it), then `ready`
+with the loss history and the merged model, or `failed` with the error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from retrieval.retriever import Retriever
+from training.examples import (
+    DatasetError,
+    EvalExclusion,
+    ExampleBuilder,
+    ExampleSet,
+    feedback_examples,
+    knowledge_base_examples,
+    read_export,
+)
+from training.registry import CHECKPOINTS_DIR, MODEL_DIR, ModelRegistry
+from training.trainer import Hyperparameters, TrainResult, agree_on, distributed_state, library_versions, load_tokenizer, train
+
+TRAIN_FILE = "train.jsonl"
+
+
+@dataclass(slots=True)
+class TrainJob:
+    base_model: str  # the generator setting trained from (what a promoted candidate replaces)
+    model_path: str  # where its weights are (the model store's resolution)
+    registry: ModelRegistry
+    eval_file: Path
+    retriever: Retriever | None
+    feedback: list[Path] = field(default_factory=list)
+    company: str = "Brewlo"
+    top_k: int = 4
+    hyper: Hyperparameters = field(default_factory=Hyperparameters)
+    limit: int = 0  # at most this many examples (a seeded sample); 0: all
+    exclude_heldout_documents: bool = True
+    resume: bool = False
+    progress: bool = True
+    base_model_id: str = ""  # the id the base model's answers record (default: base_model)
+    accepted_models: frozenset[str] = frozenset()  # other model ids feedback may come from (candidates of this base)
+
+
+def build_examples(job: TrainJob, tokenizer: Any) -> tuple[ExampleSet, EvalExclusion]:
+    """All examples of the run, evaluation questions excluded; DatasetError for unusable input."""
+    if job.retriever is None and not job.feedback:
+        raise DatasetError("nothing to train on: use the knowledge base (--from-kb) or give --feedback exports")
+    exclusion = EvalExclusion.from_file(job.eval_file, exclude_heldout_documents=job.exclude_heldout_documents)
+    builder = ExampleBuilder(
+        lambda text: len(tokenizer.encode(text, add_special_tokens=False)), company=job.company, max_length=job.hyper.max_length
+    )
+    result = ExampleSet()
+    records = [(path, read_export(path, job.base_model_id or job.base_model, job.accepted_models)) for path in job.feedback]
+    if job.retriever is not None:
+        knowledge_base_examples(job.retriever, builder, exclusion, top_k=job.top_k, result=result)
+    for _, batch in records:
+        feedback_examples(batch, builder, exclusion, top_k=job.top_k, result=result)
+    if not result.examples:
+        raise DatasetError(
+            f"no training examples left (skipped: {dict(result.skipped)}; excluded as evaluation: "
+            f"{len(exclusion.by_document)} by document, {len(exclusion.by_question)} by question)"
+        )
+    if job.limit and len(result.examples) > job.limit:
+        result.examples = sorted(random.Random(job.hyper.seed).sample(result.examples, job.limit), key=lambda e: e.id)
+    result.exclusions = exclusion.summary(job.eval_file)
+    return result, exclusion
+
+
+def run(job: TrainJob) -> dict[str, Any]:
+    """Train one candidate; returns its manifest (status `ready`)."""
+    state = distributed_state()
+    registry = job.registry
+    if job.resume:
+        unfinished = registry.latest_unfinished() if state.is_main_process else ""
+        candidate_id = agree_on(unfinished or "")
+        if not candidate_id:
+            raise DatasetError(f"--resume: no unfinished run in {registry.root}; start a new one without --resume")
+        manifest = registry.manifest(candidate_id)
+        hyper = Hyperparameters(**manifest["hyperparameters"])  # a resumed run keeps the options it started with
+    else:
+        candidate_id = agree_on(registry.new_candidate_id())
+        hyper = job.hyper
+    directory = registry.directory(candidate_id)
+    train_file = directory / TRAIN_FILE
+    if not job.resume:
+        tokenizer = load_tokenizer(job.model_path)
+        examples, _ = build_examples(job, tokenizer)
+        if state.is_main_process:
+            directory.mkdir(parents=True, exist_ok=True)
+            digest = examples.write_jsonl(train_file)
+            manifest = {
+                "candidate_id": candidate_id,
+                "status": "training",
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "base_model": job.base_model,
+                "base_model_path": job.model_path,
+                "data": {
+                    "train_file": TRAIN_FILE,
+                    "train_sha256": digest,
+                    "from_knowledge_base": job.retriever is not None,
+                    "index_version": job.retriever.snapshot.version if job.retriever is not None else None,
+                    "feedback_files": [{"path": str(p), "sha256": _sha256(p)} for p in job.feedback],
+                    "limit": job.limit,
+                },
+                "examples": {"total": len(examples.examples), **examples.counts()},
+                "skipped": dict(examples.skipped),
+                "exclusions": examples.exclusions,
+                "hyperparameters": hyper.as_dict(),
+                "seed": hyper.seed,
+                "libraries": library_versions(),
+                "loss_history": [],
+                "evaluations": {},
+            }
+            registry.write_manifest(candidate_id, manifest)
+        state.wait_for_everyone()
+    try:
+        result = train(
+            job.model_path,
+            train_file,
+            directory / CHECKPOINTS_DIR,
+            directory / MODEL_DIR,
+            hyper,
+            candidate={"candidate_id": candidate_id, "base_model": job.base_model},
+            resume=job.resume,
+            progress=job.progress,
+        )
+    except BaseException as exc:
+        if state.is_main_process:
+            registry.update_manifest(candidate_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    if not result.main_process:
+        return registry.manifest(candidate_id)
+    return registry.update_manifest(candidate_id, status="ready", error=None, **_training_fields(result))
+
+
+def _training_fields(result: TrainResult) -> dict[str, Any]:
+    return {
+        "loss_history": result.loss_history,
+        "training": {
+            "train_loss": result.train_loss,
+            "steps": result.steps,
+            "wall_s": result.wall_s,
+            "tokens": result.tokens,
+            "tokens_per_s": result.tokens_per_s,
+            "device": result.device,
+            "processes": result.processes,
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
