@@ -250,7 +250,9 @@ def evaluate_systems(
         try:
             if isinstance(generator, TransformersGenerator):
                 generator.warm_up()
-            assistant = build_assistant(own, retriever, embedder, generator, mode=mode, max_new_tokens=max_new_tokens)
+            assistant = build_assistant(
+                own, retriever, embedder, generator, mode=mode, max_new_tokens=max_new_tokens, first_text_deadline=False
+            )
             assistant.warm_up()
             report = asyncio.run(evaluate(assistant, generator))
         finally:
