@@ -489,7 +489,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conversations", type=int, default=100)
     parser.add_argument("--duration", type=float, default=90.0, help="seconds of chatting (faults spread over it)")
-    parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, in order; any of {', '.join(FAULTS)}")
+    parser.add_argument(
+        "--faults",
+        default="worker,redis,supervisor,sigterm",
+        help=f"comma-separated, in order; any of {', '.join(FAULTS)} (the generator faults run the service generative)",
+    )
     parser.add_argument("--soak", type=float, default=0.0, help="seconds of steady traffic with no faults; reports resources")
     parser.add_argument("--think", type=float, default=2.0, help="a visitor's pause between turns, seconds (at most)")
     parser.add_argument("--workers", type=int, default=2)
