@@ -49,13 +49,13 @@ def test_keys_and_roles(site: Site) -> None:
 
 
 def test_feedback_reaches_the_sink_and_the_exports(site: Site, tmp_path: Path) -> None:
-    async def scenario() -> tuple[str, str, list[dict[str, Any]]]:
+    async def scenario() -> tuple[str, str, list[dict[str, Any]], list[dict[str, Any]]]:
         client = await Client.open(site.base)
         ready = await client.start()
         cid = ready["conversation_id"]
         answer_id, frames = await answered(client, QUESTION, "q1")
         user_id = frames[0]["message_id"]
-        replies = []
+        replies, offers = [], []
         for frame in (
             {"type": "rate", "message_id": answer_id, "rating": "down", "comment": XSS, "event_id": "ev-1"},
             {"type": "rate", "message_id": answer_id, "rating": "down", "comment": XSS, "event_id": "ev-1"},
@@ -64,11 +64,16 @@ def test_feedback_reaches_the_sink_and_the_exports(site: Site, tmp_path: Path) -
             {"type": "rate", "message_id": answer_id, "rating": "up", "comment": "x" * 2001},
         ):
             await client.send(frame)
-            replies.append(await client.recv())
+            reply = await client.recv()
+            while reply["type"] == "handoff":  # a thumbs-down offers a person under the answer
+                offers.append(reply)
+                reply = await client.recv()
+            replies.append(reply)
         await client.close()
-        return cid, answer_id, replies
+        return cid, answer_id, replies, offers
 
-    cid, answer_id, replies = run(scenario())
+    cid, answer_id, replies, offers = run(scenario())
+    assert all(o["reason"] == "rated_down" and o["message_id"] == answer_id for o in offers) and len(offers) <= 1
     assert [r["type"] for r in replies[:2]] == ["rated", "rated"]
     assert not replies[0]["duplicate"] and replies[1]["duplicate"] and replies[1]["event_id"] == "ev-1"
     assert [(r["type"], r["code"]) for r in replies[2:]] == [
@@ -196,6 +201,14 @@ def test_the_review_page_in_a_real_browser(site: Site) -> None:
         answer_id, _ = await answered(client, "How do I reset my password?", "p1")
         await client.send({"type": "rate", "message_id": answer_id, "rating": "down", "comment": XSS})
         assert (await client.recv())["type"] == "rated"
+
+        async def next_frame() -> dict[str, Any]:
+            """The visitor's next frame, past the offer of a person that the thumbs-down brings."""
+            frame = await client.recv()
+            while frame["type"] == "handoff":
+                frame = await client.recv()
+            return frame
+
         async with chromium_page() as page:
             response = await page.goto(f"{site.base}/agent")
             assert "script-src 'self'" in response.headers["content-security-policy"]
@@ -225,14 +238,14 @@ def test_the_review_page_in_a_real_browser(site: Site) -> None:
             # Take over and reply: the visitor's open socket gets the message.
             await page.click("#takeover")
             await page.wait_for_selector("#reply-form:not([hidden])")
-            assert (await client.recv())["agent"] == "Alice"
+            assert (await next_frame())["agent"] == "Alice"
             await page.fill("#reply", "Hi, this is Alice from support.")
             await page.click("#reply-form button[type=submit]")
-            message = await client.recv()
+            message = await next_frame()
             assert message["type"] == "agent_message" and message["text"] == "Hi, this is Alice from support."
             await page.wait_for_selector("#messages li.agent:has-text('Hi, this is Alice')")
             await page.click("#handback")
-            assert (await client.recv())["status"] == "bot"
+            assert (await next_frame())["status"] == "bot"
             assert page.errors == []
         await client.close()
 
