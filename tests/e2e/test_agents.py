@@ -51,6 +51,12 @@ def test_keys_and_roles(site: Site) -> None:
 def test_feedback_reaches_the_sink_and_the_exports(site: Site, tmp_path: Path) -> None:
     async def scenario() -> tuple[str, str, list[dict[str, Any]], list[dict[str, Any]]]:
         client = await Client.open(site.base)
+        try:
+            return await rate(client)
+        finally:  # closed even when an assertion fails, so no socket leaks into later tests
+            await client.close()
+
+    async def rate(client: Client) -> tuple[str, str, list[dict[str, Any]], list[dict[str, Any]]]:
         ready = await client.start()
         cid = ready["conversation_id"]
         answer_id, frames = await answered(client, QUESTION, "q1")
@@ -69,7 +75,6 @@ def test_feedback_reaches_the_sink_and_the_exports(site: Site, tmp_path: Path) -
                 offers.append(reply)
                 reply = await client.recv()
             replies.append(reply)
-        await client.close()
         return cid, answer_id, replies, offers
 
     cid, answer_id, replies, offers = run(scenario())
@@ -197,6 +202,12 @@ def test_the_review_page_in_a_real_browser(site: Site) -> None:
 
     async def scenario() -> None:
         client = await Client.open(site.base)
+        try:
+            await journey(client)
+        finally:  # closed even when an assertion fails, so no socket leaks into later tests
+            await client.close()
+
+    async def journey(client: Client) -> None:
         cid = (await client.start())["conversation_id"]
         answer_id, _ = await answered(client, "How do I reset my password?", "p1")
         await client.send({"type": "rate", "message_id": answer_id, "rating": "down", "comment": XSS})
@@ -247,7 +258,6 @@ def test_the_review_page_in_a_real_browser(site: Site) -> None:
             await page.click("#handback")
             assert (await next_frame())["status"] == "bot"
             assert page.errors == []
-        await client.close()
 
     run(scenario())
     transcript = site.get(f"/v1/agent/conversations/{cid_of_last_rated(site)}", site.agent).json()
