@@ -51,7 +51,10 @@ def test_the_default_server_answers_without_loading_a_model(composer_server: tup
     base, ready_s, rss = composer_server
     ready = httpx.get(f"{base}/readyz").json()
     assert ready["answer_mode"] == "extractive" and ready["generator"] == "not needed", ready
-    assert rss < 1_000_000_000, f"the server holds {rss / 1e9:.2f} GB without a generator"
+    # About 0.9-1.0 GB here: torch, the embedder, the index, and (in this dev venv only, where the
+    # [train] extra is installed) datasets, pandas and pyarrow, which sentence-transformers imports
+    # when they are present. The bundled generator alone would add more than 1.5 GB.
+    assert rss < 1_500_000_000, f"the server holds {rss / 1e9:.2f} GB without a generator"
     assert ready_s < 90  # seconds, not the minutes a model load takes (loose: CI's 2 cores are shared)
 
 
