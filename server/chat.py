@@ -482,8 +482,8 @@ class Connection:
         assert self.conversation_id is not None
         cid = self.conversation_id
         deadline = time.monotonic() + self.settings.generator_timeout_s + 2 * ANSWER_LOCK_TTL_S
-        with contextlib.suppress(RedisError):
-            while time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            try:
                 if not await self.store.answer_streaming(cid):
                     turn = await self.store.reclaim_turn(
                         cid, client_message_id, answer_id, lock_ttl_s=ANSWER_LOCK_TTL_S, history=HISTORY_TURNS
@@ -492,7 +492,9 @@ class Connection:
                         log.info("answering a message whose answer was never stored", extra={"conversation_id": cid})
                         self._start_answer(answer_id, text, turn)
                     return
-                await asyncio.sleep(0.5)
+            except RedisError:  # Redis restarting (this is how the answer got lost, often): keep watching
+                pass
+            await asyncio.sleep(0.5)
 
     async def _keep_lock(self, conversation_id: str, lock: str) -> None:
         while True:
