@@ -114,7 +114,7 @@ class Service:
     def start(self) -> float:
         began = time.monotonic()
         self.process, self.base = start_server(
-            self.data_dir, self.models_dir, workers=self.workers, extra_env=self.env, port=self.port, ready_within_s=180
+            self.data_dir, self.models_dir, workers=self.workers, extra_env=self.env, port=self.port, ready_within_s=360
         )
         self.port = int(self.base.rsplit(":", 1)[1])
         return time.monotonic() - began
