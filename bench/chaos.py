@@ -95,6 +95,14 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
+def _cmdline(process: psutil.Process) -> str:
+    """A process's command line; empty once it has exited (a zombie waiting for its parent to reap it included)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.NoSuchProcess:  # ZombieProcess is one
+        return ""
+
+
 def _describe(process: psutil.Process) -> dict[str, Any]:
     try:
         return {"pid": process.pid, "cmdline": " ".join(process.cmdline())[:200], "status": process.status()}
@@ -125,7 +133,7 @@ class Service:
         return [root, *root.children(recursive=True)]
 
     def worker_pids(self) -> list[int]:
-        return [p.pid for p in self.tree()[1:] if "spawn_main" in " ".join(p.cmdline())]
+        return [p.pid for p in self.tree()[1:] if "spawn_main" in _cmdline(p)]
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -472,7 +480,10 @@ async def compare(run: Run, visitors: list[Visitor]) -> dict[str, Any]:
 def resources(service: Service) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for process in service.tree():
-        cmdline = " ".join(process.cmdline())
+        if not _alive(process):  # a killed child its parent has not reaped yet: no memory, no descriptors
+            out.setdefault("exited_not_yet_reaped", []).append(process.pid)
+            continue
+        cmdline = _cmdline(process)
         if "redis-server" in cmdline:
             name = "redis"
         elif service.process is not None and process.pid == service.process.pid:
@@ -481,7 +492,10 @@ def resources(service: Service) -> dict[str, Any]:
             name = f"worker-{process.pid}"
         else:
             name = f"{process.name()}-{process.pid}"  # multiprocessing's resource tracker
-        out[name] = {"rss_mb": round(process.memory_info().rss / 2**20, 1), "fds": process.num_fds()}
+        try:
+            out[name] = {"rss_mb": round(process.memory_info().rss / 2**20, 1), "fds": process.num_fds()}
+        except psutil.NoSuchProcess:  # exited between the listing and the reading
+            out.setdefault("exited_not_yet_reaped", []).append(process.pid)
     return out
 
 
