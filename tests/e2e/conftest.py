@@ -7,28 +7,21 @@ from typing import Any
 import pytest
 
 from bot.generation.generator import TransformersGenerator
-from tests.e2e.servers import Site, data_dir_with_sample_index, start_server, stop_server
-
-SERVER_LOGS: dict[str, Path] = {}  # the `server` fixture's base URL, or a test's node id -> a server log, for failure reports
+from tests.e2e.servers import SERVER_LOGS, Site, data_dir_with_sample_index, served
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator) -> Iterator[str]:
     """One server per test module on a copy of the sample index (`generator` prepares the model)."""
-    process, base = start_server(data_dir_with_sample_index(tmp_path_factory, sample_index, "server-data"), ready_within_s=120)
-    SERVER_LOGS[base] = process.log_path  # type: ignore[attr-defined]
-    yield base
-    stop_server(process)
+    with served(data_dir_with_sample_index(tmp_path_factory, sample_index, "server-data")) as (_, base):
+        yield base
 
 
 @pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator) -> Iterator[Site]:
     data = data_dir_with_sample_index(tmp_path_factory, sample_index, "agents")
-    process, base = start_server(data, ready_within_s=180)
-    try:
+    with served(data, ready_within_s=180) as (_, base):
         yield Site(base, data)
-    finally:
-        stop_server(process)
 
 
 @pytest.fixture(scope="session")
@@ -36,12 +29,8 @@ def extractive_site(tmp_path_factory: pytest.TempPathFactory, sample_index: Path
     """A server with default settings that answers with the composer: no generator to load, so it
     starts in seconds, for tests about HTTP, addresses and the knowledge base rather than answers."""
     data = data_dir_with_sample_index(tmp_path_factory, sample_index, "extractive")
-    process, base = start_server(data, ready_within_s=120, env={"SUPPORTBOT_ANSWER_MODE": "extractive"})
-    SERVER_LOGS[base] = process.log_path  # type: ignore[attr-defined]
-    try:
+    with served(data, env={"SUPPORTBOT_ANSWER_MODE": "extractive"}) as (_, base):
         yield Site(base, data)
-    finally:
-        stop_server(process)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ import httpx
 import pytest
 
 from tests.conftest import MODELS_DIR
+
+# A server's base URL, or a test's node id -> its log, for the report of a test that fails (conftest.py).
+SERVER_LOGS: dict[str, Path] = {}
 
 
 def data_dir_with_sample_index(tmp_path_factory: pytest.TempPathFactory, sample_index: Path, name: str) -> Path:
@@ -87,6 +91,24 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
     process.send_signal(signal.SIGTERM)
     # uvicorn shuts down cleanly, then re-raises SIGTERM so the exit status tells why it stopped.
     assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+@contextmanager
+def served(
+    data_dir: Path,
+    ready_within_s: float = 120,
+    env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
+    log_key: str | None = None,
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`start_server`, its log filed under `log_key` (the base URL unless given) for failure
+    reports, and `stop_server` however the block ends."""
+    process, base = start_server(data_dir, ready_within_s=ready_within_s, env=env, args=args)
+    SERVER_LOGS[log_key or base] = process.log_path  # type: ignore[attr-defined]
+    try:
+        yield process, base
+    finally:
+        stop_server(process)
 
 
 def redis_children(data_dir: Path) -> list[int]:

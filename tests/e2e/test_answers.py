@@ -16,8 +16,7 @@ from redis.asyncio import Redis
 from bot.conversations import ConversationStore
 from tests.e2e.browser import chromium_page, require_browser
 from tests.e2e.chat_client import Client, run
-from tests.e2e.conftest import SERVER_LOGS
-from tests.e2e.servers import data_dir_with_sample_index, start_server, stop_server
+from tests.e2e.servers import data_dir_with_sample_index, served
 
 DATA_DIRS: dict[str, Path] = {}
 
@@ -26,15 +25,10 @@ DATA_DIRS: dict[str, Path] = {}
 def composer_server(tmp_path_factory: pytest.TempPathFactory, sample_index: Path) -> Iterator[tuple[str, float, int]]:
     started = time.monotonic()
     data = data_dir_with_sample_index(tmp_path_factory, sample_index, "composer")
-    process, base = start_server(data, ready_within_s=120, env={"SUPPORTBOT_ANSWER_MODE": "auto"})
-    DATA_DIRS[base] = data
-    ready_s = time.monotonic() - started
-    SERVER_LOGS[base] = process.log_path  # type: ignore[attr-defined]
-    rss = psutil.Process(process.pid).memory_info().rss
-    try:
-        yield base, ready_s, rss
-    finally:
-        stop_server(process)
+    with served(data, env={"SUPPORTBOT_ANSWER_MODE": "auto"}) as (process, base):
+        DATA_DIRS[base] = data
+        ready_s = time.monotonic() - started
+        yield base, ready_s, psutil.Process(process.pid).memory_info().rss
 
 
 async def ask(base: str, text: str) -> list[dict[str, object]]:

@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.chat_client import Client, run
-from tests.e2e.conftest import SERVER_LOGS
-from tests.e2e.servers import Site, data_dir_with_sample_index, start_server, stop_server
+from tests.e2e.servers import Site, data_dir_with_sample_index, served
 
 ST = Path(sys.executable).with_name("st")
 # Small and seeded, so CI runs the same ~1,000 requests every time in well under a minute;
@@ -27,12 +26,8 @@ def contract_site(tmp_path_factory: pytest.TempPathFactory, sample_index: Path) 
     """A server of its own (the fuzzer creates keys, exports and erasures), answering with the
     composer: the contract is about HTTP, and no generator needs to load."""
     data = data_dir_with_sample_index(tmp_path_factory, sample_index, "contract")
-    process, base = start_server(data, ready_within_s=120, env={"SUPPORTBOT_ANSWER_MODE": "extractive"})
-    SERVER_LOGS[base] = process.log_path  # type: ignore[attr-defined]
-    try:
+    with served(data, env={"SUPPORTBOT_ANSWER_MODE": "extractive"}) as (_, base):
         yield Site(base, data)
-    finally:
-        stop_server(process)
 
 
 def test_schemathesis_finds_no_server_error_and_no_break_of_the_schema(contract_site: Site, tmp_path: Path) -> None:

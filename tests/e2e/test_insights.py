@@ -18,8 +18,7 @@ from redis import Redis
 
 from tests.e2e.browser import chromium_page, require_browser
 from tests.e2e.chat_client import Client
-from tests.e2e.conftest import SERVER_LOGS
-from tests.e2e.servers import Site, data_dir_with_sample_index, start_server, stop_server
+from tests.e2e.servers import Site, data_dir_with_sample_index, served
 
 BITCOIN = ("Can I pay with bitcoin?", "Do you accept bitcoin or other cryptocurrency?")  # one missing topic, two ways
 BERLIN = "Do you have a shop in Berlin?"  # another missing topic
@@ -37,14 +36,10 @@ class Scenario:
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory, sample_index: Path) -> Iterator[Scenario]:
     data = data_dir_with_sample_index(tmp_path_factory, sample_index, "insights")
-    process, base = start_server(data, ready_within_s=120, env={"SUPPORTBOT_ANSWER_MODE": "auto"})
-    SERVER_LOGS[base] = process.log_path  # type: ignore[attr-defined]
-    try:
+    with served(data, env={"SUPPORTBOT_ANSWER_MODE": "auto"}) as (_, base):
         site = Site(base, data)
         conversations = asyncio.run(_chat(site))
         yield Scenario(site, conversations, datetime.now(UTC).date().isoformat())
-    finally:
-        stop_server(process)
 
 
 async def _ask(client: Client, text: str, cmid: str, path: str) -> str:

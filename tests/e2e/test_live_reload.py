@@ -15,8 +15,7 @@ import httpx
 import pytest
 
 from tests.e2e.chat_client import Client, run
-from tests.e2e.conftest import SERVER_LOGS
-from tests.e2e.servers import cli, data_dir_with_sample_index, start_server, stop_server
+from tests.e2e.servers import cli, data_dir_with_sample_index, served
 
 ARTICLE = """---
 title: Gift wrapping
@@ -62,9 +61,7 @@ def test_an_ingest_reaches_every_worker_and_the_open_chat(
 ) -> None:
     data = data_dir_with_sample_index(tmp_path_factory, sample_index, "live-reload")
     env = {"SUPPORTBOT_ANSWER_MODE": "extractive", "SUPPORTBOT_INDEX_RELOAD_INTERVAL_S": "1"}
-    process, base = start_server(data, ready_within_s=240, env=env, args=["--workers", "2"])
-    SERVER_LOGS[request.node.nodeid] = process.log_path  # type: ignore[attr-defined]
-    try:
+    with served(data, ready_within_s=240, env=env, args=["--workers", "2"], log_key=request.node.nodeid) as (process, base):
         wait_for(lambda: list(worker_versions(base).values()) == [1.0, 1.0], 180, "both workers ready on version 1")
         article = tmp_path / "gift-wrapping.md"
         article.write_text(ARTICLE)
@@ -105,8 +102,6 @@ def test_an_ingest_reaches_every_worker_and_the_open_chat(
         # Rolled back by hand: the report clears.
         point_current_at(index, "000002")
         wait_for(lambda: all("index_reload" not in _ready(base) for _ in range(4)), 15, "the failure report cleared")
-    finally:
-        stop_server(process)
 
 
 def _ready(base: str) -> dict[str, Any]:

@@ -12,8 +12,7 @@ import httpx
 import pytest
 
 from tests.e2e.chat_client import Client, run
-from tests.e2e.conftest import SERVER_LOGS
-from tests.e2e.servers import Site, data_dir_with_sample_index, start_server, stop_server
+from tests.e2e.servers import Site, data_dir_with_sample_index, served
 
 VISITOR_A, VISITOR_B = "203.0.113.7", "198.51.100.9"
 _numbers = itertools.count(1)
@@ -47,9 +46,7 @@ def test_behind_a_trusted_proxy_each_visitor_has_their_own_limits_and_address(
         "SUPPORTBOT_FORWARDED_ALLOW_IPS": "127.0.0.1,10.0.0.0/8",
     }
     data = data_dir_with_sample_index(tmp_path_factory, sample_index, "proxied")
-    process, base = start_server(data, ready_within_s=120, env=env)
-    SERVER_LOGS[request.node.nodeid] = process.log_path  # type: ignore[attr-defined]
-    try:
+    with served(data, env=env, log_key=request.node.nodeid) as (_, base):
         site = Site(base, data)
         first = [run(start(base, VISITOR_A)) for _ in range(3)]
         assert [r["type"] for r in first[:2]] == ["ready", "ready"]
@@ -58,8 +55,6 @@ def test_behind_a_trusted_proxy_each_visitor_has_their_own_limits_and_address(
         conversation = site.get(f"/v1/agent/conversations/{first[0]['conversation_id']}", site.admin).json()["conversation"]
         assert conversation["client"]["address"] == VISITOR_A
         assert audited_source(site, VISITOR_B) == VISITOR_B
-    finally:
-        stop_server(process)
 
 
 def test_without_the_setting_the_headers_are_ignored(extractive_site: Site) -> None:
