@@ -45,7 +45,7 @@ from server.components import answer_mode, build_assistant, build_generator
 from server.events import EventHub
 from server.index_reload import IndexReloader
 from server.limits import RateLimiter
-from server.metrics import Metrics
+from server.metrics import Metrics, watch_event_loop
 from server.model_swap import GeneratorSwap
 from server.parent import supervisor_lost
 from server.redis_server import EmbeddedRedis
@@ -276,6 +276,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         app.state.generator_swap = swap
         tasks.append(asyncio.create_task(_sample_queue_depth(metrics, swap), name="queue-depth"))
+        tasks.append(asyncio.create_task(watch_event_loop(metrics.loop_lag), name="loop-lag"))
         if settings.model_watch_interval_s > 0:
             tasks.append(asyncio.create_task(swap.run(settings.model_watch_interval_s), name="model-watch"))
         log.info("ready: answers by %s, redis %s", assistant.model_id, "embedded" if embedded else "external")

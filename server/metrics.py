@@ -8,6 +8,7 @@ multiprocess mode; gauges add up the live workers).
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -15,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name for it
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+LOOP_LAG_INTERVAL_S = 0.05
 
 
 def embedded_redis_restarts(registry: CollectorRegistry | None) -> Counter:
@@ -56,6 +59,13 @@ class Metrics:
             "supportbot_retrieval_seconds", "Retrieval time per turn.", buckets=LATENCY_BUCKETS, registry=r
         )
         self.redis_restarts = embedded_redis_restarts(r)
+        self.loop_lag = Histogram(
+            "supportbot_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every 50 ms: time every frame of that worker waited "
+            "for a blocking call, the GIL or other tasks.",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "supportbot_generator_requests",
             "Requests in the generator (running or waiting).",
@@ -93,3 +103,13 @@ class Metrics:
         """With several workers: this one's gauges stop counting towards the sum."""
         if os.environ.get(MULTIPROCESS_DIR_ENV):
             multiprocess.mark_process_dead(os.getpid())
+
+
+async def watch_event_loop(lag: Histogram, interval_s: float = LOOP_LAG_INTERVAL_S) -> None:
+    """Observe, every `interval_s`, how late the loop woke this task: the part of every frame's
+    latency that no handler owns. Zero on an idle worker; a blocking call shows as its length."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval_s
+        await asyncio.sleep(interval_s)
+        lag.observe(max(0.0, loop.time() - due))
