@@ -3,48 +3,12 @@
 // text can become markup or script. The page's CSP forbids inline script as a second wall.
 "use strict";
 
-const KEY = "supportbot.agent.key";
+const { KEY, el, safeUrl, api } = window.SupportbotPage;
 const $ = (id) => document.getElementById(id);
 let me = null;
 let cursor = null;
 let current = null;
 let poll = null;
-
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(props)) {
-    if (name === "class") node.className = value;
-    else if (name === "text") node.textContent = value;
-    else node.setAttribute(name, value);
-  }
-  for (const child of children) if (child) node.append(child);
-  return node;
-}
-
-function safeUrl(url) {
-  try {
-    const parsed = new URL(url, location.href);
-    return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.href : null;
-  } catch {
-    return null;
-  }
-}
-
-async function api(path, options = {}) {
-  const response = await fetch(path, {
-    ...options,
-    headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY)}`, "Content-Type": "application/json", ...(options.headers || {}) },
-  });
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    const detail = body.detail;
-    const message = typeof detail === "string" ? detail : detail && detail.message ? detail.message : `HTTP ${response.status}`;
-    const error = new Error(message);
-    error.status = response.status;
-    throw error;
-  }
-  return body;
-}
 
 async function signIn(key) {
   sessionStorage.setItem(KEY, key);

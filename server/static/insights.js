@@ -4,7 +4,7 @@
 "use strict";
 
 (() => {
-  const KEY = "supportbot.agent.key"; // the key agent.js keeps for this tab
+  const { el, safeUrl, api } = window.SupportbotPage;
   const SVG = "http://www.w3.org/2000/svg";
   const PATHS = ["composed", "generated", "fallback", "busy", "not_sure", "human_requested", "error", "cancelled"];
   const PATH_LABELS = {
@@ -14,17 +14,6 @@
   const KIND_LABELS = { not_sure: "not sure", down: "rated down", handoff: "then asked for a person" };
   const $ = (id) => document.getElementById(id);
   let loaded = false;
-
-  function el(tag, props = {}, ...children) {
-    const node = document.createElement(tag);
-    for (const [name, value] of Object.entries(props)) {
-      if (name === "class") node.className = value;
-      else if (name === "text") node.textContent = value;
-      else node.setAttribute(name, value);
-    }
-    for (const child of children) if (child) node.append(child);
-    return node;
-  }
 
   function svg(tag, attrs = {}, ...children) {
     const node = document.createElementNS(SVG, tag);
@@ -37,29 +26,6 @@
     const title = document.createElementNS(SVG, "title");
     title.textContent = text;
     return title;
-  }
-
-  function safeUrl(url) {
-    try {
-      const parsed = new URL(url, location.href);
-      return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.href : null;
-    } catch {
-      return null;
-    }
-  }
-
-  async function api(path) {
-    const response = await fetch(path, { headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY)}` } });
-    const body = await response.json().catch(() => ({}));
-    if (!response.ok) {
-      const detail = body.detail;
-      let message = `HTTP ${response.status}`;
-      if (Array.isArray(detail) && detail.length) message = `${detail[0].loc.slice(-1)[0]}: ${detail[0].msg}`;
-      else if (typeof detail === "string") message = detail;
-      else if (detail && detail.message) message = detail.message;
-      throw new Error(message);
-    }
-    return body;
   }
 
   const percent = (rate) => (rate == null ? "–" : `${Math.round(rate * 1000) / 10}%`);

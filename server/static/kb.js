@@ -4,30 +4,13 @@
 "use strict";
 
 (() => {
-  const KEY = "supportbot.agent.key"; // the key agent.js keeps in sessionStorage
+  const call = window.SupportbotPage.api;
   const byId = (id) => document.getElementById(id);
 
   function cell(text) {
     const td = document.createElement("td");
     td.textContent = text;
     return td;
-  }
-
-  function message(body, status) {
-    const detail = body && body.detail;
-    if (typeof detail === "string") return detail;
-    if (Array.isArray(detail)) return detail.map((d) => `${(d.loc || []).slice(-1)[0]}: ${d.msg}`).join("; ");
-    return detail && detail.message ? detail.message : `HTTP ${status}`;
-  }
-
-  async function call(path, options = {}) {
-    const response = await fetch(path, {
-      ...options,
-      headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY)}`, ...(options.headers || {}) },
-    });
-    const body = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error(message(body, response.status));
-    return body;
   }
 
   async function refresh() {
