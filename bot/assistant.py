@@ -24,6 +24,7 @@ from bot.composer import AnswerComposer, Composition
 from bot.generation.generator import GenerationError, GenerationRequest, GenerationStats, Generator
 from bot.grounding import GroundednessChecker, complete_sentences, split_sentences
 from bot.prompt import PROMPT_VERSION, HistoryTurn, PromptBuilder
+from bot.small_talk import small_talk_reply
 from retrieval.retriever import Retriever
 from retrieval.types import Passage, SearchResult, Visibility
 
@@ -58,6 +59,7 @@ class AnswerPath(StrEnum):
     NOT_SURE = "not_sure"  # retrieval was not confident enough to answer: offer a human
     ERROR = "error"  # the generator failed or timed out
     BUSY = "busy"  # every generation slot was taken: the composer's answer, at once, instead of a long wait
+    SMALL_TALK = "small_talk"  # a greeting, thanks or goodbye: a friendly line, no search, no sources
     HUMAN = "human_requested"  # the visitor asked for a person: the conversation joins the handoff queue
 
 
@@ -224,6 +226,13 @@ class Assistant:
         if len(message) > self.max_message_chars:
             raise ValueError(f"message is {len(message)} characters; the limit is {self.max_message_chars}")
         started = time.perf_counter()
+        reply = small_talk_reply(message)
+        if reply is not None:
+            result = TurnResult(message, message, reply, path=AnswerPath.SMALL_TALK, confidence=1.0, model_id="composer")
+            result.total_s = result.time_to_first_token_s = time.perf_counter() - started
+            yield AnswerDelta(reply)
+            yield TurnDone(result)
+            return
         if wants_human(message):
             result = TurnResult(message, message, HUMAN_ANSWER, path=AnswerPath.HUMAN, handoff=True, confidence=1.0)
             result.handoff_reason = "requested"

@@ -166,7 +166,9 @@ async def list_conversations(
     corrected: Annotated[bool | None, Query()] = None,
     low_confidence: Annotated[float | None, Query(ge=0, le=1, description="Has an answer below this confidence.")] = None,
     path: Annotated[
-        Literal["generated", "fallback", "not_sure", "error", "cancelled", "human_requested", "busy"] | None, Query()
+        Literal["composed", "generated", "fallback", "not_sure", "error", "cancelled", "human_requested", "busy", "small_talk"]
+        | None,
+        Query(),
     ] = None,
     q: Annotated[str | None, Query(max_length=200, description="Words that must all appear in its messages.")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,

@@ -51,7 +51,7 @@ if path ~= '' then
     redis.call('RPUSH', KEYS[3], ARGV[2])
     redis.call('EXPIRE', KEYS[3], ARGV[9])
   end
-  if path ~= 'cancelled' and redis.call('HSETNX', conv, 'ins:answered', '1') == 1 then
+  if path ~= 'cancelled' and path ~= 'small_talk' and redis.call('HSETNX', conv, 'ins:answered', '1') == 1 then
     redis.call('HINCRBY', day, 'answered', 1)
   end
 end

@@ -27,7 +27,7 @@ from retrieval.retriever import Retriever
 # Cosine distance below which two questions ask the same thing. all-MiniLM-L6-v2 puts
 # paraphrases at 0.2-0.45 and different topics of one help center above 0.6.
 DEFAULT_DISTANCE_THRESHOLD = 0.5
-_NOT_A_QUESTION = ("human_requested", "cancelled")
+_NOT_A_QUESTION = ("human_requested", "cancelled", "small_talk")
 
 
 @dataclass(slots=True)

@@ -6,10 +6,10 @@
 (() => {
   const { el, safeUrl, api } = window.SupportbotPage;
   const SVG = "http://www.w3.org/2000/svg";
-  const PATHS = ["composed", "generated", "fallback", "busy", "not_sure", "human_requested", "error", "cancelled"];
+  const PATHS = ["composed", "generated", "fallback", "busy", "not_sure", "human_requested", "small_talk", "error", "cancelled"];
   const PATH_LABELS = {
     composed: "composed", generated: "generated", fallback: "fallback", busy: "busy (article quoted)",
-    not_sure: "not sure", human_requested: "asked for a person", error: "error", cancelled: "cancelled",
+    not_sure: "not sure", human_requested: "asked for a person", small_talk: "small talk", error: "error", cancelled: "cancelled",
   };
   const KIND_LABELS = { not_sure: "not sure", down: "rated down", handoff: "then asked for a person" };
   const $ = (id) => document.getElementById(id);

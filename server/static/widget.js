@@ -438,7 +438,7 @@ textarea { font: inherit; resize: none; border: 1px solid #9ca3af; border-radius
       bubble.node.append(el("div", { class: "sources", text: "Stopped." }));
       return;
     }
-    if (frame.path === "human_requested") return;
+    if (frame.path === "human_requested" || frame.path === "small_talk") return; // nothing to rate
     const thanks = el("span", { role: "status" });
     bubble.thanks = thanks;
     const up = el("button", { type: "button", "aria-label": "Helpful", "aria-pressed": "false" });

@@ -82,6 +82,28 @@ def test_out_of_scope_gets_not_sure_and_the_offer_of_a_person(composer_server: t
     assert frames[-1]["path"] == "not_sure" and "connect you with a person" in text
 
 
+def test_a_greeting_and_thanks_get_a_friendly_line_not_the_offer_of_a_person(composer_server: tuple[str, float, int]) -> None:
+    async def chat() -> list[list[dict[str, object]]]:
+        client = await Client.open(composer_server[0])
+        try:
+            await client.start()
+            turns = []
+            for number, text in enumerate(["hi", "how do I descale my kettle?", "thanks, that helped!"]):
+                await client.send({"type": "message", "client_message_id": str(number), "text": text})
+                turns.append(await client.until("done"))
+            return turns
+        finally:
+            await client.close()
+
+    hello, question, thanks = run(chat())
+    for frames, line in ((hello, "What can I help you with"), (thanks, "Glad I could help")):
+        assert frames[-1]["path"] == "small_talk", frames
+        assert line in "".join(str(f["delta"]) for f in frames if f["type"] == "token")
+        assert not [f for f in frames if f["type"] == "sources" and f["sources"]]
+        assert "connect you with a person" not in str(frames)
+    assert question[-1]["path"] == "composed"  # the greeting before it changed nothing
+
+
 def test_a_visitor_who_asks_again_the_moment_an_answer_is_done_is_answered(composer_server: tuple[str, float, int]) -> None:
     """A composed answer takes milliseconds; the next question sent on its `done` must not meet
     the lock the last answer is still releasing."""

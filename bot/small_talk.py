@@ -1,0 +1,44 @@
+"""Greetings, thanks and goodbyes: a friendly line, not a search of the help center.
+
+Only a message that is nothing but small talk ("hi", "thanks, that helped!", "bye") gets one;
+"hi, how do I descale my kettle?" is a question and is answered as one. Without this, "hi"
+got "I'm not sure about that" and the offer of a person, and "thanks" counted as a question
+the help center could not answer.
+"""
+
+from __future__ import annotations
+
+import re
+
+_OPENERS = r"(hi|hello|hey|hiya|heya|howdy|greetings|good (morning|afternoon|evening|day)|yo)( there| all| team| guys)?"
+_THANKS = (
+    r"(thanks?|thank you|thank u|thx|ty|cheers|many thanks|much appreciated|appreciated)"
+    r"( (so|very) much| a lot| a bunch| again| for (the|your) help| for helping)?"
+)
+_FINE = r"(ok(ay)?|great|perfect|awesome|cool|nice|brilliant|got it|understood|all good|that helped|that'?s? (helpful|great|perfect|all|it))"
+_BYE = r"(bye|goodbye|bye bye|see (you|ya)|have a (nice|good|great) (day|one|evening)|take care)"
+_FILLER = r"[\s!.,:;)(*~-]*"
+
+
+def _whole(*parts: str) -> re.Pattern[str]:
+    unit = "|".join(parts)
+    return re.compile(rf"(?i)^{_FILLER}(({unit}){_FILLER})+$")
+
+
+_GREETING = _whole(_OPENERS)
+_CLOSING = _whole(_THANKS, _FINE, _BYE)
+
+GREETING_REPLY = "Hello! What can I help you with today?"
+CLOSING_REPLY = "Glad I could help! If there is anything else, just ask here."
+
+
+def small_talk_reply(message: str) -> str | None:
+    """The reply to a message that is only a greeting, thanks or goodbye; None for anything else."""
+    text = message.strip()
+    if len(text) > 80:
+        return None
+    if _GREETING.match(text):
+        return GREETING_REPLY
+    if _CLOSING.match(text):
+        return CLOSING_REPLY
+    return None
