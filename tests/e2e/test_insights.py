@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from redis import Redis
@@ -55,7 +56,7 @@ async def _rate(client: Client, message_id: str, rating: str) -> None:
 
 
 async def _chat(site: Site) -> dict[str, str]:
-    """Six conversations: every path, a changed rating, a visitor's request and an agent's takeover."""
+    """Seven conversations: every path, a changed rating, a visitor's request, an agent's takeover and small talk."""
     ids: dict[str, str] = {}
 
     async def conversation(name: str) -> Client:
@@ -95,6 +96,12 @@ async def _chat(site: Site) -> dict[str, str]:
         await _ask(f, "How do I track my order?", "1", "composed")
     finally:
         await f.close()
+    g = await conversation("greeted")  # small talk only: counted, but neither answered nor a gap
+    try:
+        await _ask(g, "hi", "1", "small_talk")
+        await _ask(g, "thanks!", "2", "small_talk")
+    finally:
+        await g.close()
     taken = site.post(f"/v1/agent/conversations/{ids['taken-over']}/takeover", site.agent)
     assert taken.status_code == 200, taken.text
     return ids
@@ -127,7 +134,7 @@ def _expected_first_text(site: Site, ids: dict[str, str]) -> list[float]:
 
 
 def test_the_figures_count_every_answer_rating_and_handoff(scenario: Scenario) -> None:
-    site, today = scenario.site, scenario.today
+    site, today, ids = scenario.site, scenario.today, scenario.conversations
     figures = _settled(site, period="day", since=today, until=today)
     assert figures["period"] == "day" and figures["timezone"] == "UTC" and len(figures["periods"]) == 1
     day = figures["periods"][0]
@@ -137,16 +144,16 @@ def test_the_figures_count_every_answer_rating_and_handoff(scenario: Scenario) -
     assert {k: v for k, v in day.items() if not k.startswith("time_to_first_text")} == {
         "start": today,
         "end": today,
-        "conversations": 6,
-        "answered": 6,
+        "conversations": 7,
+        "answered": 6,  # not "greeted": a greeting and thanks answer no question
         "resolved": 1,  # only "resolved": the rest was rated down, not sure, asked for a person or taken over
         "resolution_rate": round(1 / 6, 4),
-        "answers": 8,
-        "paths": {"composed": 4, "not_sure": 3, "human_requested": 1},
+        "answers": 10,
+        "paths": {"composed": 4, "not_sure": 3, "human_requested": 1, "small_talk": 2},
         "ratings": {"up": 1, "down": 1},
         "handoffs": {"not_sure": 3, "requested": 1, "agent_takeover": 1},
         "handed_off": 4,
-        "timed_answers": 8,
+        "timed_answers": 10,
     }
     assert day["time_to_first_text_p50_s"] == pytest.approx(round(float(p50), 4), abs=2e-4)
     assert day["time_to_first_text_p95_s"] == pytest.approx(round(float(p95), 4), abs=2e-4)
@@ -156,8 +163,14 @@ def test_the_figures_count_every_answer_rating_and_handoff(scenario: Scenario) -
     weekly = _figures(site, period="week")
     monday = datetime.fromisoformat(today).date() - timedelta(days=datetime.fromisoformat(today).weekday())
     assert len(weekly["periods"]) == 8 and weekly["periods"][-1]["start"] == monday.isoformat()
-    assert weekly["periods"][-1]["conversations"] == 6 and weekly["periods"][-1]["paths"] == day["paths"]
+    assert weekly["periods"][-1]["conversations"] == 7 and weekly["periods"][-1]["paths"] == day["paths"]
     assert all(p["conversations"] == 0 and p["resolution_rate"] is None for p in weekly["periods"][:-1])
+    # The review list filters by the default path too (it was refused with a 422).
+    composed = httpx.get(
+        f"{site.base}/v1/agent/conversations", params={"path": "composed"}, headers={"Authorization": f"Bearer {site.agent}"}
+    )
+    assert composed.status_code == 200, composed.text
+    assert {c["id"] for c in composed.json()["conversations"]} == {ids[n] for n in ("rated", "resolved", "taken-over")}
     # An admin key reads them too; without a key, nothing.
     assert site.get("/v1/agent/insights", site.admin).status_code == 200
     assert site.get("/v1/agent/insights", None).status_code == 401
@@ -230,7 +243,12 @@ def test_the_page_shows_the_charts_and_the_gaps(scenario: Scenario) -> None:
                 f"#chart-paths rect[data-period='{today}']",
                 "rs => rs.map(r => [r.dataset.path, +r.dataset.count, +r.getAttribute('height')])",
             )
-            assert sorted((p, n) for p, n, _ in bars) == [("composed", 4), ("human_requested", 1), ("not_sure", 3)]
+            assert sorted((p, n) for p, n, _ in bars) == [
+                ("composed", 4),
+                ("human_requested", 1),
+                ("not_sure", 3),
+                ("small_talk", 2),
+            ]
             heights = {p: h for p, _, h in bars}
             assert heights["composed"] == pytest.approx(4 * heights["human_requested"], rel=1e-3)  # drawn to scale
             point = await page.get_attribute(f"#chart-resolution circle[data-period='{today}']", "data-rate")
@@ -271,4 +289,4 @@ def test_erasing_a_conversation_removes_it_from_the_gaps(scenario: Scenario) -> 
     finally:
         redis.close()
     # The anonymous counts stay: a day's figures do not change when a visitor's data goes.
-    assert _figures(site)["total"]["conversations"] == 6
+    assert _figures(site)["total"]["conversations"] == 7
