@@ -144,3 +144,20 @@ def test_a_question_naming_another_companys_shop_or_product_is_not_sure(extracti
     assert extractive.name_words("my wifi doesnt work, whats wrong? the movers dented my kettle") == set()
     deltas, result = turn(extractive, "can I order a brewlo kettle through walmart")
     assert deltas == [NOT_SURE_ANSWER] and result.path is AnswerPath.NOT_SURE
+
+
+def test_the_second_article_is_quoted_only_when_its_best_sentence_is_close(embedder: SentenceEmbedder) -> None:
+    wifi = _passage("troubleshooting/wifi", "Kettle won't connect to Wi-Fi", "The kettle only joins 2.4 GHz Wi-Fi networks.")
+    offline = _passage("faq#offline", "The app says my kettle is offline", "Put the kettle back on its base and wait 30 seconds.")
+    question = "my kettle keeps going offline on the wifi"
+    composed = AnswerComposer(embedder).compose(question, [wifi, offline])
+    single = AnswerComposer(embedder, second_margin=None).compose(question, [wifi, offline])
+    assert composed is not None and single is not None
+    assert single.also == () and single.runner_up > 0 and single.passages == [single.passage]
+    gap = single.relevance - single.runner_up
+    assert (len(composed.also) == 1) == (gap <= 0.1), (gap, composed)
+    strict = AnswerComposer(embedder, second_margin=max(gap - 0.01, 0.0)).compose(question, [wifi, offline])
+    loose = AnswerComposer(embedder, second_margin=gap + 0.01).compose(question, [wifi, offline])
+    assert strict is not None and loose is not None and strict.also == ()
+    assert [q.passage.document_id for q in loose.also] == [p.document_id for p in (wifi, offline) if p is not loose.passage]
+    assert loose.quoted == f"{loose.text}\n{loose.also[0].text}" and loose.also[0].text in loose.also[0].passage.text
