@@ -44,6 +44,39 @@ _FRUSTRATED = re.compile(
 )
 _WORD = re.compile(r"[a-z0-9]+")
 _ADDRESS = re.compile(r"\S+@\S+|\bhttps?://\S+|\bwww\.\S+")
+_LETTERS = re.compile(r"[a-z]+")
+# Contractions typed without the apostrophe ("cant", "whats"): chat English, not a topic.
+_BARE_CONTRACTIONS = frozenset(
+    [
+        "cant",
+        "dont",
+        "doesnt",
+        "didnt",
+        "wont",
+        "isnt",
+        "arent",
+        "wasnt",
+        "werent",
+        "havent",
+        "hasnt",
+        "wouldnt",
+        "shouldnt",
+        "couldnt",
+        "whats",
+        "thats",
+        "theres",
+        "heres",
+        "hows",
+        "wheres",
+        "im",
+        "ive",
+        "ill",
+        "id",
+        "youre",
+        "theyre",
+        "lets",
+    ]
+)
 _FOLLOW_UP = re.compile(r"(?i)^(and|also|what about|how about|but|then|so)\b|\b(it|that|this|those|these|they|them|its|one)\b")
 
 
@@ -169,6 +202,8 @@ class Assistant:
         confidence_threshold: float = 0.35,
         relevance_threshold: float = 0.0,
         max_unknown_words: int | None = None,
+        unknown_word_penalty: float = 0.0,
+        max_name_words: int | None = None,
         top_k: int = 4,
         max_new_tokens: int = 128,
         timeout_s: float = 60.0,
@@ -194,7 +229,10 @@ class Assistant:
         self._threshold = confidence_threshold
         self.relevance_threshold = relevance_threshold
         self.max_unknown_words = max_unknown_words
+        self.unknown_word_penalty = unknown_word_penalty  # taken off the best sentence's score per unknown word
+        self.max_name_words = max_name_words
         self._vocabulary: tuple[str, frozenset[str]] = ("", frozenset())  # (index version, words of its public text)
+        self._joined: tuple[str, frozenset[str]] = ("", frozenset())
         self._top_k = top_k
         self._max_new_tokens = max_new_tokens
         self._timeout_s = timeout_s
@@ -242,10 +280,10 @@ class Assistant:
             return
         result = TurnResult(question=message, search_query=standalone_query(message, history), model_id=self.model_id)
         upset = frustration(message, history)
-        search, composition, unknown = await asyncio.to_thread(self._search_and_compose, message, result.search_query)
+        search, composition, unknown, names = await asyncio.to_thread(self._search_and_compose, message, result.search_query)
         result.retrieval_s = time.perf_counter() - started
         result.confidence = search.confidence
-        if not self._answerable(search.confidence, composition, unknown):
+        if not self._answerable(search.confidence, composition, unknown, names):
             result.path, result.handoff, result.answer = AnswerPath.NOT_SURE, True, NOT_SURE_ANSWER
             result.handoff_reason = "not_sure"
             result.total_s = result.time_to_first_token_s = time.perf_counter() - started
@@ -263,13 +301,39 @@ class Assistant:
         async for event in self._generate(message, history, search.passages, composition, result, upset, started):
             yield event
 
-    def _search_and_compose(self, message: str, query: str) -> tuple[SearchResult, Composition | None, int]:
-        """Retrieval, the sentences that answer the message itself, and how many of the
-        message's words the help center never uses (one worker-thread hop)."""
+    def _search_and_compose(self, message: str, query: str) -> tuple[SearchResult, Composition | None, int, int]:
+        """Retrieval, the sentences that answer the message itself, how many of the message's
+        words the help center never uses, and how many of those read as names (one
+        worker-thread hop)."""
         search = self._retriever.search(query, self._top_k)
         composition = self._composer.compose(message, search.passages, drop=self.prompts.looks_like_injection)
         unknown = len(self._topic_words(message) - self._public_vocabulary()) if self.max_unknown_words is not None else 0
-        return search, composition, unknown
+        names = len(self.name_words(message)) if self.max_name_words is not None else 0
+        return search, composition, unknown, names
+
+    def name_words(self, message: str) -> set[str]:
+        """Words of the message that the help center never uses and that are not everyday
+        English either: "spotify", "costco", "nespresso", "keurig" name someone else's product
+        or shop. Everyday English is what the embedder's vocabulary holds as one word piece
+        (the word, or it without a plural or -ed/-ing ending); chat spellings ("cant",
+        "wifi" for the help center's "Wi-Fi") are not names."""
+        vocabulary = self._public_vocabulary()
+        joined = self._joined_vocabulary()
+        names = set()
+        for word in _LETTERS.findall(_ADDRESS.sub(" ", message.lower())):
+            stems = self._composer.words(word)
+            if not stems or stems <= vocabulary or word in _BARE_CONTRACTIONS or word in joined:
+                continue
+            if not self._composer.is_everyday_word(word):
+                names.add(word)
+        return names
+
+    def _joined_vocabulary(self) -> frozenset[str]:
+        """The help center's hyphenated words written together ("wi-fi" -> "wifi")."""
+        vocabulary = self._public_vocabulary()
+        if self._joined[0] != self._vocabulary[0]:
+            self._joined = (self._vocabulary[0], frozenset(w.replace("-", "") for w in vocabulary if "-" in w))
+        return self._joined[1]
 
     def _topic_words(self, message: str) -> set[str]:
         """The message's words that name a topic: no addresses, links, numbers or codes, which
@@ -286,19 +350,29 @@ class Assistant:
             self._vocabulary = (snapshot.version, frozenset(words))
         return self._vocabulary[1]
 
-    def _answerable(self, confidence: float, composition: Composition | None, unknown: int) -> bool:
+    def _answerable(self, confidence: float, composition: Composition | None, unknown: int, names: int = 0) -> bool:
         """Confident retrieval, a sentence that answers the question (not one that only shares
         the company's name with it), and a question about things the help center speaks of:
-        "Nespresso", "Spotify" or "Costco" in a question are topics it has no word for."""
-        if composition is None or confidence < self._threshold or composition.relevance < self.relevance_threshold:
+        "Nespresso", "Spotify" or "Costco" in a question are names it has no word for, and
+        each word it never uses makes the best sentence's score count for less."""
+        if composition is None or confidence < self._threshold:
             return False
-        return self.max_unknown_words is None or unknown <= self.max_unknown_words
+        if self.max_name_words is not None and names > self.max_name_words:
+            return False
+        if self.max_unknown_words is not None and unknown > self.max_unknown_words:
+            return False
+        return composition.relevance - self.unknown_word_penalty * unknown >= self.relevance_threshold
 
     def _compose(self, result: TurnResult, composition: Composition, upset: str, lead: str = "") -> None:
         best = composition.passage
-        result.sources, result.evidence, result.quoted = [_source(best)], [_evidence(best)], composition.text
+        result.sources = [_source(p) for p in composition.passages]
+        result.evidence = [_evidence(p) for p in composition.passages]
+        result.quoted = composition.quoted
         joiner = "\n" if "\n" in composition.text else " "
         result.answer = f'{lead}From our article "{best.title}":{joiner}{composition.text}'
+        for quote in composition.also:  # a second article that answers nearly as well: its own title
+            joiner = "\n" if "\n" in quote.text else " "
+            result.answer += f'\n\nAnd from "{quote.passage.title}":{joiner}{quote.text}'
         if upset:
             result.handoff, result.handoff_reason = True, upset
             result.answer += f"\n\n{OFFER_PERSON}"

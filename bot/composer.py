@@ -3,8 +3,12 @@
 It cannot invent: every word of its answer is quoted from a retrieved passage. Each
 sentence (or list item) of the passages is scored against the question, by meaning (the
 embedder) and by the question's own words, and the best ones are quoted in article order,
-with a list kept whole when the best sentence is one of its steps. It is the floor every
-answer falls back to, and the answer whenever the generator has not earned trust.
+with a list kept whole when the best sentence is one of its steps, and the sentence after
+the best one kept with it (the fact a visitor needs is often the next sentence: "Refunds
+are issued within 5 business days" after "You can return ... within 30 days"). When
+another article's best sentence scores nearly as well, it is quoted too, under its own
+title: the right article is not always the best-scored one. It is the floor every answer
+falls back to, and the answer whenever the generator has not earned trust.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from retrieval.embedder import Embedder
 from retrieval.lexical import LexicalTokenizer
 from retrieval.types import Passage
 
+_ENDINGS = ("s", "es", "d", "ed", "ing", "r", "rs", "er", "ers")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
 # Lead-ins that only make sense after the sentence before them ("It expires ...").
 _CONTINUATION = re.compile(r"(?i)^(it|this|that|they|these|those|then|the link|the code|if so)\b")
@@ -37,11 +42,31 @@ class Unit:
 
 
 @dataclass(frozen=True, slots=True)
+class Quote:
+    """Units quoted from one more article, after the best one's."""
+
+    text: str
+    passage: Passage
+    relevance: float
+
+
+@dataclass(frozen=True, slots=True)
 class Composition:
     text: str  # the quoted units, list structure kept
     passage: Passage  # the passage they come from
     relevance: float  # the best unit's score for the question
     coverage: float  # share of the question's own words found in the passage (title and heading included)
+    also: tuple[Quote, ...] = ()  # other articles whose best units scored within `second_margin` of it
+    runner_up: float = 0.0  # the best score of a unit of another article (0: none)
+
+    @property
+    def passages(self) -> list[Passage]:
+        return [self.passage, *(q.passage for q in self.also)]
+
+    @property
+    def quoted(self) -> str:
+        """Every quoted unit, of every article, as one text."""
+        return "\n".join([self.text, *(q.text for q in self.also)])
 
 
 def passage_units(text: str) -> list[Unit]:
@@ -74,7 +99,8 @@ class AnswerComposer:
     """Quotes the sentences of `passages` that answer a question.
 
     `lexical_weight` weighs the share of the question's words a sentence contains against
-    its cosine similarity; both are fitted on the tuning split (docs/benchmarks.md).
+    its cosine similarity; it, `neighbour_margin` and `second_margin` are fitted on the
+    tuning split (docs/benchmarks.md). `second_margin` None quotes one article only.
     """
 
     def __init__(
@@ -86,7 +112,9 @@ class AnswerComposer:
         passage_weight: float = 0.6,
         max_units: int = 3,
         max_chars: int = 700,
-        neighbour_margin: float = 0.06,
+        neighbour_margin: float = 0.3,
+        follow_next: bool = True,
+        second_margin: float | None = 0.1,
         cache_size: int = 20_000,
     ) -> None:
         if max_units < 1 or max_chars < 40:
@@ -100,10 +128,13 @@ class AnswerComposer:
         self.max_units = max_units
         self.max_chars = max_chars
         self.neighbour_margin = neighbour_margin
+        self.follow_next = follow_next  # keep the sentence after the best one (same paragraph)
+        self.second_margin = second_margin
         # Unit vectors by text: the same passages come back for many questions.
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._piece_counts: dict[str, int] = {}
 
     def warm_up(self, passage_texts: Sequence[str]) -> None:
         """Embed every unit of these passages now, so the first questions only embed themselves."""
@@ -114,6 +145,24 @@ class AnswerComposer:
 
     def words(self, text: str) -> set[str]:
         return set(self._tokenizer.tokenize(text)) - self._ignored
+
+    def is_everyday_word(self, word: str) -> bool:
+        """Whether the embedder's vocabulary holds `word` (lower case letters) as one word
+        piece, as it is or without a plural, -d, -ed, -ing or -er ending: "movers" and
+        "dented" are, "costco" and "nespresso" are not."""
+        forms = [word] + [word[: -len(end)] for end in _ENDINGS if word.endswith(end) and len(word) - len(end) >= 3]
+        return any(self._pieces(form) == 1 for form in forms)
+
+    def _pieces(self, word: str) -> int:
+        with self._lock:
+            cached = self._piece_counts.get(word)
+        if cached is None:
+            cached = self._embedder.count_tokens(word)
+            with self._lock:
+                if len(self._piece_counts) > self._cache_size:
+                    self._piece_counts.clear()
+                self._piece_counts[word] = cached
+        return cached
 
     def compose(
         self, question: str, passages: Sequence[Passage], *, drop: Callable[[str], bool] = lambda _: False
@@ -161,11 +210,31 @@ class AnswerComposer:
         assert best is not None
         score, pi, ui = best
         passage, units = candidates[pi]
-        chosen = self._select(units, scores[pi], ui)
-        text = _render([units[i] for i in chosen], self.max_chars)
+        text = _render([units[i] for i in self._select(units, scores[pi], ui)], self.max_chars)
         passage_words = self.words(f"{passage.title} {passage.chunk.heading} {passage.text}")
         coverage = len(asked & passage_words) / len(asked) if asked else 0.0
-        return Composition(text, passage, round(score, 4), round(coverage, 4))
+        # The best unit of another article: quoted too when it scores nearly as well.
+        others = [
+            (s, pj, uj)
+            for pj, row in enumerate(scores)
+            if candidates[pj][0].document_id != passage.document_id
+            for uj, s in enumerate(row)
+        ]
+        runner_up = max(others, default=None)
+        also: tuple[Quote, ...] = ()
+        if runner_up is not None and self.second_margin is not None and runner_up[0] >= score - self.second_margin:
+            s2, pj, uj = runner_up
+            other, other_units = candidates[pj]
+            other_text = _render([other_units[i] for i in self._select(other_units, scores[pj], uj)], self.max_chars)
+            also = (Quote(other_text, other, round(s2, 4)),)
+        return Composition(
+            text,
+            passage,
+            round(score, 4),
+            round(coverage, 4),
+            also=also,
+            runner_up=round(runner_up[0], 4) if runner_up else 0.0,
+        )
 
     def _select(self, units: list[Unit], scores: list[float], best: int) -> list[int]:
         """The best unit, its whole list if it is a list item, and close runners-up nearby."""
@@ -176,7 +245,11 @@ class AnswerComposer:
                 block.insert(0, intro)
             return block
         chosen = {best}
-        if best + 1 < len(units) and units[best + 1].block == units[best].block and _CONTINUATION.match(units[best + 1].text):
+        if (
+            best + 1 < len(units)
+            and units[best + 1].block == units[best].block
+            and (self.follow_next or _CONTINUATION.match(units[best + 1].text))
+        ):
             chosen.add(best + 1)
         if best > 0 and _CONTINUATION.match(units[best].text) and units[best - 1].block == units[best].block:
             chosen.add(best - 1)

@@ -76,6 +76,8 @@ def build_assistant(
         confidence_threshold=settings.answer_confidence_threshold,
         relevance_threshold=settings.answer_relevance_threshold,
         max_unknown_words=settings.answer_max_unknown_words,
+        unknown_word_penalty=settings.answer_unknown_word_penalty,
+        max_name_words=settings.answer_max_name_words,
         top_k=settings.answer_top_k,
         max_new_tokens=max_new_tokens or settings.generator_max_new_tokens,
         timeout_s=settings.generator_timeout_s,

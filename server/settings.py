@@ -200,7 +200,10 @@ class Settings(BaseSettings):
     )
 
     answer_confidence_threshold: float = Field(
-        0.35, ge=0, le=1, description="Below this retrieval confidence the bot says it is not sure and offers a human."
+        0.2,
+        ge=0,
+        le=1,
+        description="Below this retrieval confidence the bot says it is not sure and offers a human (fitted on the tuning split).",
     )
     answer_top_k: int = Field(4, gt=0, le=20, description="Passages the answer is composed or generated from.")
     answer_mode: Literal["auto", "extractive", "generative"] = Field(
@@ -211,16 +214,31 @@ class Settings(BaseSettings):
         ),
     )
     answer_relevance_threshold: float = Field(
-        1.06,
+        1.01,
         ge=0,
         le=2,
-        description="Below this score of the best sentence for the question the bot says it is not sure (fitted on the tuning split).",
+        description="Below this score of the best sentence for the question, less the unknown-word penalty, the bot says "
+        "it is not sure (fitted on the tuning split).",
     )
     answer_max_unknown_words: int | None = Field(
-        2,
+        4,
         ge=0,
         le=50,
         description="More words of a question than this that the help center never uses: not sure (fitted on the tuning split; unset: no limit).",
+    )
+    answer_unknown_word_penalty: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Taken off the best sentence's score for each word of the question the help center never uses "
+        "(fitted on the tuning split).",
+    )
+    answer_max_name_words: int | None = Field(
+        0,
+        ge=0,
+        le=50,
+        description="More words of a question than this that neither the help center nor everyday English uses (names of "
+        "other companies' products: 'spotify', 'costco'): not sure (fitted on the tuning split; unset: no limit).",
     )
     company_name: str = Field(
         "Brewlo", min_length=1, max_length=100, description="Whose help center this is (prompts, greeting)."
