@@ -26,8 +26,8 @@ feedback sink files) and compares it with the clients' own records:
 - per fault, the time from the fault to the next good answer any client received;
 - error frames by code, reconnects.
 
-    .venv/bin/python bench/chaos.py [--conversations 100] [--duration 90] [--faults worker,redis,supervisor,sigterm]
-    .venv/bin/python bench/chaos.py --soak 1800 --conversations 50   # no faults: memory, fds, Redis at start and end
+    .venv/bin/python -m bench.chaos [--conversations 100] [--duration 90] [--faults worker,redis,supervisor,sigterm]
+    .venv/bin/python -m bench.chaos --soak 1800 --conversations 50   # no faults: memory, fds, Redis at start and end
 
 A full disk under the feedback sink is tested with an injected ENOSPC in
 tests/bot/test_feedback.py, not here. Without generator faults the visitors' questions are
@@ -40,7 +40,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import importlib.util
 import itertools
 import json
 import os
@@ -59,21 +58,9 @@ import httpx
 import psutil
 import websockets
 
-# bench/server.py, by path: `server` is the application's package.
-_spec = importlib.util.spec_from_file_location("bench_server", Path(__file__).with_name("server.py"))
-assert _spec is not None and _spec.loader is not None
-bench_server = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_server)
-_fake_spec = importlib.util.spec_from_file_location("bench_fake_generator", Path(__file__).with_name("fake_generator.py"))
-assert _fake_spec is not None and _fake_spec.loader is not None
-fake_generator = importlib.util.module_from_spec(_fake_spec)
-_fake_spec.loader.exec_module(fake_generator)
-REPO, percentile, redis_pid, start_server = (
-    bench_server.REPO,
-    bench_server.percentile,
-    bench_server.redis_pid,
-    bench_server.start_server,
-)
+from bench import fake_generator
+from bench.server import REPO, percentile, redis_pid, start_server
+
 QUESTIONS = [
     "How do I descale my kettle?",
     "How long is the password reset link valid?",
@@ -86,6 +73,17 @@ GOOD_PATHS = {"composed", "generated", "fallback", "not_sure", "busy"}  # not ca
 FAULTS = ("worker", "redis", "supervisor", "sigterm", "slow_generator", "failing_generator")
 GENERATOR_FAULTS = {"slow_generator": "slow", "failing_generator": "failing"}
 GENERATOR_FAULT_S = 12.0  # how long the generator stays slow or failing
+# The report's `stored` figures that must be 0 for the run to pass (tests/e2e/test_chaos.py asserts the same).
+MUST_BE_ZERO = (
+    "answers_lost",
+    "user_messages_lost",
+    "messages_answered_twice",
+    "ratings_missing_from_sink",
+    "ratings_in_sink_more_than_once",
+    "agent_messages_lost",
+    "frames_sent_twice",
+    "conversations_with_gaps",
+)
 
 
 def _alive(process: psutil.Process) -> bool:
@@ -171,6 +169,12 @@ class Visitor:
         self.turn = 0
         self.drops: list[float] = []  # when this visitor's socket failed
         self.good: list[float] = []  # when it got a good answer
+        # What happened during the current request (reset by each): kept for a turn that fails.
+        self.trace: list[list[Any]] = []
+        self._tokens_noted: set[Any] = set()
+
+    def note(self, kind: str, *detail: Any) -> None:
+        self.trace.append([round(time.monotonic() - self.run.started, 2), kind, *detail])
 
     @property
     def url(self) -> str:
@@ -189,10 +193,13 @@ class Visitor:
                 ready = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
                 if ready.get("type") == "ready":
                     self.record.conversation_id = ready["conversation_id"]
+                    self.note("ready", {"resume_from": self.record.last_seq, "server_last_seq": ready["last_seq"]})
+                    self.note("status", ready["status"])
                     return
                 self.record.errors[ready.get("code", ready.get("type", "?"))] += 1
-            except (OSError, TimeoutError, websockets.ConnectionClosed, websockets.InvalidHandshake):
-                pass
+                self.note("connect", ready.get("code", ready.get("type", "?")))
+            except (OSError, TimeoutError, websockets.ConnectionClosed, websockets.InvalidHandshake) as exc:
+                self.note("connect", type(exc).__name__)
             await self.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
@@ -205,6 +212,12 @@ class Visitor:
 
     def _sequenced(self, frame: dict[str, Any]) -> None:
         seq = frame.get("seq")
+        if frame["type"] != "token" or seq is None or frame.get("message_id") not in self._tokens_noted:
+            self.note(
+                "frame", {k: frame[k] for k in ("type", "seq", "message_id", "client_message_id", "code", "path") if k in frame}
+            )
+            if frame["type"] == "token":
+                self._tokens_noted.add(frame.get("message_id"))  # the first token of each answer, not every one
         if seq is None:
             return
         if seq <= self.record.last_seq:
@@ -222,11 +235,13 @@ class Visitor:
     async def request(self, frame: dict[str, Any], finished: Any, timeout_s: float = 240) -> dict[str, Any]:
         """Send `frame` until `finished(frame)` returns a frame, reconnecting and resending as the widget does."""
         deadline = time.monotonic() + timeout_s
+        self.trace, self._tokens_noted = [], set()
         while time.monotonic() < deadline:
             if self.ws is None:
                 await self.connect()
                 self.record.reconnects += 1
             try:
+                self.note("send", {k: frame[k] for k in ("type", "client_message_id", "event_id") if k in frame})
                 await self.ws.send(json.dumps(frame))
                 while True:
                     reply = json.loads(await asyncio.wait_for(self.ws.recv(), 15))
@@ -240,7 +255,8 @@ class Visitor:
                     done = finished(reply)
                     if done is not None:
                         return dict(done)
-            except (OSError, TimeoutError, websockets.ConnectionClosed):
+            except (OSError, TimeoutError, websockets.ConnectionClosed) as exc:
+                self.note("drop", type(exc).__name__)
                 self.drops.append(time.monotonic())
                 await self.close()
         raise TimeoutError(f"no reply to {frame['type']} within {timeout_s:g} s")
@@ -290,7 +306,14 @@ class Visitor:
                 try:
                     await self.ask()
                 except (TimeoutError, RuntimeError) as exc:
-                    self.run.failures.append(f"{self.record.conversation_id}: {exc}")
+                    self.run.failures.append(
+                        {
+                            "conversation_id": self.record.conversation_id,
+                            "client_message_id": f"v{self.index}-{self.turn - 1}",
+                            "error": str(exc),
+                            "trace": self.trace,
+                        }
+                    )
             await asyncio.sleep(random.uniform(0.2, 1.0) * self.run.think_s)
         await self.close()
 
@@ -299,9 +322,10 @@ class Run:
     def __init__(self, service: Service, think_s: float) -> None:
         self.service = service
         self.think_s = think_s
+        self.started = time.monotonic()
         self.done_frames: dict[str, dict[str, Any]] = {}
         self.good_answers: list[float] = []
-        self.failures: list[str] = []
+        self.failures: list[dict[str, Any]] = []
         self.duplicates_frames = 0
         self.agent_seen: set[str] = set()
         self.agent_sent: set[str] = set()
@@ -416,6 +440,36 @@ async def stored_history(base: str, conversation_id: str) -> list[dict[str, Any]
         return list(ready["history"])
 
 
+async def stored_events(base: str, conversation_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The conversation's `ready` frame and its whole event stream, replayed from seq 0."""
+    async with websockets.connect(base.replace("http", "ws") + "/v1/chat", max_size=None) as ws:
+        await ws.send(json.dumps({"type": "start", "conversation_id": conversation_id, "last_seq": 0}))
+        ready = json.loads(await ws.recv())
+        events: list[dict[str, Any]] = []
+        with contextlib.suppress(TimeoutError):
+            while not events or events[-1].get("seq", 0) < ready["last_seq"]:
+                events.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
+        return ready, events
+
+
+async def diagnose(base: str, failure: dict[str, Any]) -> dict[str, Any]:
+    """For a turn that got no answer: what the service stored for it, against what the client saw."""
+    ready, events = await stored_events(base, failure["conversation_id"])
+    cmid = failure["client_message_id"]
+    history = ready["history"]
+    asked = [n for n, m in enumerate(history) if m["role"] == "user" and m.get("client_message_id") == cmid]
+    found: dict[str, Any] = {"status": ready["status"], "user_message_stored": bool(asked)}
+    if asked:
+        after = history[asked[-1] + 1 :]
+        answer = next((m for m in after if m["role"] == "assistant"), None)
+        found["answer_stored"] = answer is not None
+        if answer is not None:
+            found["answer_path"] = answer.get("path")
+            found["done_in_stream"] = any(e.get("type") == "done" and e.get("message_id") == answer["id"] for e in events)
+        found["next_roles"] = [m["role"] for m in after[:3]]
+    return found
+
+
 def sink_event_ids(data_dir: Path) -> collections.Counter[str]:
     found: collections.Counter[str] = collections.Counter()
     for path in (data_dir / "feedback").glob("feedback-*.jsonl"):
@@ -472,9 +526,18 @@ async def compare(run: Run, visitors: list[Visitor]) -> dict[str, Any]:
         "reconnects": sum(v.record.reconnects for v in visitors),
         "errors_by_code": dict(errors),
         "paths": dict(paths),
-        "client_failures": run.failures[:20],
         "client_failure_count": len(run.failures),
     }
+
+
+async def diagnose_failures(run: Run) -> None:
+    """Adds to each failed turn (the first 40) what the service stored for it."""
+    for failure in run.failures[:40]:
+        if failure["conversation_id"]:
+            try:
+                failure["stored"] = await diagnose(run.service.base, failure)
+            except (OSError, TimeoutError, websockets.ConnectionClosed, KeyError) as exc:
+                failure["stored"] = {"unreadable": repr(exc)}
 
 
 def resources(service: Service) -> dict[str, Any]:
@@ -587,20 +650,17 @@ def main() -> None:
             report["first_text_p50_s"] = round(percentile(firsts, 0.5), 3)
             report["first_text_p95_s"] = round(percentile(firsts, 0.95), 3)
         report["stored"] = asyncio.run(compare(run, visitors))
-        report["ok"] = (
-            all(
-                report["stored"][k] == 0
-                for k in (
-                    "answers_lost",
-                    "user_messages_lost",
-                    "messages_answered_twice",
-                    "ratings_missing_from_sink",
-                    "ratings_in_sink_more_than_once",
-                    "agent_messages_lost",
-                    "frames_sent_twice",
-                    "conversations_with_gaps",
-                )
+        asyncio.run(diagnose_failures(run))
+        # What the failed turns found stored, counted; then each (the first 40) with the client's trace.
+        report["client_failures_stored"] = dict(
+            collections.Counter(
+                json.dumps({k: v for k, v in f.get("stored", {}).items() if k != "next_roles"}, sort_keys=True)
+                for f in run.failures[:40]
             )
+        )
+        report["client_failures"] = run.failures[:40]
+        report["ok"] = (
+            all(report["stored"][k] == 0 for k in MUST_BE_ZERO)
             and not any("left_behind" in f for f in run.faults)
             and not run.failures
         )
