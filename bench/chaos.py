@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import datetime
 import itertools
 import json
 import os
@@ -171,6 +172,9 @@ class Visitor:
         self.good: list[float] = []  # when it got a good answer
         # What happened during the current request (reset by each): kept for a turn that fails.
         self.trace: list[list[Any]] = []
+        self.resent_at: float | None = None  # a message resent after a drop, until its answer's first text
+        self.resumes: list[tuple[float, float]] = []  # (resent at, seconds to the first text after it)
+        self.ready_seq = 0  # the conversation's last seq when the current socket started
         self._tokens_noted: set[Any] = set()
 
     def note(self, kind: str, *detail: Any) -> None:
@@ -193,6 +197,7 @@ class Visitor:
                 ready = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
                 if ready.get("type") == "ready":
                     self.record.conversation_id = ready["conversation_id"]
+                    self.ready_seq = ready["last_seq"]
                     self.note("ready", {"resume_from": self.record.last_seq, "server_last_seq": ready["last_seq"]})
                     self.note("status", ready["status"])
                     return
@@ -212,6 +217,10 @@ class Visitor:
 
     def _sequenced(self, frame: dict[str, Any]) -> None:
         seq = frame.get("seq")
+        # Written after this socket's `ready`: not the stream's catch-up of what the dead worker wrote.
+        if frame["type"] == "token" and self.resent_at is not None and (seq or 0) > self.ready_seq:
+            self.resumes.append((self.resent_at, time.monotonic() - self.resent_at))
+            self.resent_at = None
         if frame["type"] != "token" or seq is None or frame.get("message_id") not in self._tokens_noted:
             self.note(
                 "frame", {k: frame[k] for k in ("type", "seq", "message_id", "client_message_id", "code", "path") if k in frame}
@@ -236,12 +245,16 @@ class Visitor:
         """Send `frame` until `finished(frame)` returns a frame, reconnecting and resending as the widget does."""
         deadline = time.monotonic() + timeout_s
         self.trace, self._tokens_noted = [], set()
+        sent = False
         while time.monotonic() < deadline:
             if self.ws is None:
                 await self.connect()
                 self.record.reconnects += 1
             try:
                 self.note("send", {k: frame[k] for k in ("type", "client_message_id", "event_id") if k in frame})
+                if frame["type"] == "message" and sent:
+                    self.resent_at = time.monotonic()
+                sent = True
                 await self.ws.send(json.dumps(frame))
                 while True:
                     reply = json.loads(await asyncio.wait_for(self.ws.recv(), 15))
@@ -331,6 +344,7 @@ class Run:
         self.agent_sent: set[str] = set()
         self.faults: list[dict[str, Any]] = []
         self.pending_faults: list[tuple[dict[str, Any], float]] = []
+        self.fault_clock: list[tuple[dict[str, Any], float]] = []  # each fault's wall-clock time, for the server log
         self.first_text: list[tuple[float, float, str]] = []  # (asked at, seconds to first text, path)
         self.generator: Any = None  # bench/fake_generator.py, when generator faults are planned
 
@@ -346,19 +360,37 @@ class Run:
                 cid = visitor.record.conversation_id
                 try:
                     async with httpx.AsyncClient(base_url=self.service.base, headers=headers, timeout=10) as http:
-                        if (await http.post(f"/v1/agent/conversations/{cid}/takeover")).status_code != 200:
-                            continue
-                        sent = await http.post(f"/v1/agent/conversations/{cid}/messages", json={"text": "Hello from Alice"})
-                        if sent.status_code == 201:
-                            self.agent_sent.add(sent.json()["message_id"])
-                        await http.post(f"/v1/agent/conversations/{cid}/handback")
+                        took = await http.post(f"/v1/agent/conversations/{cid}/takeover")
+                        if took.status_code == 200:
+                            sent = await http.post(f"/v1/agent/conversations/{cid}/messages", json={"text": "Hello from Alice"})
+                            if sent.status_code == 201:
+                                self.agent_sent.add(sent.json()["message_id"])
                 except httpx.HTTPError:
                     pass  # the service is down for a fault: nothing was acknowledged
+                # Always, and until it is done: a takeover whose reply a fault cut off (or a
+                # handback that failed) left the conversation with the agent, and the bot would
+                # stay silent to the visitor's next turns (a bench bug that looked like lost turns).
+                await self.hand_back(headers, cid)
+
+    async def hand_back(self, headers: dict[str, str], cid: str) -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                async with httpx.AsyncClient(base_url=self.service.base, headers=headers, timeout=10) as http:
+                    if (await http.post(f"/v1/agent/conversations/{cid}/handback")).status_code < 500:
+                        return  # handed back, or it was never taken
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.5)
+        self.failures.append(
+            {"conversation_id": cid, "client_message_id": "", "error": "the agent could not hand back", "trace": []}
+        )
 
     async def inject(self, fault: str) -> None:
         service = self.service
         began = time.monotonic()
         entry: dict[str, Any] = {"fault": fault, "at_s": round(began - self.started, 1)}
+        self.fault_clock.append((entry, time.time()))
         if fault in GENERATOR_FAULTS:
             self.generator.mode = GENERATOR_FAULTS[fault]
             await asyncio.sleep(GENERATOR_FAULT_S)
@@ -414,8 +446,31 @@ class Run:
             entry["visitors_dropped"] = len(waits)
             entry["dropped_visitor_recovery_p50_s"] = round(percentile(waits, 0.5), 3) if waits else None
             entry["dropped_visitor_recovery_max_s"] = round(max(waits), 3) if waits else None
+            if entry["fault"] == "worker":
+                self._reanswered(entry)
+                # The part the lock decides: from a dropped visitor's resend to the first text of its answer.
+                resumes = [s for v in visitors for t, s in v.resumes if began <= t < began + 10]
+                entry["resend_to_text_p50_s"] = round(percentile(resumes, 0.5), 3) if resumes else None
+                entry["resend_to_text_max_s"] = round(max(resumes), 3) if resumes else None
             self.faults.append(entry)
             print(json.dumps({"fault": entry}), flush=True)
+
+    def _reanswered(self, entry: dict[str, Any]) -> None:
+        """From the server log: how long after the kill each message the dead worker was
+        answering began to be answered again on a live one (its resend reclaimed the turn)."""
+        at = next(clock for e, clock in self.fault_clock if e is entry)
+        log_path = self.service.data_dir / "server.log"
+        delays = []
+        for line in log_path.read_text(errors="replace").splitlines():
+            if "answer was never stored" not in line or not line.startswith("{"):
+                continue
+            logged = json.loads(line)
+            when = datetime.datetime.fromisoformat(logged["time"].replace("Z", "+00:00")).timestamp() - at
+            if 0 <= when < 30:
+                delays.append(when)
+        entry["reanswered"] = len(delays)
+        entry["reanswered_after_p50_s"] = round(percentile(delays, 0.5), 3) if delays else None
+        entry["reanswered_after_max_s"] = round(max(delays), 3) if delays else None
 
     async def main(self, conversations: int, duration_s: float, faults: list[str], key: str) -> list[Visitor]:
         self.started = time.monotonic()
