@@ -555,7 +555,10 @@ async def compare(run: Run, visitors: list[Visitor]) -> dict[str, Any]:
         roles = [m["role"] for m in history if m["role"] in ("user", "assistant")]
         answered_twice += sum(1 for a, b in itertools.pairwise(roles) if a == b == "assistant")
     acked_ratings = set().union(*(v.record.ratings for v in visitors))
-    deadline = time.monotonic() + 30  # the sink copies the feedback stream to its files in the background
+    # The sink copies the feedback stream to its files in the background; what a killed worker's
+    # sink had read but not written is claimed by another worker's after 60 s idle
+    # (bot/feedback/sink.py, claim_idle_s), so a run that ends soon after a worker kill waits for it.
+    deadline = time.monotonic() + 90
     found = sink_event_ids(service.data_dir)
     while not acked_ratings <= set(found) and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
