@@ -132,7 +132,7 @@ def test_a_lock_without_a_holder_named_is_never_taken_over(redis_url: str, redis
 def test_an_answer_is_stored_and_announced_in_one_step(redis_url: str, redis_prefix: str) -> None:
     """A stored answer always has its `done` in the stream: the reclaim of a resend, which
     skips a stored answer, can then never leave a visitor waiting for a `done` that no one
-    will write (what the full restarts in bench/chaos.py did to 40 turns a run)."""
+    will write (what worker, Redis and supervisor kills in bench/chaos.py did to 30 to 45 turns a run)."""
 
     async def scenario() -> tuple[list[dict[str, object]], list[dict[str, object]], int, TurnStart]:
         redis = Redis.from_url(redis_url)
