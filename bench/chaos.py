@@ -26,8 +26,8 @@ feedback sink files) and compares it with the clients' own records:
 - per fault, the time from the fault to the next good answer any client received;
 - error frames by code, reconnects.
 
-    .venv/bin/python bench/chaos.py [--conversations 100] [--duration 90] [--faults worker,redis,supervisor,sigterm]
-    .venv/bin/python bench/chaos.py --soak 1800 --conversations 50   # no faults: memory, fds, Redis at start and end
+    .venv/bin/python -m bench.chaos [--conversations 100] [--duration 90] [--faults worker,redis,supervisor,sigterm]
+    .venv/bin/python -m bench.chaos --soak 1800 --conversations 50   # no faults: memory, fds, Redis at start and end
 
 A full disk under the feedback sink is tested with an injected ENOSPC in
 tests/bot/test_feedback.py, not here. Without generator faults the visitors' questions are
@@ -40,7 +40,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import importlib.util
+import datetime
 import itertools
 import json
 import os
@@ -59,21 +59,9 @@ import httpx
 import psutil
 import websockets
 
-# bench/server.py, by path: `server` is the application's package.
-_spec = importlib.util.spec_from_file_location("bench_server", Path(__file__).with_name("server.py"))
-assert _spec is not None and _spec.loader is not None
-bench_server = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_server)
-_fake_spec = importlib.util.spec_from_file_location("bench_fake_generator", Path(__file__).with_name("fake_generator.py"))
-assert _fake_spec is not None and _fake_spec.loader is not None
-fake_generator = importlib.util.module_from_spec(_fake_spec)
-_fake_spec.loader.exec_module(fake_generator)
-REPO, percentile, redis_pid, start_server = (
-    bench_server.REPO,
-    bench_server.percentile,
-    bench_server.redis_pid,
-    bench_server.start_server,
-)
+from bench import fake_generator
+from bench.server import REPO, percentile, redis_pid, start_server
+
 QUESTIONS = [
     "How do I descale my kettle?",
     "How long is the password reset link valid?",
@@ -86,6 +74,17 @@ GOOD_PATHS = {"composed", "generated", "fallback", "not_sure", "busy"}  # not ca
 FAULTS = ("worker", "redis", "supervisor", "sigterm", "slow_generator", "failing_generator")
 GENERATOR_FAULTS = {"slow_generator": "slow", "failing_generator": "failing"}
 GENERATOR_FAULT_S = 12.0  # how long the generator stays slow or failing
+# The report's `stored` figures that must be 0 for the run to pass (tests/e2e/test_chaos.py asserts the same).
+MUST_BE_ZERO = (
+    "answers_lost",
+    "user_messages_lost",
+    "messages_answered_twice",
+    "ratings_missing_from_sink",
+    "ratings_in_sink_more_than_once",
+    "agent_messages_lost",
+    "frames_sent_twice",
+    "conversations_with_gaps",
+)
 
 
 def _alive(process: psutil.Process) -> bool:
@@ -171,6 +170,15 @@ class Visitor:
         self.turn = 0
         self.drops: list[float] = []  # when this visitor's socket failed
         self.good: list[float] = []  # when it got a good answer
+        # What happened during the current request (reset by each): kept for a turn that fails.
+        self.trace: list[list[Any]] = []
+        self.resent_at: float | None = None  # a message resent after a drop, until its answer's first text
+        self.resumes: list[tuple[float, float]] = []  # (resent at, seconds to the first text after it)
+        self.ready_seq = 0  # the conversation's last seq when the current socket started
+        self._tokens_noted: set[Any] = set()
+
+    def note(self, kind: str, *detail: Any) -> None:
+        self.trace.append([round(time.monotonic() - self.run.started, 2), kind, *detail])
 
     @property
     def url(self) -> str:
@@ -189,10 +197,14 @@ class Visitor:
                 ready = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
                 if ready.get("type") == "ready":
                     self.record.conversation_id = ready["conversation_id"]
+                    self.ready_seq = ready["last_seq"]
+                    self.note("ready", {"resume_from": self.record.last_seq, "server_last_seq": ready["last_seq"]})
+                    self.note("status", ready["status"])
                     return
                 self.record.errors[ready.get("code", ready.get("type", "?"))] += 1
-            except (OSError, TimeoutError, websockets.ConnectionClosed, websockets.InvalidHandshake):
-                pass
+                self.note("connect", ready.get("code", ready.get("type", "?")))
+            except (OSError, TimeoutError, websockets.ConnectionClosed, websockets.InvalidHandshake) as exc:
+                self.note("connect", type(exc).__name__)
             await self.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
@@ -205,6 +217,16 @@ class Visitor:
 
     def _sequenced(self, frame: dict[str, Any]) -> None:
         seq = frame.get("seq")
+        # Written after this socket's `ready`: not the stream's catch-up of what the dead worker wrote.
+        if frame["type"] == "token" and self.resent_at is not None and (seq or 0) > self.ready_seq:
+            self.resumes.append((self.resent_at, time.monotonic() - self.resent_at))
+            self.resent_at = None
+        if frame["type"] != "token" or seq is None or frame.get("message_id") not in self._tokens_noted:
+            self.note(
+                "frame", {k: frame[k] for k in ("type", "seq", "message_id", "client_message_id", "code", "path") if k in frame}
+            )
+            if frame["type"] == "token":
+                self._tokens_noted.add(frame.get("message_id"))  # the first token of each answer, not every one
         if seq is None:
             return
         if seq <= self.record.last_seq:
@@ -222,11 +244,17 @@ class Visitor:
     async def request(self, frame: dict[str, Any], finished: Any, timeout_s: float = 240) -> dict[str, Any]:
         """Send `frame` until `finished(frame)` returns a frame, reconnecting and resending as the widget does."""
         deadline = time.monotonic() + timeout_s
+        self.trace, self._tokens_noted = [], set()
+        sent = False
         while time.monotonic() < deadline:
             if self.ws is None:
                 await self.connect()
                 self.record.reconnects += 1
             try:
+                self.note("send", {k: frame[k] for k in ("type", "client_message_id", "event_id") if k in frame})
+                if frame["type"] == "message" and sent:
+                    self.resent_at = time.monotonic()
+                sent = True
                 await self.ws.send(json.dumps(frame))
                 while True:
                     reply = json.loads(await asyncio.wait_for(self.ws.recv(), 15))
@@ -240,7 +268,8 @@ class Visitor:
                     done = finished(reply)
                     if done is not None:
                         return dict(done)
-            except (OSError, TimeoutError, websockets.ConnectionClosed):
+            except (OSError, TimeoutError, websockets.ConnectionClosed) as exc:
+                self.note("drop", type(exc).__name__)
                 self.drops.append(time.monotonic())
                 await self.close()
         raise TimeoutError(f"no reply to {frame['type']} within {timeout_s:g} s")
@@ -290,7 +319,14 @@ class Visitor:
                 try:
                     await self.ask()
                 except (TimeoutError, RuntimeError) as exc:
-                    self.run.failures.append(f"{self.record.conversation_id}: {exc}")
+                    self.run.failures.append(
+                        {
+                            "conversation_id": self.record.conversation_id,
+                            "client_message_id": f"v{self.index}-{self.turn - 1}",
+                            "error": str(exc),
+                            "trace": self.trace,
+                        }
+                    )
             await asyncio.sleep(random.uniform(0.2, 1.0) * self.run.think_s)
         await self.close()
 
@@ -299,14 +335,16 @@ class Run:
     def __init__(self, service: Service, think_s: float) -> None:
         self.service = service
         self.think_s = think_s
+        self.started = time.monotonic()
         self.done_frames: dict[str, dict[str, Any]] = {}
         self.good_answers: list[float] = []
-        self.failures: list[str] = []
+        self.failures: list[dict[str, Any]] = []
         self.duplicates_frames = 0
         self.agent_seen: set[str] = set()
         self.agent_sent: set[str] = set()
         self.faults: list[dict[str, Any]] = []
         self.pending_faults: list[tuple[dict[str, Any], float]] = []
+        self.fault_clock: list[tuple[dict[str, Any], float]] = []  # each fault's wall-clock time, for the server log
         self.first_text: list[tuple[float, float, str]] = []  # (asked at, seconds to first text, path)
         self.generator: Any = None  # bench/fake_generator.py, when generator faults are planned
 
@@ -322,19 +360,37 @@ class Run:
                 cid = visitor.record.conversation_id
                 try:
                     async with httpx.AsyncClient(base_url=self.service.base, headers=headers, timeout=10) as http:
-                        if (await http.post(f"/v1/agent/conversations/{cid}/takeover")).status_code != 200:
-                            continue
-                        sent = await http.post(f"/v1/agent/conversations/{cid}/messages", json={"text": "Hello from Alice"})
-                        if sent.status_code == 201:
-                            self.agent_sent.add(sent.json()["message_id"])
-                        await http.post(f"/v1/agent/conversations/{cid}/handback")
+                        took = await http.post(f"/v1/agent/conversations/{cid}/takeover")
+                        if took.status_code == 200:
+                            sent = await http.post(f"/v1/agent/conversations/{cid}/messages", json={"text": "Hello from Alice"})
+                            if sent.status_code == 201:
+                                self.agent_sent.add(sent.json()["message_id"])
                 except httpx.HTTPError:
                     pass  # the service is down for a fault: nothing was acknowledged
+                # Always, and until it is done: a takeover whose reply a fault cut off (or a
+                # handback that failed) left the conversation with the agent, and the bot would
+                # stay silent to the visitor's next turns (a bench bug that looked like lost turns).
+                await self.hand_back(headers, cid)
+
+    async def hand_back(self, headers: dict[str, str], cid: str) -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                async with httpx.AsyncClient(base_url=self.service.base, headers=headers, timeout=10) as http:
+                    if (await http.post(f"/v1/agent/conversations/{cid}/handback")).status_code < 500:
+                        return  # handed back, or it was never taken
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.5)
+        self.failures.append(
+            {"conversation_id": cid, "client_message_id": "", "error": "the agent could not hand back", "trace": []}
+        )
 
     async def inject(self, fault: str) -> None:
         service = self.service
         began = time.monotonic()
         entry: dict[str, Any] = {"fault": fault, "at_s": round(began - self.started, 1)}
+        self.fault_clock.append((entry, time.time()))
         if fault in GENERATOR_FAULTS:
             self.generator.mode = GENERATOR_FAULTS[fault]
             await asyncio.sleep(GENERATOR_FAULT_S)
@@ -390,8 +446,31 @@ class Run:
             entry["visitors_dropped"] = len(waits)
             entry["dropped_visitor_recovery_p50_s"] = round(percentile(waits, 0.5), 3) if waits else None
             entry["dropped_visitor_recovery_max_s"] = round(max(waits), 3) if waits else None
+            if entry["fault"] == "worker":
+                self._reanswered(entry)
+                # The part the lock decides: from a dropped visitor's resend to the first text of its answer.
+                resumes = [s for v in visitors for t, s in v.resumes if began <= t < began + 10]
+                entry["resend_to_text_p50_s"] = round(percentile(resumes, 0.5), 3) if resumes else None
+                entry["resend_to_text_max_s"] = round(max(resumes), 3) if resumes else None
             self.faults.append(entry)
             print(json.dumps({"fault": entry}), flush=True)
+
+    def _reanswered(self, entry: dict[str, Any]) -> None:
+        """From the server log: how long after the kill each message the dead worker was
+        answering began to be answered again on a live one (its resend reclaimed the turn)."""
+        at = next(clock for e, clock in self.fault_clock if e is entry)
+        log_path = self.service.data_dir / "server.log"
+        delays = []
+        for line in log_path.read_text(errors="replace").splitlines():
+            if "answer was never stored" not in line or not line.startswith("{"):
+                continue
+            logged = json.loads(line)
+            when = datetime.datetime.fromisoformat(logged["time"].replace("Z", "+00:00")).timestamp() - at
+            if 0 <= when < 30:
+                delays.append(when)
+        entry["reanswered"] = len(delays)
+        entry["reanswered_after_p50_s"] = round(percentile(delays, 0.5), 3) if delays else None
+        entry["reanswered_after_max_s"] = round(max(delays), 3) if delays else None
 
     async def main(self, conversations: int, duration_s: float, faults: list[str], key: str) -> list[Visitor]:
         self.started = time.monotonic()
@@ -414,6 +493,36 @@ async def stored_history(base: str, conversation_id: str) -> list[dict[str, Any]
         await ws.send(json.dumps({"type": "start", "conversation_id": conversation_id}))
         ready = json.loads(await ws.recv())
         return list(ready["history"])
+
+
+async def stored_events(base: str, conversation_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The conversation's `ready` frame and its whole event stream, replayed from seq 0."""
+    async with websockets.connect(base.replace("http", "ws") + "/v1/chat", max_size=None) as ws:
+        await ws.send(json.dumps({"type": "start", "conversation_id": conversation_id, "last_seq": 0}))
+        ready = json.loads(await ws.recv())
+        events: list[dict[str, Any]] = []
+        with contextlib.suppress(TimeoutError):
+            while not events or events[-1].get("seq", 0) < ready["last_seq"]:
+                events.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
+        return ready, events
+
+
+async def diagnose(base: str, failure: dict[str, Any]) -> dict[str, Any]:
+    """For a turn that got no answer: what the service stored for it, against what the client saw."""
+    ready, events = await stored_events(base, failure["conversation_id"])
+    cmid = failure["client_message_id"]
+    history = ready["history"]
+    asked = [n for n, m in enumerate(history) if m["role"] == "user" and m.get("client_message_id") == cmid]
+    found: dict[str, Any] = {"status": ready["status"], "user_message_stored": bool(asked)}
+    if asked:
+        after = history[asked[-1] + 1 :]
+        answer = next((m for m in after if m["role"] == "assistant"), None)
+        found["answer_stored"] = answer is not None
+        if answer is not None:
+            found["answer_path"] = answer.get("path")
+            found["done_in_stream"] = any(e.get("type") == "done" and e.get("message_id") == answer["id"] for e in events)
+        found["next_roles"] = [m["role"] for m in after[:3]]
+    return found
 
 
 def sink_event_ids(data_dir: Path) -> collections.Counter[str]:
@@ -446,7 +555,10 @@ async def compare(run: Run, visitors: list[Visitor]) -> dict[str, Any]:
         roles = [m["role"] for m in history if m["role"] in ("user", "assistant")]
         answered_twice += sum(1 for a, b in itertools.pairwise(roles) if a == b == "assistant")
     acked_ratings = set().union(*(v.record.ratings for v in visitors))
-    deadline = time.monotonic() + 30  # the sink copies the feedback stream to its files in the background
+    # The sink copies the feedback stream to its files in the background; what a killed worker's
+    # sink had read but not written is claimed by another worker's after 60 s idle
+    # (bot/feedback/sink.py, claim_idle_s), so a run that ends soon after a worker kill waits for it.
+    deadline = time.monotonic() + 90
     found = sink_event_ids(service.data_dir)
     while not acked_ratings <= set(found) and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
@@ -472,9 +584,18 @@ async def compare(run: Run, visitors: list[Visitor]) -> dict[str, Any]:
         "reconnects": sum(v.record.reconnects for v in visitors),
         "errors_by_code": dict(errors),
         "paths": dict(paths),
-        "client_failures": run.failures[:20],
         "client_failure_count": len(run.failures),
     }
+
+
+async def diagnose_failures(run: Run) -> None:
+    """Adds to each failed turn (the first 40) what the service stored for it."""
+    for failure in run.failures[:40]:
+        if failure["conversation_id"]:
+            try:
+                failure["stored"] = await diagnose(run.service.base, failure)
+            except (OSError, TimeoutError, websockets.ConnectionClosed, KeyError) as exc:
+                failure["stored"] = {"unreadable": repr(exc)}
 
 
 def resources(service: Service) -> dict[str, Any]:
@@ -587,20 +708,17 @@ def main() -> None:
             report["first_text_p50_s"] = round(percentile(firsts, 0.5), 3)
             report["first_text_p95_s"] = round(percentile(firsts, 0.95), 3)
         report["stored"] = asyncio.run(compare(run, visitors))
-        report["ok"] = (
-            all(
-                report["stored"][k] == 0
-                for k in (
-                    "answers_lost",
-                    "user_messages_lost",
-                    "messages_answered_twice",
-                    "ratings_missing_from_sink",
-                    "ratings_in_sink_more_than_once",
-                    "agent_messages_lost",
-                    "frames_sent_twice",
-                    "conversations_with_gaps",
-                )
+        asyncio.run(diagnose_failures(run))
+        # What the failed turns found stored, counted; then each (the first 40) with the client's trace.
+        report["client_failures_stored"] = dict(
+            collections.Counter(
+                json.dumps({k: v for k, v in f.get("stored", {}).items() if k != "next_roles"}, sort_keys=True)
+                for f in run.failures[:40]
             )
+        )
+        report["client_failures"] = run.failures[:40]
+        report["ok"] = (
+            all(report["stored"][k] == 0 for k in MUST_BE_ZERO)
             and not any("left_behind" in f for f in run.faults)
             and not run.failures
         )

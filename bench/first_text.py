@@ -6,14 +6,13 @@ held-out split one after another, and measures on the client: send -> first `tok
 (what the visitor waits for) and send -> `done`. Both modes run in the same invocation, so
 the generative figures (the path every visitor got before the composer) are the baseline.
 
-    .venv/bin/python bench/first_text.py [--visitors 8] [--rounds 3] [--modes extractive generative]
+    .venv/bin/python -m bench.first_text [--visitors 8] [--rounds 3] [--modes extractive generative]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import shutil
 import statistics
@@ -22,19 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.server import REPO, connect, percentile, start_server
 from bot.evaluation import load_turns
 
-# bench/server.py's launcher; loaded by path, since `server` is the project's package.
-_spec = importlib.util.spec_from_file_location("bench_server", Path(__file__).with_name("server.py"))
-assert _spec is not None and _spec.loader is not None
-bench_server = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_server)
-REPO, connect, percentile, start_server = (
-    bench_server.REPO,
-    bench_server.connect,
-    bench_server.percentile,
-    bench_server.start_server,
-)
 EVAL_TURNS = REPO / "knowledge_base" / "samples" / "eval" / "turns.jsonl"
 
 

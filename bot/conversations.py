@@ -7,13 +7,14 @@ Key layout (all under one prefix, documented in docs/protocol.md):
     {p}conv:{id}:messages     list    one JSON object per message (user, assistant, agent), oldest first
     {p}conv:{id}:events       stream  every sequenced frame sent to clients; entry id 0-{seq}
     {p}conv:{id}:cmid:{cmid}  string  the message id a client message id was answered as (resends)
-    {p}conv:{id}:answering    string  lock token while an answer streams (one answer at a time)
+    {p}conv:{id}:answering    string  lock while an answer streams (one answer at a time): "{worker id}/{token}"
     {p}conv:{id}:offered:{mid} string  a person was offered under answer mid after a thumbs-down (server/chat.py)
     {p}conv:{id}:ratings      hash    answer id -> its latest rating, up or down (bot/feedback/log.py)
     {p}conv:{id}:feedback     list    every feedback event on the conversation, oldest first (bot/feedback/log.py)
     {p}conversations          zset    conversation ids scored by last update (agents list by time)
     {p}handoff_queue          zset    conversations waiting for a person, scored by when they asked
     {p}live:{id}              channel each event as it is appended (server/events.py fans it out)
+    {p}worker:{worker id}     channel each worker's event hub subscribes to it: the lock holder is alive while it has a subscriber
     {p}insights:day:{day}*    the support lead's per-day figures (bot/insights/daily.py)
 
 Every key of a conversation expires `ttl_s` after its last update. Sequence numbers come
@@ -154,6 +155,44 @@ if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
 end
 """
 
+# An answer's record and the frames that announce it (sources, done), in one step: an answer
+# can no longer be stored while its `done` is not (a Redis killed between the two left the
+# visitor waiting for a `done` no resend could bring: the reclaim saw the answer stored).
+_ADD_ANSWER = (
+    _APPEND_FUNCTION
+    + """
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'answers', 1)
+  redis.call('HINCRBY', KEYS[1], 'path:' .. ARGV[3], 1)
+  local confidence = tonumber(ARGV[4])
+  local lowest = tonumber(redis.call('HGET', KEYS[1], 'min_confidence') or '2')
+  if confidence and confidence < lowest then redis.call('HSET', KEYS[1], 'min_confidence', ARGV[4]) end
+end
+local last = 0
+for i = 8, #ARGV do last = append(KEYS[1], KEYS[3], KEYS[4], ARGV[i], ARGV[5], ARGV[2], ARGV[6], ARGV[7]) end
+return last
+"""
+)
+
+# Take the answer lock of a resent message's turn: when it is free, or (take_over) when the
+# worker named in it has no subscriber on its worker channel, i.e. its process is gone (the
+# kernel closed its connections, Redis dropped its subscriptions). Compare-and-set in one
+# script: two workers cannot both take it. 0: held by a live worker; 1: taken; 2: taken over.
+_TAKE_LOCK = """
+local held = redis.call('GET', KEYS[1])
+if held then
+  if ARGV[3] ~= '1' then return {0, held} end
+  local holder = string.match(held, '^([^/]+)/')
+  if not holder then return {0, held} end  -- no holder named: wait for the lock to lapse
+  if redis.call('PUBSUB', 'NUMSUB', ARGV[4] .. holder)[2] > 0 then return {0, held} end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if held then return {2, held} end
+return {1, ''}
+"""
+
 _RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -205,6 +244,7 @@ class TurnStart:
     seq: int = 0  # ok: the user message's event
     history: tuple[dict[str, Any], ...] = ()  # ok: the messages before this one, oldest first
     earlier_answer_id: str = ""  # duplicate
+    replaced: str = ""  # reclaim_turn, ok: the lock it took over from a worker that was gone
     retry_after_s: float = 0.0  # limited: the guard's wait
 
 
@@ -248,6 +288,8 @@ class ConversationStore:
         self._set_status = redis.register_script(_SET_STATUS)
         self._agent_message = redis.register_script(_AGENT_MESSAGE)
         self._add_message = redis.register_script(_ADD_MESSAGE)
+        self._add_answer = redis.register_script(_ADD_ANSWER)
+        self._take_lock = redis.register_script(_TAKE_LOCK)
 
     @property
     def prefix(self) -> str:
@@ -340,6 +382,31 @@ class ConversationStore:
         if path:
             await self.insights.record_answer(keys[0], conversation_id, message)
 
+    async def add_answer(self, conversation_id: str, message: dict[str, Any], frames: list[dict[str, Any]]) -> int:
+        """Store an answer and append the frames that announce it (its sources, its `done`) in
+        one script, so no crash or Redis outage can leave it stored but never announced.
+        Returns the last frame's sequence number."""
+        keys = [
+            self.key(conversation_id),
+            self.key(conversation_id, "messages"),
+            self.key(conversation_id, "events"),
+            f"{self._p}conversations",
+        ]
+        confidence = message.get("confidence")
+        args: list[str | int | float] = [
+            self.sealer.seal(message),
+            self._ttl,
+            str(message.get("path", "")),
+            "" if confidence is None else confidence,
+            time.time(),
+            conversation_id,
+            f"{self._p}live:{conversation_id}",
+            *(self._event_body(frame) for frame in frames),
+        ]
+        last = int(await self._add_answer(keys=keys, args=args))
+        await self.insights.record_answer(keys[0], conversation_id, message)
+        return last
+
     async def messages(self, conversation_id: str) -> list[dict[str, Any]]:
         return [self.sealer.open(m) for m in await self.redis.lrange(self.key(conversation_id, "messages"), 0, -1)]
 
@@ -354,11 +421,14 @@ class ConversationStore:
         lock_ttl_s: float,
         history: int,
         guard: TurnGuard | None = None,
+        holder: str = "",
     ) -> TurnStart:
         """Store a user message and decide, atomically, whether the bot answers it (see _BEGIN_TURN).
 
-        With a `guard`, it runs first in the same script; when it says wait, nothing is stored."""
-        token = secrets.token_hex(8)
+        With a `guard`, it runs first in the same script; when it says wait, nothing is stored.
+        `holder` (the worker's id, server/events.py) is named in the answer lock, so a resent
+        message can take over the lock of a worker that died (reclaim_turn)."""
+        token = f"{holder}/{secrets.token_hex(8)}"
         now = time.time()
         keys = [
             self.key(conversation_id),
@@ -490,17 +560,31 @@ class ConversationStore:
         return bool(extended)
 
     async def reclaim_turn(
-        self, conversation_id: str, client_message_id: str, answer_id: str, *, lock_ttl_s: float, history: int
+        self,
+        conversation_id: str,
+        client_message_id: str,
+        answer_id: str,
+        *,
+        lock_ttl_s: float,
+        history: int,
+        holder: str = "",
+        take_over: bool = False,
     ) -> TurnStart:
-        """A resent message whose answer was never stored and whose lock is free: the worker
-        writing it died (SIGKILL, a Redis outage mid-answer). Take the lock to answer it again,
-        under the same answer id, so the visitor still gets one answer. `duplicate` when the
-        answer was stored meanwhile or is not the bot's to write (a person has the chat)."""
+        """A resent message whose answer was never stored: the worker writing it died
+        (SIGKILL, a Redis outage mid-answer). Take the lock, when it is free or (`take_over`)
+        when the worker named in it is gone, and answer it again under the same answer id, so
+        the visitor still gets one answer. `busy` while a live worker holds the lock (the
+        answer may still come); `duplicate` when the answer was stored meanwhile or is not the
+        bot's to write (a person has the chat)."""
         duplicate = TurnStart("duplicate", earlier_answer_id=answer_id)
-        token = secrets.token_hex(8)
+        token = f"{holder}/{secrets.token_hex(8)}"
         lock = self.key(conversation_id, "answering")
-        if not await self.redis.set(lock, token, nx=True, px=int(lock_ttl_s * 1000)):
-            return duplicate  # being written (a grace-period answer, another worker's retry)
+        taken, held = await self._take_lock(
+            keys=[lock], args=[token, int(lock_ttl_s * 1000), "1" if take_over else "0", f"{self._p}worker:"]
+        )
+        if not taken:
+            return TurnStart("busy", earlier_answer_id=answer_id)  # being written (a grace-period answer, a retry)
+        replaced = held.decode() if taken == 2 else ""
         messages = await self.messages(conversation_id)
         asked = [n for n, m in enumerate(messages) if m["role"] == "user" and m.get("client_message_id") == client_message_id]
         status = (await self.redis.hget(self.key(conversation_id), "status") or b"").decode()
@@ -508,7 +592,9 @@ class ConversationStore:
             await self.unlock_answer(conversation_id, token)
             return duplicate
         at = asked[-1]
-        return TurnStart("ok", status=status, lock_token=token, history=tuple(messages[max(0, at - history) : at]))
+        return TurnStart(
+            "ok", status=status, lock_token=token, history=tuple(messages[max(0, at - history) : at]), replaced=replaced
+        )
 
     async def answer_streaming(self, conversation_id: str) -> bool:
         """Whether some worker holds this conversation's answer lock (an answer is being written)."""

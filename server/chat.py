@@ -41,6 +41,11 @@ OUTBOX_FRAMES = 4096  # live frames queued for one socket; a client this far beh
 # The one-answer lock expires this soon unless its worker renews it (every third of it): an
 # answer whose worker died frees the conversation in seconds, not at the generator's timeout.
 ANSWER_LOCK_TTL_S = 6.0
+# A lock whose holder is gone (server/events.py) is taken over only once this worker's own
+# live-events connection has been up this long: after a Redis restart, live workers need up
+# to a second to resubscribe, and until then they look gone.
+TAKEOVER_SETTLE_S = 2.0
+ORPHAN_POLL_S = 0.25  # how often a resent message's watcher looks at the lock
 
 
 class _Frame(BaseModel):
@@ -433,6 +438,7 @@ class Connection:
                 lock_ttl_s=ANSWER_LOCK_TTL_S,
                 history=HISTORY_TURNS,
                 guard=self.service.limiter.guard(*self._frame_buckets()),
+                holder=self.service.events.worker_id,
             )
 
         turn = await begin()
@@ -475,26 +481,36 @@ class Connection:
 
     async def _answer_if_orphaned(self, client_message_id: str, answer_id: str, text: str) -> None:
         """A resent message (`duplicate`) whose answer may never come: the worker writing it died
-        (SIGKILL, a Redis outage mid-answer) and its lock lapses within ANSWER_LOCK_TTL_S, as
-        live workers renew theirs. Watch the lock; once it is free, an answer that was not
-        stored is written here, under the id the visitor was given. Bounded by the longest
-        an answer may take."""
+        (SIGKILL, a Redis outage mid-answer). Watch the lock: once it is free (a lock lapses
+        within ANSWER_LOCK_TTL_S unless renewed), or its holder's process is gone (it names
+        the worker, whose subscription ends with it: server/events.py), an answer that was
+        not stored is written here, under the id the visitor was given. Bounded by the
+        longest an answer may take."""
         assert self.conversation_id is not None
-        cid = self.conversation_id
+        cid, events = self.conversation_id, self.service.events
         deadline = time.monotonic() + self.settings.generator_timeout_s + 2 * ANSWER_LOCK_TTL_S
         while time.monotonic() < deadline:
             try:
-                if not await self.store.answer_streaming(cid):
-                    turn = await self.store.reclaim_turn(
-                        cid, client_message_id, answer_id, lock_ttl_s=ANSWER_LOCK_TTL_S, history=HISTORY_TURNS
+                turn = await self.store.reclaim_turn(
+                    cid,
+                    client_message_id,
+                    answer_id,
+                    lock_ttl_s=ANSWER_LOCK_TTL_S,
+                    history=HISTORY_TURNS,
+                    holder=events.worker_id,
+                    take_over=events.listening_for(TAKEOVER_SETTLE_S),
+                )
+                if turn.outcome == "ok":
+                    log.info(
+                        "answering a message whose answer was never stored",
+                        extra={"conversation_id": cid, "took_over_from": turn.replaced or None},
                     )
-                    if turn.outcome == "ok":
-                        log.info("answering a message whose answer was never stored", extra={"conversation_id": cid})
-                        self._start_answer(answer_id, text, turn)
+                    self._start_answer(answer_id, text, turn)
+                if turn.outcome != "busy":
                     return
             except RedisError:  # Redis restarting (this is how the answer got lost, often): keep watching
                 pass
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(ORPHAN_POLL_S)
 
     async def _keep_lock(self, conversation_id: str, lock: str) -> None:
         while True:
@@ -557,21 +573,17 @@ class Connection:
                 "timings": timings,
                 "created": time.time(),
             }
-            await store.add_message(cid, record)
-            recorded = True
-            await store.append_event(cid, {"type": "sources", "message_id": answer_id, "sources": sources})
-            await store.append_event(
-                cid,
-                {
-                    "type": "done",
-                    "message_id": answer_id,
-                    "path": str(result.path),
-                    "confidence": record["confidence"],
-                    "model_id": result.model_id,
-                    "timings": timings,
-                },
-            )
-            self._done_sent = True
+            done = {
+                "type": "done",
+                "message_id": answer_id,
+                "path": str(result.path),
+                "confidence": record["confidence"],
+                "model_id": result.model_id,
+                "timings": timings,
+            }
+            # Stored and announced in one step (bot/conversations.py, _ADD_ANSWER).
+            await store.add_answer(cid, record, [{"type": "sources", "message_id": answer_id, "sources": sources}, done])
+            recorded = self._done_sent = True
             if result.path == AnswerPath.HUMAN:
                 await store.change_status(cid, "request", reason="asked for a person")
                 metrics.handoffs.labels("request").inc()
@@ -600,16 +612,13 @@ class Connection:
             # stored a second time as "cancelled".
             if not recorded:
                 await self._record_cancelled(answer_id, "".join(parts))
-            elif not self._done_sent and result is not None:  # stored but not yet announced: announce it
-                with contextlib.suppress(RedisError):
-                    done = {"type": "done", "message_id": answer_id, "path": str(result.path)}
-                    await asyncio.shield(store.append_event(cid, done))
             raise
         except ValueError as exc:  # the assistant refused the message
             await self.error("invalid_message", str(exc))
         except RedisError as exc:
-            log.warning("redis failed mid-answer: %s", exc, extra={"conversation_id": cid})
-            await self.error("unavailable", "the service is temporarily unavailable; the answer was interrupted")
+            log.warning("redis failed mid-answer: %s", exc, extra={"conversation_id": cid, "recorded": recorded})
+            if not recorded:  # a recorded answer has had its `done`; only a later step failed
+                await self.error("unavailable", "the service is temporarily unavailable; the answer was interrupted")
         finally:
             keeper.cancel()
             with contextlib.suppress(RedisError):
@@ -620,8 +629,8 @@ class Connection:
         cid = self.conversation_id
         with contextlib.suppress(RedisError):
             record = {"id": answer_id, "role": "assistant", "text": partial, "path": "cancelled", "created": time.time()}
-            await asyncio.shield(self.store.add_message(cid, record))
-            await asyncio.shield(self.store.append_event(cid, {"type": "done", "message_id": answer_id, "path": "cancelled"}))
+            done = {"type": "done", "message_id": answer_id, "path": "cancelled"}
+            await asyncio.shield(self.store.add_answer(cid, record, [done]))
         self.service.metrics.answers.labels("cancelled").inc()
 
     async def _rate(self, frame: RateFrame) -> None:

@@ -9,6 +9,15 @@ Pub/sub is fire-and-forget, so the stream stays the source of truth: a subscribe
 sees a gap in sequence numbers (or has just (re)subscribed) reads what it missed from the
 stream, and drops anything it has already sent. One pub/sub connection per worker, however
 many sockets: 1,000 idle chats cost no Redis connections of their own.
+
+The same connection is the worker's sign of life: it is also subscribed to
+`{prefix}worker:{worker id}`, and the answer locks this worker takes name that id
+(bot/conversations.py). A worker killed with SIGKILL leaves the lock behind, but the kernel
+closes its sockets and Redis drops its subscriptions at once, so a resent message on
+another worker sees the holder gone and takes the lock over, in about a second instead of
+the lock's lifetime. Not a key with a short TTL refreshed from the event loop: under load a
+loop stalls for seconds (docs/benchmarks.md), and a stalled worker is alive; its
+subscription stays while its process does.
 """
 
 from __future__ import annotations
@@ -17,6 +26,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,6 +50,17 @@ class EventHub:
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        # Names this process in the answer locks it takes; unique even when a pid is reused.
+        self.worker_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._listening_since: float | None = None  # monotonic; None while not subscribed
+
+    def listening_for(self, seconds: float) -> bool:
+        """Whether this hub has been subscribed without a break for `seconds`: then Redis has
+        been up that long, and every live worker's hub (reconnecting within a second) has its
+        worker channel back. Before that, a lock holder without a subscriber may just be a
+        worker that has not resubscribed yet after a Redis restart."""
+        since = self._listening_since
+        return since is not None and time.monotonic() - since >= seconds
 
     def channel(self, conversation_id: str) -> str:
         return f"{self._prefix}live:{conversation_id}"
@@ -89,8 +112,12 @@ class EventHub:
                 self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
                 # A placeholder channel keeps the connection in subscribe mode with no chats open.
                 await self._pubsub.subscribe(
-                    f"{self._prefix}live:-", f"{self._prefix}cancel", *(self.channel(c) for c in self._listeners)
+                    f"{self._prefix}live:-",
+                    f"{self._prefix}cancel",
+                    f"{self._prefix}worker:{self.worker_id}",
+                    *(self.channel(c) for c in self._listeners),
                 )
+                self._listening_since = time.monotonic()
                 await self._notify_all(None)  # anything published while we were not listening
                 backoff = 0.2
                 async for message in self._pubsub.listen():
@@ -110,6 +137,7 @@ class EventHub:
             except (RedisError, ConnectionError, OSError) as exc:
                 log.warning("live events connection lost (%s); reconnecting in %.1f s", type(exc).__name__, backoff)
             finally:
+                self._listening_since = None
                 pubsub, self._pubsub = self._pubsub, None
                 if pubsub is not None:
                     with contextlib.suppress(Exception):

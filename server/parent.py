@@ -29,11 +29,26 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
 
 
 def bind_to_supervisor(supervisor_pid: int | None) -> None:
-    """In a worker: end with the supervisor. SIGTERM, so answers in flight get the drain.
+    """In a worker that is starting: end with the supervisor, at once. SIGKILL: a worker still
+    loading has no answer to drain, and uvicorn holds a SIGTERM until the app's startup (the
+    models) is done, tens of seconds on a loaded machine (bench/chaos.py found a worker that
+    outlived its killed supervisor by 30 s that way). `serve_with_supervisor` takes over once
+    the worker serves.
 
     The supervisor may have died between starting this process and this call; then no
     signal would ever come, so the worker ends itself.
     """
+    if supervisor_pid is None:
+        return
+    die_with_parent(signal.SIGKILL)
+    if os.getppid() != supervisor_pid:
+        log.error("the supervisor (pid %d) is gone; this worker stops", supervisor_pid)
+        os._exit(1)
+
+
+def serve_with_supervisor(supervisor_pid: int | None) -> None:
+    """In a worker that has started: end with the supervisor by SIGTERM, so answers in flight
+    get the drain."""
     if supervisor_pid is None:
         return
     die_with_parent(signal.SIGTERM)

@@ -11,12 +11,13 @@ directory where the workers' Prometheus values meet (`server.metrics`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from socket import socket
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from server.log_format import configure_json_logging
-from server.parent import bind_to_supervisor
+from server.parent import bind_to_supervisor, serve_with_supervisor
 from server.redis_server import EmbeddedRedis, RedisStartError
 from server.settings import Settings
 
@@ -46,8 +47,18 @@ def app_from_environment() -> FastAPI:
     """The app of one worker: settings from the environment the supervisor prepared."""
     configure_json_logging()
     settings = Settings()
-    bind_to_supervisor(settings.supervisor_pid)
-    return _app(settings)
+    bind_to_supervisor(settings.supervisor_pid)  # killed with it while starting; drained once serving
+    app = _app(settings)
+    startup = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(started: Any) -> AsyncIterator[Any]:
+        async with startup(started) as state:
+            serve_with_supervisor(settings.supervisor_pid)
+            yield state
+
+    app.router.lifespan_context = lifespan
+    return app
 
 
 def _app(settings: Settings) -> FastAPI:

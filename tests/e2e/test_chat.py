@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -13,12 +14,15 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from bot.conversations import ConversationStore
 from bot.generation.generator import TransformersGenerator
 from server.redis_server import EmbeddedRedis
 from tests.e2e.chat_client import QUESTION, Client, answered_while_stopping, run
-from tests.e2e.servers import data_dir_with_sample_index, start_server, stop_server
+from tests.e2e.servers import Site, data_dir_with_sample_index, start_server, stop_server
+from tests.server.test_answer_takeover import end_holder, start_holder
 
 
 def test_an_answer_streams_with_sources_and_is_stored(server: str) -> None:
@@ -411,3 +415,54 @@ def test_a_socket_that_drops_mid_answer_gets_the_whole_answer_after_it_reconnect
     answers = [m for m in restored["history"] if m["role"] == "assistant"]
     assert [m["id"] for m in answers] == [done["message_id"]]
     assert answers[0]["text"] == "".join(f["delta"] for f in after if f["type"] == "token")
+
+
+def test_a_message_whose_worker_was_killed_is_answered_once_the_worker_is_gone(extractive_site: Site) -> None:
+    """A worker SIGKILLed mid-answer leaves its answer lock behind (here with a minute left).
+    The widget resends: while the worker named in the lock is alive the answer is its to
+    write; once its process is gone the lock is taken over and the message answered at once,
+    under the answer id first given out, not after the lock lapses."""
+    sock = extractive_site.data / "redis" / "redis.sock"
+    dead = f"{os.getpid()}-e2e0dead"
+    holder = start_holder(f"unix://{sock}", f"sb:worker:{dead}")
+
+    async def scenario() -> tuple[list[dict[str, Any]], bool, list[dict[str, Any]], float]:
+        client = await Client.open(extractive_site.base)
+        redis = Redis(unix_socket_path=str(sock))
+        try:
+            cid = str((await client.start())["conversation_id"])
+            store = ConversationStore(redis)  # what the worker did before it was killed, on the same Redis
+            begun = await store.begin_turn(
+                cid,
+                client_message_id="lost",
+                answer_id="m_dead",
+                user_message={"id": "u_dead", "role": "user", "text": QUESTION, "client_message_id": "lost"},
+                event={"type": "user_message", "message_id": "u_dead", "text": QUESTION, "client_message_id": "lost"},
+                lock_ttl_s=60,
+                history=12,
+                holder=dead,
+            )
+            assert begun.outcome == "ok"
+            await client.send({"type": "message", "client_message_id": "lost", "text": QUESTION})
+            early = await client.until("duplicate", timeout=30)
+            with contextlib.suppress(TimeoutError):  # the holder is alive: nobody else answers
+                early.append(await client.recv(timeout=1.5))
+            answered_while_alive = any(f["type"] == "done" for f in early)
+            holder.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            frames = await client.until("done", timeout=30)
+            return early, answered_while_alive, frames, time.monotonic() - killed
+        finally:
+            await client.close()
+            await redis.aclose()
+
+    try:
+        early, answered_while_alive, frames, waited = run(scenario())
+    finally:
+        end_holder(holder)
+    assert {"v": 1, "type": "duplicate", "client_message_id": "lost", "message_id": "m_dead"} in early
+    assert not answered_while_alive, early
+    done = frames[-1]
+    assert done["message_id"] == "m_dead" and done["path"] != "error", frames
+    assert "".join(str(f["delta"]) for f in frames if f["type"] == "token").strip()
+    assert waited < 8, waited  # the lock had a minute left: only the takeover explains this

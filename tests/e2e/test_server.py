@@ -7,6 +7,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import pytest
 from bot.generation.generator import TransformersGenerator
 from tests.e2e.chat_client import QUESTION, Client, answered_while_stopping, closed_with, run
 from tests.e2e.conftest import SERVER_LOGS
-from tests.e2e.servers import cli, data_dir_with_sample_index, redis_children, start_server, stop_server
+from tests.e2e.servers import cli, data_dir_with_sample_index, free_port, redis_children, start_server, stop_server
 
 
 def test_health_and_search(server: str) -> None:
@@ -292,3 +294,45 @@ def test_a_supervisor_killed_with_sigkill_takes_its_workers_and_redis_along_and_
         if again is not None:
             stop_server(again)
     assert not redis_children(data)
+
+
+def test_a_supervisor_killed_while_its_workers_start_takes_them_along_at_once(
+    tmp_path_factory: pytest.TempPathFactory, sample_index: Path
+) -> None:
+    """A worker still loading the models has nothing to drain, and uvicorn would hold its
+    SIGTERM until that startup is done (bench/chaos.py saw one outlive its supervisor by
+    30 s on a loaded machine): until it serves, a worker dies with its supervisor at once."""
+    data = data_dir_with_sample_index(tmp_path_factory, sample_index, "supervisor-killed-starting")
+    log_path = data / "server.log"
+    env = {**os.environ, "SUPPORTBOT_DATA_DIR": str(data), "SUPPORTBOT_ANSWER_MODE": "auto", "HF_HUB_OFFLINE": "1"}
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--port", str(free_port()), "--workers", "2"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    workers: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 180
+        # uvicorn logs this once a worker has built its app (and bound itself to the supervisor),
+        # before the app's startup loads the embedder and warms the composer.
+        while log_path.read_text().count("Started server process") < 2:
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.05)
+        starting = "Application startup complete" not in log_path.read_text()
+        workers = [p for p in psutil.Process(process.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+        process.kill()
+        process.wait()
+        killed = time.monotonic()
+        while any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers) or redis_children(data):
+            assert time.monotonic() - killed < (5 if starting else 20), "a worker or the Redis outlived the supervisor"
+            time.sleep(0.1)
+        assert len(workers) == 2
+    finally:
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -1,0 +1,156 @@
+"""The answer lock of a worker that died is taken over at once; a live holder's never is.
+
+A real Redis, and a real process as the holder: it subscribes to its worker channel (as a
+worker's event hub does, server/events.py) and is killed with SIGKILL, so what the takeover
+sees is what Redis sees when a worker dies: its connection closed by the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+
+from redis.asyncio import Redis
+
+from bot.conversations import ConversationStore, TurnStart
+from server.events import EventHub
+
+HOLDER = """
+import sys, redis
+client = redis.Redis.from_url(sys.argv[1])
+pubsub = client.pubsub()
+pubsub.subscribe(sys.argv[2])
+pubsub.get_message(timeout=5)  # the subscription is confirmed
+print("subscribed", flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def start_holder(redis_url: str, channel: str) -> subprocess.Popen[str]:
+    """A process subscribed to `channel`, as a worker's event hub is to its worker channel."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, redis_url, channel], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stdout.readline().strip() == "subscribed"
+    return process
+
+
+def end_holder(process: subprocess.Popen[str]) -> None:
+    process.kill()
+    process.wait()
+    for stream in (process.stdin, process.stdout):
+        if stream is not None:
+            stream.close()
+
+
+async def _begun(store: ConversationStore, holder: str) -> str:
+    conversation = await store.create()
+    user = {"id": "u_1", "role": "user", "text": "How do I descale my kettle?", "client_message_id": "q1"}
+    turn = await store.begin_turn(
+        conversation.id,
+        client_message_id="q1",
+        answer_id="m_1",
+        user_message=user,
+        event={"type": "user_message", "message_id": "u_1", "text": user["text"], "client_message_id": "q1"},
+        lock_ttl_s=60,  # far longer than the test: only a takeover frees it
+        history=12,
+        holder=holder,
+    )
+    assert turn.outcome == "ok" and turn.lock_token.startswith(f"{holder}/")
+    return conversation.id
+
+
+async def _reclaim(store: ConversationStore, cid: str, holder: str, take_over: bool = True) -> TurnStart:
+    return await store.reclaim_turn(cid, "q1", "m_1", lock_ttl_s=6, history=12, holder=holder, take_over=take_over)
+
+
+def test_a_dead_holders_lock_is_taken_over_once_and_a_live_holders_is_not(redis_url: str, redis_prefix: str) -> None:
+    dead_id = "4242-deadbeef"
+    holder = start_holder(redis_url, f"{redis_prefix}worker:{dead_id}")
+
+    async def scenario() -> tuple[TurnStart, TurnStart, float, list[TurnStart], str, TurnStart]:
+        redis = Redis.from_url(redis_url)
+        store = ConversationStore(redis, prefix=redis_prefix)
+        # Two live workers, each with its event hub subscribed to its worker channel.
+        first, second = EventHub(redis, redis_prefix), EventHub(redis, redis_prefix)
+        await first.start()
+        await second.start()
+        try:
+            while not (first.listening_for(0) and second.listening_for(0)):
+                await asyncio.sleep(0.02)
+            cid = await _begun(store, dead_id)
+            while_alive = await _reclaim(store, cid, first.worker_id)
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(10)
+            killed = time.monotonic()
+            without_take_over = await _reclaim(store, cid, first.worker_id, take_over=False)
+            # Two workers' resends at once: one takes it, the other finds a live holder.
+            while True:
+                both = await asyncio.gather(_reclaim(store, cid, first.worker_id), _reclaim(store, cid, second.worker_id))
+                if any(t.outcome == "ok" for t in both) or time.monotonic() - killed > 10:
+                    break
+                await asyncio.sleep(0.05)
+            took_s = time.monotonic() - killed
+            lock = (await redis.get(store.key(cid, "answering")) or b"").decode()
+            after = await _reclaim(store, cid, second.worker_id)  # the new holder is alive: no second takeover
+            return while_alive, without_take_over, took_s, list(both), lock, after
+        finally:
+            await first.stop()
+            await second.stop()
+            await redis.aclose()
+
+    try:
+        while_alive, without_take_over, took_s, both, lock, after = asyncio.run(scenario())
+    finally:
+        end_holder(holder)
+    assert while_alive.outcome == "busy"
+    assert without_take_over.outcome == "busy"  # a lock held by nobody alive still waits unless asked to take it
+    assert sorted(t.outcome for t in both) == ["busy", "ok"], both
+    assert took_s < 2, took_s  # the lock had 60 s left
+    winner = next(t for t in both if t.outcome == "ok")
+    assert winner.replaced.startswith(f"{dead_id}/") and lock == winner.lock_token
+    assert [m["role"] for m in winner.history] == []  # the turn's history: nothing before its message
+    assert after.outcome == "busy"
+
+
+def test_a_lock_without_a_holder_named_is_never_taken_over(redis_url: str, redis_prefix: str) -> None:
+    async def scenario() -> TurnStart:
+        redis = Redis.from_url(redis_url)
+        try:
+            store = ConversationStore(redis, prefix=redis_prefix)
+            cid = await _begun(store, "")  # a lock taken by a store that names no worker
+            return await _reclaim(store, cid, "9-live")
+        finally:
+            await redis.aclose()
+
+    assert asyncio.run(scenario()).outcome == "busy"
+
+
+def test_an_answer_is_stored_and_announced_in_one_step(redis_url: str, redis_prefix: str) -> None:
+    """A stored answer always has its `done` in the stream: the reclaim of a resend, which
+    skips a stored answer, can then never leave a visitor waiting for a `done` that no one
+    will write (what worker, Redis and supervisor kills in bench/chaos.py did to 30 to 45 turns a run)."""
+
+    async def scenario() -> tuple[list[dict[str, object]], list[dict[str, object]], int, TurnStart]:
+        redis = Redis.from_url(redis_url)
+        try:
+            store = ConversationStore(redis, prefix=redis_prefix)
+            cid = await _begun(store, "1-a")
+            record = {"id": "m_1", "role": "assistant", "text": "Descale monthly.", "path": "composed", "confidence": 0.8}
+            sources = {"type": "sources", "message_id": "m_1", "sources": []}
+            done = {"type": "done", "message_id": "m_1", "path": "composed"}
+            last = await store.add_answer(cid, record, [sources, done])
+            await store.unlock_answer(cid, (await redis.get(store.key(cid, "answering"))).decode())
+            resent = await _reclaim(store, cid, "2-b")
+            return await store.messages(cid), await store.events_after(cid, 0), last, resent
+        finally:
+            await redis.aclose()
+
+    messages, events, last, resent = asyncio.run(scenario())
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert [(e["seq"], e["type"]) for e in events] == [(1, "user_message"), (2, "sources"), (3, "done")]
+    assert last == 3 and events[-1]["message_id"] == "m_1"
+    assert resent.outcome == "duplicate"  # stored (and announced): not answered again
