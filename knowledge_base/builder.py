@@ -13,19 +13,23 @@ from typing import Any
 
 import numpy as np
 
-from knowledge_base.chunking import HeadingChunker, embedding_text
+from knowledge_base.chunking import HeadingChunker, embedding_text, faq_question
 from knowledge_base.documents import Document
 from knowledge_base.index_writer import write_version, writer_lock
 from knowledge_base.loaders import LoadError, discover, load_file
 from retrieval.embedder import Embedder
 from retrieval.index_files import (
     EMBEDDINGS_FILE,
+    FORMAT_VERSION,
+    QUESTIONS_FILE,
     DocumentEntry,
     IndexFormatError,
+    IndexFormatTooNewError,
     IndexManifest,
     current_version_dir,
     read_chunks,
     read_manifest,
+    read_question_rows,
 )
 from retrieval.types import ChunkRecord
 from retrieval.vector_index import VectorIndexParams
@@ -74,6 +78,8 @@ class _Current:
     manifest: IndexManifest | None
     chunks: list[ChunkRecord]
     embeddings: np.ndarray
+    # Chunk row -> the vector of its FAQ question alone (empty for format 1 indexes).
+    questions: dict[int, np.ndarray] = field(default_factory=dict)
 
     def rows_of(self, document_id: str) -> list[int]:
         return [c.row for c in self.chunks if c.document_id == document_id]
@@ -103,7 +109,11 @@ class KnowledgeBaseBuilder:
         version_dir = current_version_dir(self._root)
         if version_dir is None:
             return _Current(None, [], np.zeros((0, 0), dtype=np.float32))
-        manifest = read_manifest(version_dir)
+        try:
+            manifest = read_manifest(version_dir)
+        except IndexFormatTooNewError:
+            # Its vectors may be reusable, but not its layout: rebuild; the old versions stay on disk.
+            return _Current(None, [], np.zeros((0, 0), dtype=np.float32))
         chunks = read_chunks(version_dir)
         embeddings = np.load(version_dir / EMBEDDINGS_FILE)
         if len(embeddings) != len(chunks):
@@ -111,7 +121,12 @@ class KnowledgeBaseBuilder:
         if manifest.embedding_model != self._embedder.model_id:
             # A different model makes every stored vector useless: rebuild from scratch.
             return _Current(None, [], np.zeros((0, 0), dtype=np.float32))
-        return _Current(manifest, chunks, embeddings)
+        question_rows = read_question_rows(version_dir, manifest, len(chunks))
+        question_vectors = np.load(version_dir / QUESTIONS_FILE) if len(question_rows) else np.zeros((0, 0), np.float32)
+        if len(question_vectors) != len(question_rows):
+            raise IndexFormatError(f"{version_dir}: {len(question_vectors)} question vectors for {len(question_rows)} rows")
+        questions = {int(row): vector for row, vector in zip(question_rows, question_vectors, strict=True)}
+        return _Current(manifest, chunks, embeddings, questions)
 
     def ingest(self, paths: list[Path], progress: ProgressCallback | None = None) -> IngestReport:
         """Load every supported file under `paths` and bring the index up to date.
@@ -229,7 +244,8 @@ class KnowledgeBaseBuilder:
                 kind=document.kind,
                 chunk_count=len(records),
             )
-        if not report.changed:
+        outdated = current.manifest is not None and current.manifest.format_version < FORMAT_VERSION
+        if not report.changed and not outdated:
             report.version = report.previous_version
             return report
         new_records = [r for _, records in to_embed for r in records]
@@ -237,6 +253,7 @@ class KnowledgeBaseBuilder:
         report.chunks_embedded = len(new_records)
         old_vectors = current.embeddings[reused_rows] if reused_rows else np.zeros((0, self._embedder.dimension), np.float32)
         all_records = [replace(record, row=row) for row, record in enumerate([*reused, *new_records])]
+        question_rows, question_vectors = self._question_vectors(current, reused_rows, all_records)
         manifest = write_version(
             self._root,
             chunks=all_records,
@@ -246,9 +263,39 @@ class KnowledgeBaseBuilder:
             chunking=self._chunker.config,
             params=self._params,
             keep_versions=self._keep,
+            question_rows=question_rows,
+            question_embeddings=question_vectors,
         )
         report.version = manifest.version
         return report
+
+    def _question_vectors(
+        self, current: _Current, reused_rows: list[int], records: list[ChunkRecord]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk rows, vectors) of the FAQ questions alone; reused chunks keep their stored vector.
+
+        `records[i]` for i < len(reused_rows) is the chunk that was row `reused_rows[i]`.
+        A format 1 index has no stored question vectors, so those are embedded here.
+        """
+        rows: list[int] = []
+        vectors: list[np.ndarray | None] = []
+        to_embed: list[tuple[int, str]] = []
+        for record in records:
+            question = faq_question(record.text) if record.kind == "faq" else None
+            if question is None:
+                continue
+            old_row = reused_rows[record.row] if record.row < len(reused_rows) else None
+            stored = current.questions.get(old_row) if old_row is not None else None
+            if stored is None:
+                to_embed.append((len(vectors), question))
+            rows.append(record.row)
+            vectors.append(stored)
+        embedded = self._embedder.embed([question for _, question in to_embed])
+        for (slot, _), vector in zip(to_embed, embedded, strict=True):
+            vectors[slot] = vector
+        dimension = self._embedder.dimension
+        stacked = np.stack([v for v in vectors if v is not None]) if vectors else np.zeros((0, dimension), np.float32)
+        return np.asarray(rows, dtype=np.int64), stacked.astype(np.float32).reshape(len(rows), dimension)
 
     def ensure_built(self, paths: list[Path]) -> IngestReport | None:
         """Ingest `paths` only when no index exists yet (first start); None when one does."""

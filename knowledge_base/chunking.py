@@ -28,6 +28,18 @@ def embedding_text(title: str, heading: str, text: str) -> str:
     return f"{title}\n{heading}\n{text}" if heading else f"{title}\n{text}"
 
 
+def faq_question(text: str) -> str | None:
+    """The question of an FAQ chunk ("Q: ...\nA: ..."), or None when the text has no "Q: " line.
+
+    It is embedded a second time on its own, so an entry is found by its question even
+    when the answer is long or shares few words with the visitor's phrasing.
+    """
+    if not text.startswith("Q: "):
+        return None
+    question = text[3:].split("\nA: ", 1)[0].strip()
+    return question or None
+
+
 def _labelled(section: Section) -> str:
     return f"{section.headings[-1]}: {section.text}" if section.headings else section.text
 

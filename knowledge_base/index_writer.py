@@ -20,6 +20,8 @@ from retrieval.index_files import (
     EMBEDDINGS_FILE,
     FAISS_FILE,
     MANIFEST_FILE,
+    QUESTION_ROWS_FILE,
+    QUESTIONS_FILE,
     VERSIONS_DIR,
     DocumentEntry,
     IndexManifest,
@@ -28,6 +30,8 @@ from retrieval.index_files import (
 )
 from retrieval.types import ChunkRecord
 from retrieval.vector_index import VectorIndex, VectorIndexParams
+
+_DATA_FILES = (CHUNKS_FILE, EMBEDDINGS_FILE, QUESTIONS_FILE, QUESTION_ROWS_FILE, FAISS_FILE)
 
 
 @contextmanager
@@ -66,14 +70,30 @@ def write_version(
     chunking: dict[str, int],
     params: VectorIndexParams,
     keep_versions: int = 3,
+    question_rows: np.ndarray | None = None,
+    question_embeddings: np.ndarray | None = None,
 ) -> IndexManifest:
     """Write a complete version into a temporary folder, rename it, then point CURRENT at it.
 
-    Call under `writer_lock(root)`. A crash at any point leaves CURRENT naming the old,
-    complete version; stray temporary folders are removed by the next write.
+    `question_embeddings[i]` is the question alone of the FAQ chunk at row
+    `question_rows[i]`; they become extra FAISS rows after the chunk rows (format 2, see
+    `retrieval.index_files`). Call under `writer_lock(root)`. A crash at any point leaves
+    CURRENT naming the old, complete version; stray temporary folders are removed by the
+    next write.
     """
     if len(chunks) != len(embeddings):
         raise ValueError(f"{len(chunks)} chunks but {len(embeddings)} embeddings")
+    dimension = int(embeddings.shape[-1]) if embeddings.ndim == 2 else 0
+    q_rows = np.zeros(0, np.int64) if question_rows is None else np.asarray(question_rows, dtype=np.int64).reshape(-1)
+    q_vectors = (
+        np.zeros((0, dimension), np.float32)
+        if question_embeddings is None
+        else np.ascontiguousarray(question_embeddings, dtype=np.float32).reshape(len(q_rows), dimension)
+    )
+    if len(q_rows) != len(q_vectors):
+        raise ValueError(f"{len(q_rows)} question rows but {len(q_vectors)} question embeddings")
+    if len(q_rows) and (q_rows.min() < 0 or q_rows.max() >= len(chunks) or len(set(q_rows.tolist())) != len(q_rows)):
+        raise ValueError("question rows must be distinct chunk rows")
     versions = root / VERSIONS_DIR
     versions.mkdir(parents=True, exist_ok=True)
     for stale in versions.glob(".tmp-*"):
@@ -87,7 +107,9 @@ def write_version(
             handle.write(json.dumps(chunk.to_json(), ensure_ascii=False) + "\n")
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(len(chunks), -1)
     np.save(staging / EMBEDDINGS_FILE, vectors)
-    index = VectorIndex.build(vectors, params)
+    np.save(staging / QUESTIONS_FILE, q_vectors)
+    np.save(staging / QUESTION_ROWS_FILE, q_rows)
+    index = VectorIndex.build(np.concatenate([vectors, q_vectors]) if len(q_rows) else vectors, params)
     index.save(staging / FAISS_FILE)
     manifest = IndexManifest(
         version=version,
@@ -97,12 +119,13 @@ def write_version(
         index_kind=index.kind,
         document_count=len(documents),
         chunk_count=len(chunks),
+        question_vector_count=len(q_rows),
         chunking=chunking,
-        checksums={name: sha256_file(staging / name) for name in (CHUNKS_FILE, EMBEDDINGS_FILE, FAISS_FILE)},
+        checksums={name: sha256_file(staging / name) for name in _DATA_FILES},
         documents=documents,
     )
     (staging / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
-    for name in (CHUNKS_FILE, EMBEDDINGS_FILE, FAISS_FILE, MANIFEST_FILE):
+    for name in (*_DATA_FILES, MANIFEST_FILE):
         with (staging / name).open("rb") as handle:
             os.fsync(handle.fileno())
     staging.rename(versions / version)
