@@ -64,6 +64,9 @@ class KnowledgeBaseSettings(Protocol):
     @property
     def retrieval_lexical_weight(self) -> float: ...
 
+    @property
+    def retrieval_faq_question_weight(self) -> float: ...
+
 
 def vector_params(settings: KnowledgeBaseSettings) -> VectorIndexParams:
     return VectorIndexParams(
@@ -94,4 +97,5 @@ def build_retriever(settings: KnowledgeBaseSettings, embedder: SentenceEmbedder 
         candidates=settings.retrieval_candidates,
         fusion=settings.retrieval_fusion,
         lexical_weight=settings.retrieval_lexical_weight,
+        faq_question_weight=settings.retrieval_faq_question_weight,
     )

