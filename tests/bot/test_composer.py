@@ -29,6 +29,7 @@ def extractive(sample_retriever: Retriever, embedder: SentenceEmbedder) -> Assis
         max_unknown_words=fitted.answer_max_unknown_words,
         unknown_word_penalty=fitted.answer_unknown_word_penalty,
         max_name_words=fitted.answer_max_name_words,
+        name_word_penalty=fitted.answer_name_word_penalty,
     )
     bot.warm_up()
     return bot
