@@ -147,6 +147,30 @@ def test_a_question_naming_another_companys_shop_or_product_is_not_sure(extracti
     assert deltas == [NOT_SURE_ANSWER] and result.path is AnswerPath.NOT_SURE
 
 
+def test_a_name_word_counts_against_the_answer_but_a_sentence_that_answers_well_still_wins(
+    extractive: Assistant, sample_retriever: Retriever, embedder: SentenceEmbedder
+) -> None:
+    # "inbox" is everyday English the embedder splits into pieces, so it reads as a name.
+    question = "i paid with paypal but the receipt never showed up in my paypal inbox??"
+    assert extractive.name_words(question) == {"inbox"}
+    _, result = turn(extractive, question)
+    assert result.path is AnswerPath.COMPOSED and "account email" in result.answer, result.answer
+    # The hard rule it replaced (no name words at all) declined it.
+    strict = Assistant(
+        sample_retriever,
+        AnswerComposer(embedder, ignore_words="Brewlo"),
+        mode=AnswerMode.EXTRACTIVE,
+        confidence_threshold=extractive._threshold,
+        relevance_threshold=extractive.relevance_threshold,
+        max_unknown_words=extractive.max_unknown_words,
+        unknown_word_penalty=extractive.unknown_word_penalty,
+        max_name_words=0,
+    )
+    strict.warm_up()
+    deltas, declined = turn(strict, question)
+    assert deltas == [NOT_SURE_ANSWER] and declined.path is AnswerPath.NOT_SURE
+
+
 def test_the_second_article_is_quoted_only_when_its_best_sentence_is_close(embedder: SentenceEmbedder) -> None:
     wifi = _passage("troubleshooting/wifi", "Kettle won't connect to Wi-Fi", "The kettle only joins 2.4 GHz Wi-Fi networks.")
     offline = _passage("faq#offline", "The app says my kettle is offline", "Put the kettle back on its base and wait 30 seconds.")
