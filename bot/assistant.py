@@ -204,6 +204,7 @@ class Assistant:
         max_unknown_words: int | None = None,
         unknown_word_penalty: float = 0.0,
         max_name_words: int | None = None,
+        name_word_penalty: float = 0.0,
         top_k: int = 4,
         max_new_tokens: int = 128,
         timeout_s: float = 60.0,
@@ -231,6 +232,7 @@ class Assistant:
         self.max_unknown_words = max_unknown_words
         self.unknown_word_penalty = unknown_word_penalty  # taken off the best sentence's score per unknown word
         self.max_name_words = max_name_words
+        self.name_word_penalty = name_word_penalty  # taken off the best sentence's score per name word
         self._vocabulary: tuple[str, frozenset[str]] = ("", frozenset())  # (index version, words of its public text)
         self._joined: tuple[str, frozenset[str]] = ("", frozenset())
         self._top_k = top_k
@@ -308,7 +310,8 @@ class Assistant:
         search = self._retriever.search(query, self._top_k)
         composition = self._composer.compose(message, search.passages, drop=self.prompts.looks_like_injection)
         unknown = len(self._topic_words(message) - self._public_vocabulary()) if self.max_unknown_words is not None else 0
-        names = len(self.name_words(message)) if self.max_name_words is not None else 0
+        counts_names = self.max_name_words is not None or self.name_word_penalty > 0
+        names = len(self.name_words(message)) if counts_names else 0
         return search, composition, unknown, names
 
     def name_words(self, message: str) -> set[str]:
@@ -354,14 +357,17 @@ class Assistant:
         """Confident retrieval, a sentence that answers the question (not one that only shares
         the company's name with it), and a question about things the help center speaks of:
         "Nespresso", "Spotify" or "Costco" in a question are names it has no word for, and
-        each word it never uses makes the best sentence's score count for less."""
+        each word it never uses makes the best sentence's score count for less; a name
+        (which may also be an everyday word the embedder splits: "latte", "inbox") counts
+        for more than other unknown words, but a sentence that answers well still wins."""
         if composition is None or confidence < self._threshold:
             return False
         if self.max_name_words is not None and names > self.max_name_words:
             return False
         if self.max_unknown_words is not None and unknown > self.max_unknown_words:
             return False
-        return composition.relevance - self.unknown_word_penalty * unknown >= self.relevance_threshold
+        penalty = self.unknown_word_penalty * unknown + self.name_word_penalty * names
+        return composition.relevance - penalty >= self.relevance_threshold
 
     def _compose(self, result: TurnResult, composition: Composition, upset: str, lead: str = "") -> None:
         best = composition.passage

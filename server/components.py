@@ -78,6 +78,7 @@ def build_assistant(
         max_unknown_words=settings.answer_max_unknown_words,
         unknown_word_penalty=settings.answer_unknown_word_penalty,
         max_name_words=settings.answer_max_name_words,
+        name_word_penalty=settings.answer_name_word_penalty,
         top_k=settings.answer_top_k,
         max_new_tokens=max_new_tokens or settings.generator_max_new_tokens,
         timeout_s=settings.generator_timeout_s,

@@ -222,7 +222,7 @@ class Settings(BaseSettings):
         ),
     )
     answer_relevance_threshold: float = Field(
-        1.01,
+        1.07,
         ge=0,
         le=2,
         description="Below this score of the best sentence for the question, less the unknown-word penalty, the bot says "
@@ -235,18 +235,25 @@ class Settings(BaseSettings):
         description="More words of a question than this that the help center never uses: not sure (fitted on the tuning split; unset: no limit).",
     )
     answer_unknown_word_penalty: float = Field(
-        0.05,
+        0.025,
         ge=0,
         le=1,
         description="Taken off the best sentence's score for each word of the question the help center never uses "
         "(fitted on the tuning split).",
     )
     answer_max_name_words: int | None = Field(
-        0,
+        None,
         ge=0,
         le=50,
         description="More words of a question than this that neither the help center nor everyday English uses (names of "
         "other companies' products: 'spotify', 'costco'): not sure (fitted on the tuning split; unset: no limit).",
+    )
+    answer_name_word_penalty: float = Field(
+        0.35,
+        ge=0,
+        le=2,
+        description="Taken off the best sentence's score for each word of the question that neither the help center "
+        "nor everyday English uses (names of other companies' products; fitted on the tuning split).",
     )
     company_name: str = Field(
         "Brewlo", min_length=1, max_length=100, description="Whose help center this is (prompts, greeting)."

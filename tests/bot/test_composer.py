@@ -29,6 +29,7 @@ def extractive(sample_retriever: Retriever, embedder: SentenceEmbedder) -> Assis
         max_unknown_words=fitted.answer_max_unknown_words,
         unknown_word_penalty=fitted.answer_unknown_word_penalty,
         max_name_words=fitted.answer_max_name_words,
+        name_word_penalty=fitted.answer_name_word_penalty,
     )
     bot.warm_up()
     return bot
@@ -144,6 +145,30 @@ def test_a_question_naming_another_companys_shop_or_product_is_not_sure(extracti
     assert extractive.name_words("my wifi doesnt work, whats wrong? the movers dented my kettle") == set()
     deltas, result = turn(extractive, "can I order a brewlo kettle through walmart")
     assert deltas == [NOT_SURE_ANSWER] and result.path is AnswerPath.NOT_SURE
+
+
+def test_a_name_word_counts_against_the_answer_but_a_sentence_that_answers_well_still_wins(
+    extractive: Assistant, sample_retriever: Retriever, embedder: SentenceEmbedder
+) -> None:
+    # "inbox" is everyday English the embedder splits into pieces, so it reads as a name.
+    question = "i paid with paypal but the receipt never showed up in my paypal inbox??"
+    assert extractive.name_words(question) == {"inbox"}
+    _, result = turn(extractive, question)
+    assert result.path is AnswerPath.COMPOSED and "account email" in result.answer, result.answer
+    # The hard rule it replaced (no name words at all) declined it.
+    strict = Assistant(
+        sample_retriever,
+        AnswerComposer(embedder, ignore_words="Brewlo"),
+        mode=AnswerMode.EXTRACTIVE,
+        confidence_threshold=extractive._threshold,
+        relevance_threshold=extractive.relevance_threshold,
+        max_unknown_words=extractive.max_unknown_words,
+        unknown_word_penalty=extractive.unknown_word_penalty,
+        max_name_words=0,
+    )
+    strict.warm_up()
+    deltas, declined = turn(strict, question)
+    assert deltas == [NOT_SURE_ANSWER] and declined.path is AnswerPath.NOT_SURE
 
 
 def test_the_second_article_is_quoted_only_when_its_best_sentence_is_close(embedder: SentenceEmbedder) -> None:
