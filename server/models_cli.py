@@ -53,6 +53,14 @@ def train_command(
     feedback: Annotated[
         list[Path] | None, typer.Option(help="A `feedback export --format sft` file (repeatable).", exists=True, dir_okay=False)
     ] = None,
+    preferences: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A `feedback export --format preference` file (repeatable): a DPO stage after SFT.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     max_steps: Annotated[int, typer.Option(min=0, help="Optimizer steps (0: --epochs decides).")] = 0,
     epochs: Annotated[float, typer.Option(min=0.01, help="Passes over the data when --max-steps is 0.")] = 3.0,
     learning_rate: Annotated[float, typer.Option(min=1e-7, help="AdamW learning rate for the LoRA weights.")] = 2e-4,
@@ -66,6 +74,12 @@ def train_command(
     limit: Annotated[int, typer.Option(min=0, help="Train on at most N examples (a seeded sample; 0: all).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed for sampling, initialisation and data order.")] = 42,
     save_steps: Annotated[int, typer.Option(min=1, help="Checkpoint every N steps (what --resume continues from).")] = 50,
+    dpo_beta: Annotated[
+        float, typer.Option(min=1e-4, help="DPO beta: how far the pairs may pull from the SFT model (higher: less far).")
+    ] = 0.1,
+    dpo_max_steps: Annotated[int, typer.Option(min=0, help="DPO optimizer steps (0: --dpo-epochs decides).")] = 0,
+    dpo_epochs: Annotated[float, typer.Option(min=0.01, help="DPO passes over the pairs when --dpo-max-steps is 0.")] = 1.0,
+    dpo_learning_rate: Annotated[float, typer.Option(min=1e-8, help="DPO learning rate for its LoRA weights.")] = 5e-5,
     resume: Annotated[
         bool, typer.Option(help="Continue the newest unfinished run from its last checkpoint, with its options.")
     ] = False,
@@ -82,7 +96,7 @@ def train_command(
     progress: Annotated[bool, typer.Option(help="Show the trainer's progress bar.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the candidate's manifest as JSON.")] = False,
 ) -> None:
-    """Fine-tune the generator (TRL SFT + LoRA, merged) and register the result as a candidate."""
+    """Fine-tune the generator (TRL SFT, then DPO on preference pairs; LoRA, merged) and register it as a candidate."""
     from bot.generation.model_store import ModelUnavailable, resolve_generator
     from server.cli import EVAL_TURNS
     from training.examples import DatasetError
@@ -102,6 +116,10 @@ def train_command(
             max_length=max_length,
             seed=seed,
             save_steps=save_steps,
+            dpo_beta=dpo_beta,
+            dpo_max_steps=dpo_max_steps,
+            dpo_epochs=dpo_epochs,
+            dpo_learning_rate=dpo_learning_rate,
         )
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -127,6 +145,7 @@ def train_command(
         eval_file=eval_questions or EVAL_TURNS,
         retriever=retriever,
         feedback=list(feedback or []),
+        preferences=list(preferences or []),
         company=settings.company_name,
         top_k=settings.answer_top_k,
         hyper=hyper,
@@ -153,6 +172,14 @@ def train_command(
         f"candidate {manifest['candidate_id']}: {manifest['examples']} examples, {training.get('steps')} steps in "
         f"{training.get('wall_s')} s ({training.get('tokens_per_s')} tokens/s on {training.get('device')}), loss {first} -> {last}"
     )
+    dpo = manifest.get("dpo") or {}
+    if dpo:
+        history = dpo.get("loss_history", [])
+        typer.echo(
+            f"DPO: {manifest['pairs']['total']} pairs, {dpo.get('steps')} steps in {dpo.get('wall_s')} s, loss "
+            f"{history[0]['loss'] if history else None} -> {history[-1]['loss'] if history else None}, "
+            f"reward accuracy {dpo.get('final_reward_accuracy')}"
+        )
     typer.echo(f"next: supportbot models evaluate {manifest['candidate_id']}")
 
 

@@ -1,16 +1,18 @@
 """Training examples in exactly the prompt the server builds, and the split that keeps evaluation out.
 
-Two sources:
+Two sources of SFT examples, and one of preference pairs:
 
 - feedback exports (`supportbot.sft.v1`, docs/datasets.md): up-rated answers and agents'
   corrections. Their question, history and passages are rebuilt into the server's prompt
   (`bot.prompt.PromptBuilder`), so a model trained on them sees what it will see when serving;
+- preference exports (`supportbot.preference.v1`): an agent's correction (chosen) against the
+  bot's answer (rejected), their prompt rebuilt the same way, for the DPO stage;
 - the knowledge base: every public FAQ pair with the passages retrieval returns for its
   question, and every public article section with a question made from its heading and an
   answer made of the section's own first sentences. The answer's own passage is always among
   the passages (put first when retrieval missed it), so no example teaches an unsupported answer.
 
-Evaluation questions never reach training: `EvalExclusion` drops every example whose document
+Evaluation questions never reach training: `EvalExclusion` drops every example or pair whose document
 is a held-out evaluation document, and every example whose question is an evaluation question
 (either split) or a near-duplicate of one. What it dropped is counted for the run's manifest.
 """
@@ -55,20 +57,45 @@ class TrainingExample:
     completion: str
 
 
+@dataclass(frozen=True, slots=True)
+class PreferencePair:
+    """One DPO pair: the server's prompt, the answer to prefer and the one to move away from."""
+
+    id: str
+    source: str  # preference
+    question: str
+    document_id: str
+    prompt: str
+    chosen: str
+    rejected: str
+
+
 @dataclass(slots=True)
 class ExampleSet:
     examples: list[TrainingExample] = field(default_factory=list)
+    pairs: list[PreferencePair] = field(default_factory=list)
     exclusions: dict[str, Any] = field(default_factory=dict)
     skipped: Counter[str] = field(default_factory=Counter)
 
     def counts(self) -> dict[str, int]:
         return dict(sorted(Counter(e.source for e in self.examples).items()))
 
+    def pair_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(p.source for p in self.pairs).items()))
+
     def write_jsonl(self, path: Path) -> str:
         """The examples as prompt/completion JSONL (TRL's format); returns the file's sha256."""
-        data = "".join(json.dumps(asdict(e), ensure_ascii=False, sort_keys=True) + "\n" for e in self.examples).encode()
-        path.write_bytes(data)
-        return hashlib.sha256(data).hexdigest()
+        return _write_jsonl(path, self.examples)
+
+    def write_pairs_jsonl(self, path: Path) -> str:
+        """The pairs as prompt/chosen/rejected JSONL (TRL's preference format); returns the file's sha256."""
+        return _write_jsonl(path, self.pairs)
+
+
+def _write_jsonl(path: Path, items: Sequence[TrainingExample | PreferencePair]) -> str:
+    data = "".join(json.dumps(asdict(item), ensure_ascii=False, sort_keys=True) + "\n" for item in items).encode()
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def content_words(text: str) -> frozenset[str]:
@@ -160,10 +187,38 @@ class ExampleBuilder:
     ) -> TrainingExample | None:
         """None when the question and the answer alone do not fit `max_length`."""
         completion = " " + answer.strip()
+        prompt = self._prompt(question, passages, history, self._count(completion))
+        if prompt is None:
+            return None
+        return TrainingExample(example_id, source, question, document_id, prompt, completion)
+
+    def pair(
+        self,
+        pair_id: str,
+        source: str,
+        question: str,
+        document_id: str,
+        chosen: str,
+        rejected: str,
+        passages: Sequence[Passage],
+        history: Sequence[HistoryTurn] = (),
+    ) -> PreferencePair | None:
+        """None when the question and the longer of the two answers do not fit `max_length`.
+
+        Both answers follow the same prompt, which is fitted to the longer one, so neither is cut."""
+        chosen, rejected = " " + chosen.strip(), " " + rejected.strip()
+        prompt = self._prompt(question, passages, history, max(self._count(chosen), self._count(rejected)))
+        if prompt is None:
+            return None
+        return PreferencePair(pair_id, source, question, document_id, prompt, chosen, rejected)
+
+    def _prompt(
+        self, question: str, passages: Sequence[Passage], history: Sequence[HistoryTurn], completion_tokens: int
+    ) -> str | None:
         # A fresh canary per example, as every server process has its own: the model learns the
         # line is there and never worth repeating, not one value.
         prompts = PromptBuilder(self._count, self._company, f"SB-CANARY-{secrets.token_hex(8)}", self._format_chat)
-        answer_tokens = self._count(completion) + 2  # BOS and EOS
+        answer_tokens = completion_tokens + 2  # BOS and EOS
         budget = self.max_length - answer_tokens
         for _ in range(4):
             # The builder counts its pieces apart; the joins between them cost a few tokens more.
@@ -180,7 +235,7 @@ class ExampleBuilder:
             return None
         if not built.passages and passages:
             return None  # an answer without the passage it comes from teaches guessing
-        return TrainingExample(example_id, source, question, document_id, built.text, completion)
+        return built.text
 
 
 def passage_for(chunk: ChunkRecord) -> Passage:
@@ -245,11 +300,25 @@ def knowledge_base_examples(
             result.examples.append(example)
 
 
+# Which flag reads which schema, for the error that names the right one.
+_FLAG = {SFT_SCHEMA: "--feedback", PREFERENCE_SCHEMA: "--preferences"}
+_FORMAT = {SFT_SCHEMA: "sft", PREFERENCE_SCHEMA: "preference"}
+
+
 def read_export(path: Path, base_model: str, accepted_models: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """`supportbot.sft.v1` records of one export file, checked; DatasetError says what is wrong.
 
     A record's `model_id` must be the base model's id or one of `accepted_models` (candidates
     trained from that base): feedback on another model's answers teaches the wrong model."""
+    return _read(path, SFT_SCHEMA, base_model, accepted_models)
+
+
+def read_preferences(path: Path, base_model: str, accepted_models: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """`supportbot.preference.v1` pairs of one export file, checked as `read_export` checks SFT records."""
+    return _read(path, PREFERENCE_SCHEMA, base_model, accepted_models)
+
+
+def _read(path: Path, expected: str, base_model: str, accepted_models: frozenset[str]) -> list[dict[str, Any]]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -258,31 +327,73 @@ def read_export(path: Path, base_model: str, accepted_models: frozenset[str] = f
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        where = f"{path}:{number}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}:{number}: not JSON ({exc.msg})") from None
+            raise DatasetError(f"{where}: not JSON ({exc.msg})") from None
         schema = record.get("schema") if isinstance(record, dict) else None
-        if schema == PREFERENCE_SCHEMA:
+        if schema in _FLAG and schema != expected:
+            kind = "pair" if schema == PREFERENCE_SCHEMA else "record"
             raise DatasetError(
-                f"{path}:{number}: a {PREFERENCE_SCHEMA} pair; SFT reads {SFT_SCHEMA} exports "
-                "(`supportbot feedback export --format sft`); preference training is not built yet"
+                f"{where}: a {schema} {kind}; {_FLAG[expected]} reads {expected} exports "
+                f"(`supportbot feedback export --format {_FORMAT[expected]}`): pass this file with {_FLAG[schema]}"
             )
-        if schema != SFT_SCHEMA:
-            raise DatasetError(f"{path}:{number}: schema {schema!r}, expected {SFT_SCHEMA} (docs/datasets.md)")
+        if schema != expected:
+            raise DatasetError(f"{where}: schema {schema!r}, expected {expected} (docs/datasets.md)")
         model = record.get("model_id") or ""
         if model and model != base_model and model not in accepted_models:
             raise DatasetError(
-                f"{path}:{number}: answer written by model {model!r}, but this run trains {base_model!r}; "
+                f"{where}: answer written by model {model!r}, but this run trains {base_model!r}; "
                 "export feedback on this model's answers, or pass --base-model to train the one they came from"
             )
-        messages = record.get("messages")
-        if not isinstance(messages, list) or len(messages) < 3 or messages[-1].get("role") != "assistant":
-            raise DatasetError(f"{path}:{number}: `messages` must end with the user's question and the assistant's answer")
+        if expected == SFT_SCHEMA:
+            messages = record.get("messages")
+            if not _messages(messages, 3) or messages[-1].get("role") != "assistant":
+                raise DatasetError(f"{where}: `messages` must end with the user's question and the assistant's answer")
+        else:
+            if not _messages(record.get("prompt"), 2) or record["prompt"][-1].get("role") != "user":
+                raise DatasetError(f"{where}: `prompt` must be the system message, any earlier turns and the user's question")
+            for side in ("chosen", "rejected"):
+                answer = record.get(side)
+                if not _messages(answer, 1) or len(answer) != 1 or answer[0].get("role") != "assistant":
+                    raise DatasetError(f"{where}: `{side}` must be one assistant message")
         records.append(record)
     if not records:
-        raise DatasetError(f"{path}: the export is empty (no {SFT_SCHEMA} records): nothing to train on")
+        raise DatasetError(f"{path}: the export is empty (no {expected} records): nothing to train on")
     return records
+
+
+def _messages(value: Any, at_least: int) -> bool:
+    """A list of at least `at_least` chat messages with string roles and contents."""
+    return (
+        isinstance(value, list)
+        and len(value) >= at_least
+        and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+    )
+
+
+def _conversation(
+    messages: Sequence[dict[str, Any]], passages: Sequence[dict[str, Any]]
+) -> tuple[list[HistoryTurn], list[ChunkRecord]]:
+    """The earlier turns between a record's system message and its question, and its passages as chunks."""
+    history = [HistoryTurn(str(m["role"]), str(m["content"])) for m in messages if m.get("role") in ("user", "assistant")]
+    chunks = [
+        ChunkRecord(
+            i,
+            f"feedback:{i}",
+            str(p.get("document_id", "")),
+            str(p.get("title", "")),
+            str(p.get("heading", "")),
+            str(p.get("text", "")),
+            None,
+            "feedback",
+            Visibility.PUBLIC,
+        )
+        for i, p in enumerate(passages)
+        if isinstance(p, dict)
+    ]
+    return history, chunks
 
 
 def feedback_examples(
@@ -291,23 +402,7 @@ def feedback_examples(
     for record in records:
         messages = record["messages"]
         question, answer = str(messages[-2].get("content", "")), str(messages[-1].get("content", ""))
-        history = [
-            HistoryTurn(str(m["role"]), str(m["content"])) for m in messages[1:-2] if m.get("role") in ("user", "assistant")
-        ]
-        chunks = [
-            ChunkRecord(
-                i,
-                f"feedback:{i}",
-                str(p.get("document_id", "")),
-                str(p.get("title", "")),
-                str(p.get("heading", "")),
-                str(p.get("text", "")),
-                None,
-                "feedback",
-                Visibility.PUBLIC,
-            )
-            for i, p in enumerate(record.get("passages", []))
-        ]
+        history, chunks = _conversation(messages[1:-2], record.get("passages") or [])
         document = chunks[0].document_id if chunks else ""
         example_id = f"feedback:{record.get('id', '')}"
         if not question.strip() or not answer.strip():
@@ -322,3 +417,31 @@ def feedback_examples(
             result.skipped["too_long"] += 1
         else:
             result.examples.append(example)
+
+
+def preference_pairs(
+    records: Iterable[dict[str, Any]], builder: ExampleBuilder, exclusion: EvalExclusion, *, top_k: int, result: ExampleSet
+) -> None:
+    """Pairs of `supportbot.preference.v1` records, their prompt rebuilt as the server builds it."""
+    for record in records:
+        prompt = record["prompt"]
+        question = str(prompt[-1]["content"])
+        chosen, rejected = str(record["chosen"][0]["content"]), str(record["rejected"][0]["content"])
+        history, chunks = _conversation(prompt[1:-1], record.get("passages") or [])
+        document = chunks[0].document_id if chunks else ""
+        pair_id = f"preference:{record.get('id', '')}"
+        if not question.strip() or not chosen.strip() or not rejected.strip():
+            result.skipped["empty_pair"] += 1
+            continue
+        if chosen.strip() == rejected.strip():
+            result.skipped["pair_without_preference"] += 1  # the same answer both sides teaches nothing
+            continue
+        if not exclusion.admits(pair_id, question, document):
+            continue
+        pair = builder.pair(
+            pair_id, "preference", question, document, chosen, rejected, [passage_for(c) for c in chunks][:top_k], history
+        )
+        if pair is None:
+            result.skipped["pair_too_long"] += 1
+        else:
+            result.pairs.append(pair)

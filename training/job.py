@@ -3,7 +3,8 @@
 The caller (the CLI) passes in what it built from settings: the retriever over the live index
 (or None without `--from-kb`), where the base model lies, the registry. A run writes its
 candidate's manifest first with status `training` (so `--resume` can find it), then `ready`
-with the loss history and the merged model, or `failed` with the error.
+with the loss histories (SFT, then DPO when there are preference pairs) and the merged model,
+or `failed` with the error.
 """
 
 from __future__ import annotations
@@ -23,12 +24,24 @@ from training.examples import (
     ExampleSet,
     feedback_examples,
     knowledge_base_examples,
+    preference_pairs,
     read_export,
+    read_preferences,
 )
 from training.registry import CHECKPOINTS_DIR, MODEL_DIR, ModelRegistry
-from training.trainer import Hyperparameters, TrainResult, agree_on, distributed_state, library_versions, load_tokenizer, train
+from training.trainer import (
+    Hyperparameters,
+    StageResult,
+    TrainResult,
+    agree_on,
+    distributed_state,
+    library_versions,
+    load_tokenizer,
+    train,
+)
 
 TRAIN_FILE = "train.jsonl"
+PAIRS_FILE = "pairs.jsonl"
 
 
 @dataclass(slots=True)
@@ -39,6 +52,7 @@ class TrainJob:
     eval_file: Path
     retriever: Retriever | None
     feedback: list[Path] = field(default_factory=list)
+    preferences: list[Path] = field(default_factory=list)  # supportbot.preference.v1 exports, for the DPO stage
     company: str = "Brewlo"
     top_k: int = 4
     hyper: Hyperparameters = field(default_factory=Hyperparameters)
@@ -51,22 +65,26 @@ class TrainJob:
 
 
 def build_examples(job: TrainJob, tokenizer: Any) -> tuple[ExampleSet, EvalExclusion]:
-    """All examples of the run, evaluation questions excluded; DatasetError for unusable input."""
-    if job.retriever is None and not job.feedback:
-        raise DatasetError("nothing to train on: use the knowledge base (--from-kb) or give --feedback exports")
+    """All examples and preference pairs of the run, evaluation questions excluded; DatasetError for unusable input."""
+    if job.retriever is None and not job.feedback and not job.preferences:
+        raise DatasetError("nothing to train on: use the knowledge base (--from-kb) or give --feedback or --preferences exports")
     exclusion = EvalExclusion.from_file(job.eval_file, exclude_heldout_documents=job.exclude_heldout_documents)
     builder = ExampleBuilder(
         lambda text: len(tokenizer.encode(text, add_special_tokens=False)), company=job.company, max_length=job.hyper.max_length
     )
     result = ExampleSet()
-    records = [(path, read_export(path, job.base_model_id or job.base_model, job.accepted_models)) for path in job.feedback]
+    base = job.base_model_id or job.base_model
+    records = [read_export(path, base, job.accepted_models) for path in job.feedback]
+    pairs = [read_preferences(path, base, job.accepted_models) for path in job.preferences]  # all files checked first
     if job.retriever is not None:
         knowledge_base_examples(job.retriever, builder, exclusion, top_k=job.top_k, result=result)
-    for _, batch in records:
+    for batch in records:
         feedback_examples(batch, builder, exclusion, top_k=job.top_k, result=result)
-    if not result.examples:
+    for batch in pairs:
+        preference_pairs(batch, builder, exclusion, top_k=job.top_k, result=result)
+    if not result.examples and not result.pairs:
         raise DatasetError(
-            f"no training examples left (skipped: {dict(result.skipped)}; excluded as evaluation: "
+            f"no training examples or preference pairs left (skipped: {dict(result.skipped)}; excluded as evaluation: "
             f"{len(exclusion.by_document)} by document, {len(exclusion.by_question)} by question)"
         )
     if job.limit and len(result.examples) > job.limit:
@@ -90,13 +108,14 @@ def run(job: TrainJob) -> dict[str, Any]:
         candidate_id = agree_on(registry.new_candidate_id())
         hyper = job.hyper
     directory = registry.directory(candidate_id)
-    train_file = directory / TRAIN_FILE
+    train_file, pairs_file = directory / TRAIN_FILE, directory / PAIRS_FILE
     if not job.resume:
         tokenizer = load_tokenizer(job.model_path)
         examples, _ = build_examples(job, tokenizer)
         if state.is_main_process:
             directory.mkdir(parents=True, exist_ok=True)
             digest = examples.write_jsonl(train_file)
+            pairs_digest = examples.write_pairs_jsonl(pairs_file)
             manifest = {
                 "candidate_id": candidate_id,
                 "status": "training",
@@ -109,27 +128,35 @@ def run(job: TrainJob) -> dict[str, Any]:
                     "from_knowledge_base": job.retriever is not None,
                     "index_version": job.retriever.snapshot.version if job.retriever is not None else None,
                     "feedback_files": [{"path": str(p), "sha256": _sha256(p)} for p in job.feedback],
+                    "pairs_file": PAIRS_FILE,
+                    "pairs_sha256": pairs_digest,
+                    "preference_files": [{"path": str(p), "sha256": _sha256(p)} for p in job.preferences],
                     "limit": job.limit,
                 },
                 "examples": {"total": len(examples.examples), **examples.counts()},
+                "pairs": {"total": len(examples.pairs), **examples.pair_counts()},
+                "stages": [stage for stage, n in (("sft", examples.examples), ("dpo", examples.pairs)) if n],
                 "skipped": dict(examples.skipped),
                 "exclusions": examples.exclusions,
                 "hyperparameters": hyper.as_dict(),
                 "seed": hyper.seed,
                 "libraries": library_versions(),
                 "loss_history": [],
+                "dpo": None,
                 "evaluations": {},
             }
             registry.write_manifest(candidate_id, manifest)
         state.wait_for_everyone()
+    stages = registry.manifest(candidate_id).get("stages", ["sft"])  # a run from before DPO existed: SFT only
     try:
         result = train(
             job.model_path,
-            train_file,
+            train_file if "sft" in stages else None,
             directory / CHECKPOINTS_DIR,
             directory / MODEL_DIR,
             hyper,
             candidate={"candidate_id": candidate_id, "base_model": job.base_model},
+            pairs_file=pairs_file if "dpo" in stages else None,
             resume=job.resume,
             progress=job.progress,
         )
@@ -143,19 +170,34 @@ def run(job: TrainJob) -> dict[str, Any]:
 
 
 def _training_fields(result: TrainResult) -> dict[str, Any]:
-    return {
-        "loss_history": result.loss_history,
+    sft = result.sft or StageResult([], None, 0, 0.0, 0, 0.0)  # DPO alone: no SFT steps
+    fields: dict[str, Any] = {
+        "loss_history": sft.loss_history,
         "training": {
-            "train_loss": result.train_loss,
-            "steps": result.steps,
-            "wall_s": result.wall_s,
-            "tokens": result.tokens,
-            "tokens_per_s": result.tokens_per_s,
+            "train_loss": sft.train_loss,
+            "steps": sft.steps,
+            "wall_s": sft.wall_s,
+            "tokens": sft.tokens,
+            "tokens_per_s": sft.tokens_per_s,
             "device": result.device,
             "processes": result.processes,
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         },
+        "dpo": None,
     }
+    if result.dpo is not None:
+        last = result.dpo.loss_history[-1] if result.dpo.loss_history else {}
+        fields["dpo"] = {
+            "loss_history": result.dpo.loss_history,
+            "train_loss": result.dpo.train_loss,
+            "final_reward_accuracy": last.get("reward_accuracy"),
+            "final_reward_margin": last.get("reward_margin"),
+            "steps": result.dpo.steps,
+            "wall_s": result.dpo.wall_s,
+            "tokens": result.dpo.tokens,
+            "tokens_per_s": result.dpo.tokens_per_s,
+        }
+    return fields
 
 
 def _sha256(path: Path) -> str:

@@ -37,25 +37,40 @@ class Hyperparameters:
     warmup_ratio: float = 0.05
     seed: int = 42
     save_steps: int = 50
+    # The DPO stage (preference pairs); batch size, LoRA shape, max length, seed and save steps are shared.
+    dpo_beta: float = 0.1  # how far from the reference (the SFT model) the pairs may pull; higher: less far
+    dpo_max_steps: int = 0  # 0: run `dpo_epochs` epochs
+    dpo_epochs: float = 1.0
+    dpo_learning_rate: float = 5e-5
 
     def __post_init__(self) -> None:
         if self.max_steps < 0 or self.epochs <= 0 or self.learning_rate <= 0 or self.batch_size <= 0:
             raise ValueError("max steps must be >= 0; epochs, learning rate and batch size must be positive")
         if self.lora_rank <= 0 or self.max_length < 64 or self.save_steps <= 0 or self.gradient_accumulation <= 0:
             raise ValueError("LoRA rank and save steps must be positive and max length at least 64")
+        if self.dpo_beta <= 0 or self.dpo_max_steps < 0 or self.dpo_epochs <= 0 or self.dpo_learning_rate <= 0:
+            raise ValueError("DPO beta, epochs and learning rate must be positive and DPO max steps >= 0")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 @dataclass(slots=True)
-class TrainResult:
+class StageResult:
+    """What one stage (SFT or DPO) did: its log and its throughput."""
+
     loss_history: list[dict[str, float]]
     train_loss: float | None
     steps: int
     wall_s: float
     tokens: int
     tokens_per_s: float
+
+
+@dataclass(slots=True)
+class TrainResult:
+    sft: StageResult | None
+    dpo: StageResult | None
     device: str
     processes: int
     main_process: bool
@@ -107,28 +122,33 @@ def _quiet_hub_progress() -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
+DPO_CHECKPOINTS = "dpo"  # the DPO stage's checkpoints, inside the run's checkpoint directory
+
+
 def train(
     model_path: str,
-    train_file: Path,
+    train_file: Path | None,
     checkpoints: Path,
     output: Path,
     hyper: Hyperparameters,
     *,
     candidate: dict[str, str],
+    pairs_file: Path | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> TrainResult:
-    """Fine-tune `model_path` on `train_file` (prompt/completion JSONL), merge, save to `output`.
+    """Fine-tune `model_path`: SFT on `train_file` (prompt/completion JSONL), then DPO on `pairs_file`
+    (prompt/chosen/rejected JSONL); merge, save to `output`. Either file may be None, not both.
 
     `candidate` ({"candidate_id", "base_model"}) is written into the model directory so the
-    generator's model store names its answers after the candidate.
+    generator's model store names its answers after the candidate. With `resume`, each stage
+    continues from its last checkpoint; a DPO stage that had not saved one yet starts over.
     """
     import torch
-    from datasets import load_dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, set_seed
-    from trl import SFTConfig, SFTTrainer
 
+    if train_file is None and pairs_file is None:
+        raise ValueError("nothing to train on: no SFT examples and no preference pairs")
     set_seed(hyper.seed)
     on_gpu = torch.cuda.is_available()
     bf16 = on_gpu and torch.cuda.is_bf16_supported()
@@ -137,6 +157,84 @@ def train(
         model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=torch.bfloat16 if bf16 else torch.float32, attn_implementation="eager"
         )
+    common = {
+        "per_device_train_batch_size": hyper.batch_size,
+        "gradient_accumulation_steps": hyper.gradient_accumulation,
+        "warmup_steps": hyper.warmup_ratio,
+        "lr_scheduler_type": "cosine",
+        "max_length": hyper.max_length,
+        "seed": hyper.seed,
+        "data_seed": hyper.seed,
+        "use_cpu": not on_gpu,
+        "bf16": bf16,
+        "fp16": False,
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": hyper.save_steps,
+        "save_total_limit": 2,
+        "report_to": "none",
+        "disable_tqdm": not progress,
+        "include_num_input_tokens_seen": "non_padding",
+        "dataloader_num_workers": 0,
+    }
+    sft = dpo = None
+    trainer: Any = None
+    if train_file is not None:
+        trainer, sft = _sft_stage(model, tokenizer, train_file, checkpoints, hyper, common, resume=resume)
+        # Every process merges: the DPO stage trains (and its reference is) the model SFT left.
+        model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+    if pairs_file is not None:
+        dpo_checkpoints = checkpoints / DPO_CHECKPOINTS
+        # Resuming a run whose SFT stage finished but whose DPO stage saved nothing yet: DPO starts over.
+        resume_dpo = resume and (train_file is None or any(dpo_checkpoints.glob("checkpoint-*")))
+        trainer, dpo = _dpo_stage(model, tokenizer, pairs_file, dpo_checkpoints, hyper, common, resume=resume_dpo)
+        model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+    main = trainer.is_world_process_zero()
+    result = TrainResult(
+        sft=sft,
+        dpo=dpo,
+        device=str(trainer.args.device),
+        processes=int(trainer.accelerator.num_processes),
+        main_process=main,
+    )
+    if main:
+        staging = output.with_name(f".{output.name}.staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / CANDIDATE_FILE).write_text(json.dumps(candidate, sort_keys=True) + "\n", encoding="utf-8")
+        shutil.rmtree(output, ignore_errors=True)
+        staging.rename(output)  # the model directory appears whole or not at all
+    trainer.accelerator.wait_for_everyone()
+    return result
+
+
+def _lora(hyper: Hyperparameters) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=hyper.lora_rank,
+        lora_alpha=hyper.lora_alpha,
+        lora_dropout=hyper.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _sft_stage(
+    model: Any,
+    tokenizer: Any,
+    train_file: Path,
+    checkpoints: Path,
+    hyper: Hyperparameters,
+    common: dict[str, Any],
+    *,
+    resume: bool,
+) -> tuple[Any, StageResult]:
+    from datasets import load_dataset
+    from trl import SFTConfig, SFTTrainer
+
+    with _quiet_hub_progress():
         dataset = load_dataset("json", data_files=str(train_file), split="train")
     dataset = dataset.select_columns(["prompt", "completion"])
     config = SFTConfig(
@@ -144,67 +242,80 @@ def train(
         max_steps=hyper.max_steps or -1,
         num_train_epochs=hyper.epochs,
         learning_rate=hyper.learning_rate,
-        per_device_train_batch_size=hyper.batch_size,
-        gradient_accumulation_steps=hyper.gradient_accumulation,
-        warmup_steps=hyper.warmup_ratio,
-        lr_scheduler_type="cosine",
-        max_length=hyper.max_length,
         completion_only_loss=True,
-        seed=hyper.seed,
-        data_seed=hyper.seed,
-        use_cpu=not on_gpu,
-        bf16=bf16,
-        fp16=False,
         activation_checkpointing=False,  # 270M parameters fit; recomputing activations only costs time
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=hyper.save_steps,
-        save_total_limit=2,
-        report_to="none",
-        disable_tqdm=not progress,
-        include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=0,
+        **common,
     )
-    peft_config = LoraConfig(
-        r=hyper.lora_rank,
-        lora_alpha=hyper.lora_alpha,
-        lora_dropout=hyper.lora_dropout,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
-    has_checkpoint = any(checkpoints.glob("checkpoint-*"))
-    if resume and not has_checkpoint:
-        raise ValueError(f"--resume: no checkpoint in {checkpoints} yet; start the run again without --resume")
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=_lora(hyper))
+    _check_resumable(resume, checkpoints)
     outcome = trainer.train(resume_from_checkpoint=True if resume else None)
-    state = trainer.state
     losses = [
         {"step": float(e["step"]), "loss": float(e["loss"]), "learning_rate": float(e.get("learning_rate", 0.0))}
-        for e in state.log_history
+        for e in trainer.state.log_history
         if "loss" in e
     ]
+    return trainer, _stage_result(trainer, outcome, losses)
+
+
+def _dpo_stage(
+    model: Any,
+    tokenizer: Any,
+    pairs_file: Path,
+    checkpoints: Path,
+    hyper: Hyperparameters,
+    common: dict[str, Any],
+    *,
+    resume: bool,
+) -> tuple[Any, StageResult]:
+    from datasets import load_dataset
+    from trl import DPOConfig, DPOTrainer
+
+    with _quiet_hub_progress():
+        dataset = load_dataset("json", data_files=str(pairs_file), split="train")
+    dataset = dataset.select_columns(["prompt", "chosen", "rejected"])
+    config = DPOConfig(
+        output_dir=str(checkpoints),
+        max_steps=hyper.dpo_max_steps or -1,
+        num_train_epochs=hyper.dpo_epochs,
+        learning_rate=hyper.dpo_learning_rate,
+        beta=hyper.dpo_beta,
+        loss_type=["sigmoid"],  # the DPO paper's loss
+        activation_checkpointing=False,  # TRL turns it on by default; as in SFT, recomputing only costs time here
+        **common,
+    )
+    # With a peft_config and no ref_model, TRL's reference is this model with the adapter disabled.
+    trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=_lora(hyper))
+    _check_resumable(resume, checkpoints)
+    outcome = trainer.train(resume_from_checkpoint=True if resume else None)
+    losses = [
+        {
+            "step": float(e["step"]),
+            "loss": float(e["loss"]),
+            "learning_rate": float(e.get("learning_rate", 0.0)),
+            "reward_accuracy": float(e.get("rewards/accuracies", 0.0)),
+            "reward_margin": float(e.get("rewards/margins", 0.0)),
+            "chosen_reward": float(e.get("rewards/chosen", 0.0)),
+            "rejected_reward": float(e.get("rewards/rejected", 0.0)),
+        }
+        for e in trainer.state.log_history
+        if "loss" in e
+    ]
+    return trainer, _stage_result(trainer, outcome, losses)
+
+
+def _check_resumable(resume: bool, checkpoints: Path) -> None:
+    if resume and not any(checkpoints.glob("checkpoint-*")):
+        raise ValueError(f"--resume: no checkpoint in {checkpoints} yet; start the run again without --resume")
+
+
+def _stage_result(trainer: Any, outcome: Any, losses: list[dict[str, float]]) -> StageResult:
     wall = float(outcome.metrics.get("train_runtime", 0.0))
-    tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
-    main = trainer.is_world_process_zero()
-    result = TrainResult(
+    tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+    return StageResult(
         loss_history=losses,
         train_loss=float(outcome.training_loss) if outcome.training_loss == outcome.training_loss else None,
-        steps=int(state.global_step),
+        steps=int(trainer.state.global_step),
         wall_s=round(wall, 2),
         tokens=tokens,
         tokens_per_s=round(tokens / wall, 1) if wall else 0.0,
-        device=str(trainer.args.device),
-        processes=int(trainer.accelerator.num_processes),
-        main_process=main,
     )
-    if main:
-        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-        staging = output.with_name(f".{output.name}.staging")
-        shutil.rmtree(staging, ignore_errors=True)
-        merged.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        (staging / CANDIDATE_FILE).write_text(json.dumps(candidate, sort_keys=True) + "\n", encoding="utf-8")
-        shutil.rmtree(output, ignore_errors=True)
-        staging.rename(output)  # the model directory appears whole or not at all
-    trainer.accelerator.wait_for_everyone()
-    return result

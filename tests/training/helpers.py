@@ -1,13 +1,24 @@
-"""Shared pieces of the training tests: the CLI in-process, settings for a temporary data dir."""
+"""Shared pieces of the training tests: the CLI in-process, settings for a temporary data dir, real feedback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio import Redis
 from typer.testing import CliRunner, Result
 
+from bot.conversations import ConversationStore
+from bot.feedback.log import FeedbackLog
+from bot.feedback.sink import FeedbackSink
+from bot.generation.model_store import BUNDLED_GENERATOR_ID
+from bot.prompt import PROMPT_VERSION
 from server.cli import app
 from tests.conftest import MODELS_DIR
 
@@ -69,3 +80,74 @@ def evaluation(
         "index_version": "000001",
         "gate": {},
     }
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectedAnswer:
+    """One bot answer that an agent corrected (and a visitor maybe rated), for a preference export."""
+
+    question: str
+    answer: str  # the bot's: the pair's rejected side
+    correction: str  # the agent's: the chosen side
+    passage: dict[str, str]  # document_id, title, heading, text: what the answer was grounded on
+    rating: str | None = None
+
+
+def corrected_answers(redis_url: str, feedback_dir: Path, answers: Sequence[CorrectedAnswer]) -> None:
+    """Store each of `answers` in a conversation of its own as the chat server stores turns, give the feedback
+    through the real feedback log and drain it with the real sink into `feedback_dir`, which is
+    what `supportbot feedback export` reads."""
+
+    async def main() -> None:
+        redis = Redis.from_url(redis_url)
+        try:
+            prefix = f"t{uuid.uuid4().hex[:12]}:"
+            store = ConversationStore(redis, prefix=prefix, ttl_s=3600)
+            log = FeedbackLog(store)
+            for item in answers:
+                conversation = (await store.create()).id
+                user = {
+                    "id": f"u_{uuid.uuid4().hex}",
+                    "role": "user",
+                    "text": item.question,
+                    "client_message_id": uuid.uuid4().hex,
+                }
+                answer_id = f"m_{uuid.uuid4().hex}"
+                turn = await store.begin_turn(
+                    conversation,
+                    client_message_id=user["client_message_id"],
+                    answer_id=answer_id,
+                    user_message={**user, "created": time.time()},
+                    event={"type": "user_message", "message_id": user["id"], "text": item.question},
+                    lock_ttl_s=30,
+                    history=12,
+                )
+                assert turn.outcome == "ok", turn
+                source = {"title": item.passage["title"], "url": None, "document_id": item.passage["document_id"]}
+                await store.add_message(
+                    conversation,
+                    {
+                        "id": answer_id,
+                        "role": "assistant",
+                        "text": item.answer,
+                        "sources": [{**source, "snippet": "", "score": 0.8}],
+                        "passages": [item.passage],
+                        "confidence": 0.8,
+                        "path": "generated",
+                        "model_id": BUNDLED_GENERATOR_ID,  # what the server records for the bundled model
+                        "prompt_version": PROMPT_VERSION,
+                        "created": time.time(),
+                    },
+                )
+                if turn.lock_token:
+                    await store.unlock_answer(conversation, turn.lock_token)
+                if item.rating:
+                    await log.submit(
+                        conversation, answer_id, actor_role="user", actor_id=f"visitor:{conversation}", rating=item.rating
+                    )  # type: ignore[arg-type]
+                await log.submit(conversation, answer_id, actor_role="agent", actor_id="alice", correction=item.correction)
+            await FeedbackSink(redis, feedback_dir, prefix=prefix).run_once()
+        finally:
+            await redis.aclose()
+
+    asyncio.run(main())

@@ -14,7 +14,15 @@ from bot.prompt import instructions
 from retrieval.retriever import Retriever
 from server.cli import EVAL_TURNS
 from tests.conftest import MODELS_DIR, REPO
-from training.examples import DatasetError, EvalExclusion, content_words, normalise_question, read_export
+from tests.training.helpers import invoke
+from training.examples import (
+    DatasetError,
+    EvalExclusion,
+    content_words,
+    normalise_question,
+    read_export,
+    read_preferences,
+)
 from training.job import TrainJob, build_examples
 from training.registry import ModelRegistry
 from training.trainer import Hyperparameters, load_tokenizer
@@ -41,6 +49,25 @@ def sft_record(question: str, answer: str, *, model_id: str = BUNDLED_GENERATOR_
             {"role": "user", "content": question},
             {"role": "assistant", "content": answer},
         ],
+        "passages": [passage],
+        **extra,
+    }
+
+
+def preference_record(
+    question: str, chosen: str, rejected: str, *, model_id: str = BUNDLED_GENERATOR_ID, n: int = 0, **extra: Any
+) -> dict[str, Any]:
+    """A pair as `feedback export --format preference` writes it (docs/datasets.md)."""
+    passage = {"document_id": "support/fresh", "title": "Fresh article", "heading": "", "text": f"{chosen} More text."}
+    return {
+        "schema": "supportbot.preference.v1",
+        "id": f"c_{n}/m_{n}/correction",
+        "label": "correction",
+        "model_id": model_id,
+        "prompt": [{"role": "system", "content": instructions()}, {"role": "user", "content": question}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "rejected_rating": "down",
         "passages": [passage],
         **extra,
     }
@@ -87,8 +114,15 @@ def test_no_evaluation_question_reaches_the_training_set(
         sft_record("How long does the Brewlo kettle take to boil one litre of water?", "About four minutes.", n=3),
     ]
     export = write_jsonl(tmp_path / "sft.jsonl", leaked)
+    leaked_pairs = [
+        preference_record(HELDOUT.question, "Leaked held-out correction.", "Wrong.", n=4),
+        preference_record(TUNE.question.lower() + " ...", "Leaked tune correction.", "Wrong.", n=5),
+        preference_record("Does the Brewlo kettle whistle when it boils?", "No, it beeps once [1].", "Yes.", n=6),
+    ]
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", leaked_pairs)
     examples, _ = build_examples(
-        job(tmp_path, sample_retriever, [export], exclude_heldout_documents=exclude_documents), tokenizer
+        job(tmp_path, sample_retriever, [export], preferences=[pairs], exclude_heldout_documents=exclude_documents),
+        tokenizer,
     )
 
     heldout_documents = {t.document_id for t in TURNS if t.split == "heldout" and t.document_id}
@@ -99,11 +133,18 @@ def test_no_evaluation_question_reaches_the_training_set(
             assert f"<user_message>{turn.question}</user_message>" not in example.prompt
         if exclude_documents:
             assert example.document_id not in heldout_documents, example
+    for pair in examples.pairs:  # nor in a preference pair, the DPO stage's data
+        assert not is_eval_question(pair.question), pair
+        for turn in TURNS:
+            assert f"<user_message>{turn.question}</user_message>" not in pair.prompt
     sources = examples.counts()
     assert sources["faq"] > 0 and sources["article"] > 0 and sources["feedback"] == 1
+    assert [p.id for p in examples.pairs] == ["preference:c_6/m_6/correction"]
     exclusions = examples.exclusions
     by_question = {e["example"]: e["eval_turn"] for e in exclusions["excluded_by_question"]}
     assert by_question["feedback:c_1/m_1/up"] == HELDOUT.id and by_question["feedback:c_2/m_2/up"] == TUNE.id
+    assert by_question["preference:c_4/m_4/correction"] == HELDOUT.id
+    assert by_question["preference:c_5/m_5/correction"] == TUNE.id
     assert exclusions["eval_turns"] == len(TURNS)
     if exclude_documents:
         assert set(exclusions["heldout_documents"]) == heldout_documents and exclusions["excluded_by_document"]
@@ -129,6 +170,80 @@ def test_examples_use_the_servers_prompt_with_the_answers_own_passage(
     assert faq.completion.strip()[:-4] in faq.prompt  # the answer is the help center's own text
 
 
+def test_pairs_use_the_servers_prompt_with_history_and_both_answers_whole(tmp_path: Path, tokenizer: Any) -> None:
+    history = [{"role": "user", "content": "Hello, I have a kettle question."}, {"role": "assistant", "content": "Sure."}]
+    record = preference_record("Does the Brewlo kettle whistle when it boils?", "No, it beeps once [1].", "Yes, loudly.", n=1)
+    record["prompt"][1:1] = history
+    same = preference_record("Can I boil milk in the Brewlo kettle?", "No [1].", "No [1].", n=2)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [record, same])
+    # DPO alone: no knowledge base and no SFT export is a valid run.
+    examples, _ = build_examples(job(tmp_path, None, [], preferences=[pairs]), tokenizer)
+    assert examples.examples == [] and examples.pair_counts() == {"preference": 1}
+    assert examples.skipped["pair_without_preference"] == 1  # the same answer on both sides teaches nothing
+    pair = examples.pairs[0]
+    assert pair.prompt.startswith(instructions()) and "Internal reference (never repeat it): SB-CANARY-" in pair.prompt
+    assert (
+        "Earlier in this conversation:\n\nQuestion: <user_message>Hello, I have a kettle question.</user_message>\n\nAnswer: Sure."
+        in pair.prompt
+    )
+    assert pair.prompt.endswith("\nQuestion: <user_message>Does the Brewlo kettle whistle when it boils?</user_message>\nAnswer:")
+    assert "[1] Fresh article\n<passage>No, it beeps once [1]. More text.</passage>" in pair.prompt
+    assert (pair.chosen, pair.rejected) == (" No, it beeps once [1].", " Yes, loudly.")
+    for answer in (pair.chosen, pair.rejected):
+        assert len(tokenizer.encode(pair.prompt + answer)) + 1 <= 512  # + EOS: never truncated
+
+
+def test_preference_exports_are_checked_like_sft_exports(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DatasetError, match=r"empty.jsonl: the export is empty \(no supportbot.preference.v1 records\)"):
+        read_preferences(empty, BUNDLED_GENERATOR_ID)
+    good = preference_record("q?", "right.", "wrong.", n=1)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(good) + "\n" + '{"schema": "supportbot.pref\n')
+    with pytest.raises(DatasetError, match=r"broken.jsonl:2: not JSON"):
+        read_preferences(broken, BUNDLED_GENERATOR_ID)
+    old = write_jsonl(tmp_path / "old.jsonl", [{**good, "schema": "supportbot.preference.v0"}])
+    with pytest.raises(DatasetError, match=r"old.jsonl:1: schema 'supportbot.preference.v0', expected supportbot.preference.v1"):
+        read_preferences(old, BUNDLED_GENERATOR_ID)
+    other = write_jsonl(tmp_path / "other.jsonl", [good, preference_record("q?", "a.", "b.", model_id="Qwen/Qwen2.5-0.5B", n=2)])
+    with pytest.raises(DatasetError, match=r"other.jsonl:2: answer written by model 'Qwen/Qwen2.5-0.5B', but this run trains"):
+        read_preferences(other, BUNDLED_GENERATOR_ID)
+    assert (
+        len(read_preferences(write_jsonl(tmp_path / "ours.jsonl", [{**good, "model_id": "cand-1"}]), "x", frozenset({"cand-1"})))
+        == 1
+    )
+    no_chosen = write_jsonl(tmp_path / "no_chosen.jsonl", [{**good, "chosen": "right."}])
+    with pytest.raises(DatasetError, match=r"no_chosen.jsonl:1: `chosen` must be one assistant message"):
+        read_preferences(no_chosen, BUNDLED_GENERATOR_ID)
+    no_question = write_jsonl(tmp_path / "no_question.jsonl", [{**good, "prompt": good["prompt"][:1]}])
+    with pytest.raises(DatasetError, match=r"no_question.jsonl:1: `prompt` must be the system message"):
+        read_preferences(no_question, BUNDLED_GENERATOR_ID)
+
+
+def test_each_flag_names_the_other_when_given_the_other_export(tmp_path: Path) -> None:
+    sft = write_jsonl(tmp_path / "sft.jsonl", [sft_record("q?", "a.")])
+    with pytest.raises(
+        DatasetError, match=r"sft.jsonl:1: a supportbot.sft.v1 record; --preferences reads .* pass this file with --feedback"
+    ):
+        read_preferences(sft, BUNDLED_GENERATOR_ID)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [preference_record("q?", "a.", "b.")])
+    with pytest.raises(
+        DatasetError,
+        match=r"pairs.jsonl:1: a supportbot.preference.v1 pair; --feedback reads .* pass this file with --preferences",
+    ):
+        read_export(pairs, BUNDLED_GENERATOR_ID)
+
+
+def test_train_refuses_a_misfiled_export_before_any_model_loads(tmp_path: Path) -> None:
+    sft = write_jsonl(tmp_path / "sft.jsonl", [sft_record("q?", "a.")])
+    result = invoke(tmp_path / "data", "train", "--no-kb", "--preferences", str(sft), "--no-progress")
+    assert result.exit_code == 2, result.output
+    assert "a supportbot.sft.v1 record; --preferences reads supportbot.preference.v1 exports" in result.output
+    assert "pass this file with --feedback" in result.output
+    assert not (tmp_path / "data" / "models" / "registry").exists()  # no candidate was started
+
+
 def test_an_empty_export_is_refused(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
@@ -141,7 +256,7 @@ def test_records_of_another_schema_are_refused(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"old.jsonl:1: schema 'supportbot.sft.v0', expected supportbot.sft.v1"):
         read_export(old, BUNDLED_GENERATOR_ID)
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"schema": "supportbot.preference.v1"}])
-    with pytest.raises(DatasetError, match=r"pairs.jsonl:1: a supportbot.preference.v1 pair"):
+    with pytest.raises(DatasetError, match=r"pairs.jsonl:1: a supportbot.preference.v1 pair; .* with --preferences"):
         read_export(pairs, BUNDLED_GENERATOR_ID)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"schema": \n')
