@@ -233,7 +233,7 @@ def test_a_running_server_follows_promotion_and_rollback_without_a_restart(
 
         def serving(model: str) -> None:
             deadline = time.monotonic() + 120
-            while (ready := httpx.get(f"{base}/readyz").json())["model"] != model:
+            while (ready := httpx.get(f"{base}/readyz", timeout=30).json())["model"] != model:  # a model swap loads beside it
                 assert time.monotonic() < deadline, (ready, process.log_path.read_text()[-2000:])  # type: ignore[attr-defined]
                 time.sleep(0.5)
             assert ready["status"] == "ready" and ready["answer_mode"] == "generative"
