@@ -235,7 +235,10 @@ class Connection:
         self.connection_id = uuid.uuid4().hex[:12]
         self.conversation_id: str | None = None
         self.answer: asyncio.Task[None] | None = None
-        self._done_sent = False  # the answer task has sent its `done` (it may still hold the lock)
+        # This connection's answer has had its `done` stored or forwarded to the visitor, who may
+        # reply before the answer task has released its lock.
+        self._done_sent = False
+        self._answering = ""  # the id of this connection's latest answer
         self._unanswered: asyncio.Task[None] | None = None  # watches a resent message's answer (_answer_if_orphaned)
         self._forwarder: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
@@ -475,6 +478,7 @@ class Connection:
     def _start_answer(self, answer_id: str, text: str, turn: TurnStart) -> None:
         history = [HistoryTurn("user" if m["role"] == "user" else "assistant", m["text"]) for m in turn.history]
         self._done_sent = False
+        self._answering = answer_id
         self.answer = asyncio.create_task(
             self._answer(answer_id, text, history, turn.lock_token, self._received), name=f"answer-{answer_id}"
         )
@@ -707,7 +711,7 @@ class Connection:
                 await self._catch_up()
             if frame is not None and frame["seq"] == self._sent_seq + 1:
                 self._sent_seq = frame["seq"]
-                await self.send(self.store.open_frame(frame))
+                await self._send_event(self.store.open_frame(frame))
 
     async def _catch_up(self) -> None:
         assert self.conversation_id is not None
@@ -719,7 +723,14 @@ class Connection:
         for event in missed:
             if event["seq"] == self._sent_seq + 1:
                 self._sent_seq = event["seq"]
-                await self.send(event)
+                await self._send_event(event)
+
+    async def _send_event(self, event: dict[str, Any]) -> None:
+        # The answer's `done` is stored and published in one script, so the visitor can have it
+        # (and reply) before the answer task resumes: it counts as sent from here too.
+        if event.get("type") == "done" and event.get("message_id") == self._answering:
+            self._done_sent = True
+        await self.send(event)
 
 
 def _public(message: dict[str, Any]) -> dict[str, Any]:
