@@ -233,6 +233,38 @@ async def overhead(url: str, conversations: int, question: str, spread_s: float)
     }
 
 
+def loop_lag(base: str) -> dict[str, float]:
+    """The server's `supportbot_event_loop_lag_seconds` histogram from /metrics: cumulative
+    bucket counts by upper bound, and `count` and `sum` (all workers together)."""
+    found: dict[str, float] = {}
+    for line in httpx.get(f"{base}/metrics", timeout=30).text.splitlines():
+        if line.startswith("supportbot_event_loop_lag_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            found[bound] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(("supportbot_event_loop_lag_seconds_count", "supportbot_event_loop_lag_seconds_sum")):
+            found[line.split(" ", 1)[0].rsplit("_", 1)[1]] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def lag_between(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """How late the loop woke its 50 ms timer between two readings: the mean, and the bucket
+    bounds that 99% and all of the wake-ups fell within (what every frame waited on top)."""
+    count = after.get("count", 0.0) - before.get("count", 0.0)
+    if count <= 0:
+        return {"wakeups": 0}
+    bounds = sorted((float(b), after[b] - before.get(b, 0.0)) for b in after if b not in ("count", "sum"))
+
+    def within(share: float) -> float | None:
+        return next((b * 1000 for b, n in bounds if n >= share * count), None)
+
+    return {
+        "wakeups": int(count),
+        "mean_ms": round((after["sum"] - before.get("sum", 0.0)) / count * 1000, 3),
+        "p99_within_ms": within(0.99),
+        "max_within_ms": within(1.0),
+    }
+
+
 async def one_conversation(url: str, question: str, asks: int) -> dict[str, Any]:
     """The baseline: one conversation alone asks `asks` times, one after another."""
     ws = await connect(url)
@@ -303,9 +335,12 @@ def main() -> None:
         questions = args.question or ["What is the capital of Peru?", "How do I descale my kettle?"]
         report["overhead"] = []
         for question in questions:
+            lag = loop_lag(base)
             baseline = asyncio.run(one_conversation(url, question, args.baseline_asks))
+            baseline["loop_lag"] = lag_between(lag, lag := loop_lag(base))
             for spread in args.spread:
                 row = {"question": question, **asyncio.run(overhead(url, args.conversations, question, spread))}
+                row["loop_lag"] = lag_between(lag, lag := loop_lag(base))
                 row["baseline_one_conversation"] = baseline
                 row["p99_ratio_to_baseline"] = row["server_overhead_p99_ms"] / baseline["server_overhead_p99_ms"]
                 report["overhead"].append(row)
