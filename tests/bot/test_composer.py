@@ -13,24 +13,15 @@ from bot.prompt import HistoryTurn
 from retrieval.embedder import SentenceEmbedder
 from retrieval.retriever import Retriever
 from retrieval.types import ChunkRecord, Passage, Visibility
+from server.components import build_assistant
 from server.settings import Settings
 
 
 @pytest.fixture(scope="module")
 def extractive(sample_retriever: Retriever, embedder: SentenceEmbedder) -> Assistant:
     """As the server builds it in answer mode extractive, with the fitted thresholds."""
-    fitted = Settings()  # the thresholds fitted on the tuning split (docs/benchmarks.md)
-    bot = Assistant(
-        sample_retriever,
-        AnswerComposer(embedder, ignore_words="Brewlo"),
-        mode=AnswerMode.EXTRACTIVE,
-        confidence_threshold=fitted.answer_confidence_threshold,
-        relevance_threshold=fitted.answer_relevance_threshold,
-        max_unknown_words=fitted.answer_max_unknown_words,
-        unknown_word_penalty=fitted.answer_unknown_word_penalty,
-        max_name_words=fitted.answer_max_name_words,
-        name_word_penalty=fitted.answer_name_word_penalty,
-    )
+    # The thresholds fitted on the tuning split (docs/benchmarks.md).
+    bot = build_assistant(Settings(), sample_retriever, embedder, None, mode=AnswerMode.EXTRACTIVE)
     bot.warm_up()
     return bot
 
@@ -156,16 +147,8 @@ def test_a_name_word_counts_against_the_answer_but_a_sentence_that_answers_well_
     _, result = turn(extractive, question)
     assert result.path is AnswerPath.COMPOSED and "account email" in result.answer, result.answer
     # The hard rule it replaced (no name words at all) declined it.
-    strict = Assistant(
-        sample_retriever,
-        AnswerComposer(embedder, ignore_words="Brewlo"),
-        mode=AnswerMode.EXTRACTIVE,
-        confidence_threshold=extractive._threshold,
-        relevance_threshold=extractive.relevance_threshold,
-        max_unknown_words=extractive.max_unknown_words,
-        unknown_word_penalty=extractive.unknown_word_penalty,
-        max_name_words=0,
-    )
+    hard_rule = Settings(answer_max_name_words=0, answer_name_word_penalty=0)
+    strict = build_assistant(hard_rule, sample_retriever, embedder, None, mode=AnswerMode.EXTRACTIVE)
     strict.warm_up()
     deltas, declined = turn(strict, question)
     assert deltas == [NOT_SURE_ANSWER] and declined.path is AnswerPath.NOT_SURE
