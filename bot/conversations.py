@@ -29,6 +29,7 @@ import json
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -142,28 +143,16 @@ return {'ok', append(KEYS[1], KEYS[3], KEYS[4], ARGV[3], ARGV[4], ARGV[5], ARGV[
 """
 )
 
-# Stores a message; an answer also updates the summary fields agents filter on.
-_ADD_MESSAGE = """
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'answers', 1)
-  redis.call('HINCRBY', KEYS[1], 'path:' .. ARGV[3], 1)
-  local confidence = tonumber(ARGV[4])
-  local lowest = tonumber(redis.call('HGET', KEYS[1], 'min_confidence') or '2')
-  if confidence and confidence < lowest then redis.call('HSET', KEYS[1], 'min_confidence', ARGV[4]) end
-end
-"""
-
-# An answer's record and the frames that announce it (sources, done), in one step: an answer
-# can no longer be stored while its `done` is not (a Redis killed between the two left the
-# visitor waiting for a `done` no resend could bring: the reclaim saw the answer stored).
-_ADD_ANSWER = (
+# Stores a message (an answer also updates the summary fields agents filter on) and appends
+# the frames that announce it, in one step: an answer can no longer be stored while its
+# `done` is not (a Redis killed between the two left the visitor waiting for a `done` no
+# resend could bring: the reclaim saw the answer stored).
+_ADD_MESSAGE = (
     _APPEND_FUNCTION
     + """
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
-if redis.call('EXISTS', KEYS[1]) == 1 then
+if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'answers', 1)
   redis.call('HINCRBY', KEYS[1], 'path:' .. ARGV[3], 1)
   local confidence = tonumber(ARGV[4])
@@ -288,7 +277,6 @@ class ConversationStore:
         self._set_status = redis.register_script(_SET_STATUS)
         self._agent_message = redis.register_script(_AGENT_MESSAGE)
         self._add_message = redis.register_script(_ADD_MESSAGE)
-        self._add_answer = redis.register_script(_ADD_ANSWER)
         self._take_lock = redis.register_script(_TAKE_LOCK)
 
     @property
@@ -367,9 +355,19 @@ class ConversationStore:
         """The set of conversation ids of one of the site's users (the widget's data-user-id)."""
         return f"{self._p}user:{user_id}"
 
-    async def add_message(self, conversation_id: str, message: dict[str, Any]) -> None:
-        """Store a message; an answer (one with a `path`) also updates the conversation's summary."""
-        keys = [self.key(conversation_id), self.key(conversation_id, "messages")]
+    async def add_message(
+        self, conversation_id: str, message: dict[str, Any], frames: Sequence[dict[str, Any]] = ()
+    ) -> int:
+        """Store a message and append `frames` (an answer's sources and `done`) in one script,
+        so no crash or Redis outage can leave an answer stored but never announced. An answer
+        (an assistant message with a `path`) also updates the conversation's summary and the
+        insights. Returns the last frame's sequence number (0 without frames)."""
+        keys = [
+            self.key(conversation_id),
+            self.key(conversation_id, "messages"),
+            self.key(conversation_id, "events"),
+            f"{self._p}conversations",
+        ]
         path = str(message.get("path", "")) if message.get("role") == "assistant" else ""
         confidence = message.get("confidence")
         args: list[str | int | float] = [
@@ -377,34 +375,14 @@ class ConversationStore:
             self._ttl,
             path,
             "" if confidence is None else confidence,
-        ]
-        await self._add_message(keys=keys, args=args)
-        if path:
-            await self.insights.record_answer(keys[0], conversation_id, message)
-
-    async def add_answer(self, conversation_id: str, message: dict[str, Any], frames: list[dict[str, Any]]) -> int:
-        """Store an answer and append the frames that announce it (its sources, its `done`) in
-        one script, so no crash or Redis outage can leave it stored but never announced.
-        Returns the last frame's sequence number."""
-        keys = [
-            self.key(conversation_id),
-            self.key(conversation_id, "messages"),
-            self.key(conversation_id, "events"),
-            f"{self._p}conversations",
-        ]
-        confidence = message.get("confidence")
-        args: list[str | int | float] = [
-            self.sealer.seal(message),
-            self._ttl,
-            str(message.get("path", "")),
-            "" if confidence is None else confidence,
             time.time(),
             conversation_id,
             f"{self._p}live:{conversation_id}",
             *(self._event_body(frame) for frame in frames),
         ]
-        last = int(await self._add_answer(keys=keys, args=args))
-        await self.insights.record_answer(keys[0], conversation_id, message)
+        last = int(await self._add_message(keys=keys, args=args))
+        if path:
+            await self.insights.record_answer(keys[0], conversation_id, message)
         return last
 
     async def messages(self, conversation_id: str) -> list[dict[str, Any]]:

@@ -585,8 +585,8 @@ class Connection:
                 "model_id": result.model_id,
                 "timings": timings,
             }
-            # Stored and announced in one step (bot/conversations.py, _ADD_ANSWER).
-            await store.add_answer(cid, record, [{"type": "sources", "message_id": answer_id, "sources": sources}, done])
+            # Stored and announced in one step (bot/conversations.py, _ADD_MESSAGE).
+            await store.add_message(cid, record, [{"type": "sources", "message_id": answer_id, "sources": sources}, done])
             recorded = self._done_sent = True
             if result.path == AnswerPath.HUMAN:
                 await store.change_status(cid, "request", reason="asked for a person")
@@ -634,7 +634,7 @@ class Connection:
         with contextlib.suppress(RedisError):
             record = {"id": answer_id, "role": "assistant", "text": partial, "path": "cancelled", "created": time.time()}
             done = {"type": "done", "message_id": answer_id, "path": "cancelled"}
-            await asyncio.shield(self.store.add_answer(cid, record, [done]))
+            await asyncio.shield(self.store.add_message(cid, record, [done]))
         self.service.metrics.answers.labels("cancelled").inc()
 
     async def _rate(self, frame: RateFrame) -> None:

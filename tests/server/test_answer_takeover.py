@@ -142,7 +142,7 @@ def test_an_answer_is_stored_and_announced_in_one_step(redis_url: str, redis_pre
             record = {"id": "m_1", "role": "assistant", "text": "Descale monthly.", "path": "composed", "confidence": 0.8}
             sources = {"type": "sources", "message_id": "m_1", "sources": []}
             done = {"type": "done", "message_id": "m_1", "path": "composed"}
-            last = await store.add_answer(cid, record, [sources, done])
+            last = await store.add_message(cid, record, [sources, done])
             await store.unlock_answer(cid, (await redis.get(store.key(cid, "answering"))).decode())
             resent = await _reclaim(store, cid, "2-b")
             return await store.messages(cid), await store.events_after(cid, 0), last, resent
