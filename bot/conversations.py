@@ -355,9 +355,7 @@ class ConversationStore:
         """The set of conversation ids of one of the site's users (the widget's data-user-id)."""
         return f"{self._p}user:{user_id}"
 
-    async def add_message(
-        self, conversation_id: str, message: dict[str, Any], frames: Sequence[dict[str, Any]] = ()
-    ) -> int:
+    async def add_message(self, conversation_id: str, message: dict[str, Any], frames: Sequence[dict[str, Any]] = ()) -> int:
         """Store a message and append `frames` (an answer's sources and `done`) in one script,
         so no crash or Redis outage can leave an answer stored but never announced. An answer
         (an assistant message with a `path`) also updates the conversation's summary and the
