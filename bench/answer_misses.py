@@ -54,8 +54,8 @@ def main() -> None:
         if args.split != "all" and turn.split != args.split:
             continue
         wide = retriever.search(turn.question, max(10, k))
-        search, composition, unknown, names = bot._search_and_compose(turn.question, turn.question)
-        answered = bot._answerable(search.confidence, composition, unknown, names)
+        search, composition, unknown, names, owners = bot._search_and_compose(turn.question, turn.question)
+        answered = bot._answerable(search.confidence, composition, unknown, names, owners)
         result = TurnResult(turn.question, turn.question)
         if composition is not None:
             bot._compose(result, composition, "")

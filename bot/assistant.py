@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import time
 from collections.abc import AsyncGenerator, Sequence
@@ -25,6 +26,7 @@ from bot.generation.generator import GenerationError, GenerationRequest, Generat
 from bot.grounding import GroundednessChecker, complete_sentences, split_sentences
 from bot.prompt import PROMPT_VERSION, HistoryTurn, PromptBuilder
 from bot.small_talk import small_talk_reply
+from retrieval.lexical import STOPWORDS
 from retrieval.retriever import Retriever
 from retrieval.types import Passage, SearchResult, Visibility
 
@@ -45,6 +47,13 @@ _FRUSTRATED = re.compile(
 _WORD = re.compile(r"[a-z0-9]+")
 _ADDRESS = re.compile(r"\S+@\S+|\bhttps?://\S+|\bwww\.\S+")
 _LETTERS = re.compile(r"[a-z]+")
+# What a visitor has with some company: "my uber account", "my gym membership". Such a thing of
+# a company the help center never names that way is someone else's, whatever else matches.
+_OWNED = frozenset(
+    {"account", "accounts", "membership", "memberships", "subscription", "subscriptions", "rewards", "order", "orders"}
+    | {"delivery", "deliveries", "package", "parcel", "password", "login", "profile", "username", "app"}
+)
+_RAW_WORD = re.compile(r"[A-Za-z][A-Za-z0-9&']*")
 # Contractions typed without the apostrophe ("cant", "whats"): chat English, not a topic.
 _BARE_CONTRACTIONS = frozenset(
     [
@@ -235,6 +244,8 @@ class Assistant:
         self.name_word_penalty = name_word_penalty  # taken off the best sentence's score per name word
         self._vocabulary: tuple[str, frozenset[str]] = ("", frozenset())  # (index version, words of its public text)
         self._joined: tuple[str, frozenset[str]] = ("", frozenset())
+        self._owners: tuple[str, tuple[frozenset[tuple[str, str]], frozenset[str]]] = ("", (frozenset(), frozenset()))
+        self._company = company.lower()
         self._top_k = top_k
         self._max_new_tokens = max_new_tokens
         self._timeout_s = timeout_s
@@ -282,10 +293,12 @@ class Assistant:
             return
         result = TurnResult(question=message, search_query=standalone_query(message, history), model_id=self.model_id)
         upset = frustration(message, history)
-        search, composition, unknown, names = await asyncio.to_thread(self._search_and_compose, message, result.search_query)
+        search, composition, unknown, names, owners = await asyncio.to_thread(
+            self._search_and_compose, message, result.search_query
+        )
         result.retrieval_s = time.perf_counter() - started
         result.confidence = search.confidence
-        if not self._answerable(search.confidence, composition, unknown, names):
+        if not self._answerable(search.confidence, composition, unknown, names, owners):
             result.path, result.handoff, result.answer = AnswerPath.NOT_SURE, True, NOT_SURE_ANSWER
             result.handoff_reason = "not_sure"
             result.total_s = result.time_to_first_token_s = time.perf_counter() - started
@@ -303,16 +316,16 @@ class Assistant:
         async for event in self._generate(message, history, search.passages, composition, result, upset, started):
             yield event
 
-    def _search_and_compose(self, message: str, query: str) -> tuple[SearchResult, Composition | None, int, int]:
+    def _search_and_compose(self, message: str, query: str) -> tuple[SearchResult, Composition | None, int, int, int]:
         """Retrieval, the sentences that answer the message itself, how many of the message's
-        words the help center never uses, and how many of those read as names (one
-        worker-thread hop)."""
+        words the help center never uses, how many of those read as names, and how many other
+        companies' accounts or orders it asks about (one worker-thread hop)."""
         search = self._retriever.search(query, self._top_k)
         composition = self._composer.compose(message, search.passages, drop=self.prompts.looks_like_injection)
         unknown = len(self._topic_words(message) - self._public_vocabulary()) if self.max_unknown_words is not None else 0
         counts_names = self.max_name_words is not None or self.name_word_penalty > 0
         names = len(self.name_words(message)) if counts_names else 0
-        return search, composition, unknown, names
+        return search, composition, unknown, names, len(self.foreign_owners(message))
 
     def name_words(self, message: str) -> set[str]:
         """Words of the message that the help center never uses and that are not everyday
@@ -330,6 +343,37 @@ class Assistant:
             if not self._composer.is_everyday_word(word):
                 names.add(word)
         return names
+
+    def foreign_owners(self, message: str) -> set[str]:
+        """Companies other than ours whose account, membership or order the message asks about:
+        "my uber account", "my gym membership", "my spotify account". The word before such a
+        thing is someone else's when the help center never uses it at all. A person's ("my
+        sister's account") is not a company's; a name the help center does use ("my PayPal
+        account") may be about paying us, and is left to the other checks."""
+        pairs, vocabulary = self._owner_vocabulary()
+        words = _RAW_WORD.findall(_ADDRESS.sub(" ", message))
+        owners = set()
+        for word, thing in itertools.pairwise(words):
+            owner, thing = word.lower(), thing.lower()
+            if thing not in _OWNED or owner.endswith("'s") or owner in STOPWORDS or owner == self._company:
+                continue
+            if (owner, thing) not in pairs and owner not in vocabulary:
+                owners.add(owner)
+        return owners
+
+    def _owner_vocabulary(self) -> tuple[frozenset[tuple[str, str]], frozenset[str]]:
+        """Of the public text: the word pairs that end in an owned thing, and every word."""
+        snapshot = self._retriever.snapshot
+        if self._owners[0] != snapshot.version:
+            pairs: set[tuple[str, str]] = set()
+            vocabulary: set[str] = set()
+            for chunk in snapshot.chunks:
+                if chunk.visibility is Visibility.PUBLIC:
+                    words = [w.lower() for w in _RAW_WORD.findall(f"{chunk.title}\n{chunk.heading}\n{chunk.text}")]
+                    vocabulary.update(words)
+                    pairs.update((a, b) for a, b in itertools.pairwise(words) if b in _OWNED)
+            self._owners = (snapshot.version, (frozenset(pairs), frozenset(vocabulary)))
+        return self._owners[1]
 
     def _joined_vocabulary(self) -> frozenset[str]:
         """The help center's hyphenated words written together ("wi-fi" -> "wifi")."""
@@ -353,14 +397,18 @@ class Assistant:
             self._vocabulary = (snapshot.version, frozenset(words))
         return self._vocabulary[1]
 
-    def _answerable(self, confidence: float, composition: Composition | None, unknown: int, names: int = 0) -> bool:
+    def _answerable(
+        self, confidence: float, composition: Composition | None, unknown: int, names: int = 0, owners: int = 0
+    ) -> bool:
         """Confident retrieval, a sentence that answers the question (not one that only shares
         the company's name with it), and a question about things the help center speaks of:
         "Nespresso", "Spotify" or "Costco" in a question are names it has no word for, and
         each word it never uses makes the best sentence's score count for less; a name
         (which may also be an everyday word the embedder splits: "latte", "inbox") counts
-        for more than other unknown words, but a sentence that answers well still wins."""
-        if composition is None or confidence < self._threshold:
+        for more than other unknown words, but a sentence that answers well still wins. Never
+        about another company's account, membership or order ("my uber account"), however well
+        our own article on accounts matches it."""
+        if composition is None or confidence < self._threshold or owners:
             return False
         if self.max_name_words is not None and names > self.max_name_words:
             return False

@@ -138,6 +138,18 @@ def test_a_question_naming_another_companys_shop_or_product_is_not_sure(extracti
     assert deltas == [NOT_SURE_ANSWER] and result.path is AnswerPath.NOT_SURE
 
 
+def test_a_question_about_another_companys_account_is_not_sure_though_ours_matches(extractive: Assistant) -> None:
+    assert extractive.foreign_owners("how do i change the password of my tiktok account") == {"tiktok"}
+    assert extractive.foreign_owners("can you cancel my gym membership and my netflix subscription") == {"gym", "netflix"}
+    # Ours, a person's, and a name the help center uses (we take PayPal) are not someone else's.
+    for question in ("how do i delete my brewlo account", "move my balance to my sister's account", "refund to my paypal account"):
+        assert extractive.foreign_owners(question) == set(), question
+    _, ours = turn(extractive, "how do i change the password of my account")
+    assert ours.path is AnswerPath.COMPOSED, ours.answer
+    deltas, theirs = turn(extractive, "how do i change the password of my tiktok account")
+    assert deltas == [NOT_SURE_ANSWER] and theirs.path is AnswerPath.NOT_SURE
+
+
 def test_a_name_word_counts_against_the_answer_but_a_sentence_that_answers_well_still_wins(
     extractive: Assistant, sample_retriever: Retriever, embedder: SentenceEmbedder
 ) -> None:
