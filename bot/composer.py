@@ -29,6 +29,7 @@ from retrieval.types import Passage
 _ENDINGS = ("s", "es", "d", "ed", "ing", "r", "rs", "er", "ers")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
 # Lead-ins that only make sense after the sentence before them ("It expires ...").
+_SENTENCE_END = re.compile(r"[.!?:;)\"'\u201d]$")
 _CONTINUATION = re.compile(r"(?i)^(it|this|that|they|these|those|then|the link|the code|if so)\b")
 
 
@@ -78,8 +79,7 @@ def passage_units(text: str) -> list[Unit]:
     if lines and lines[0].startswith("Q:"):
         # An FAQ entry: its question is what matched, not an answer; quote the answer.
         lines = [line.removeprefix("A:").strip() for line in lines[1:]]
-    for line in lines:
-        line = line.strip()
+    for line in _unwrap(lines):
         if not line:
             block += 1
             in_list = False
@@ -93,6 +93,21 @@ def passage_units(text: str) -> list[Unit]:
         else:
             units.extend(Unit(sentence, block, False) for sentence in split_sentences(line))
     return units
+
+
+def _unwrap(lines: list[str]) -> list[str]:
+    """Stripped lines, a sentence wrapped over two lines joined again ("... and contact" /
+    "Brewlo support."): quoting its halves apart would cut it. The first line is a heading."""
+    out: list[str] = []
+    for raw in lines:
+        line = raw.strip()
+        previous = out[-1] if len(out) > 1 else ""
+        wrapped = previous and line and not _SENTENCE_END.search(previous)
+        if wrapped and not _LIST_ITEM.match(line) and not _LIST_ITEM.match(previous):
+            out[-1] = f"{previous} {line}"
+            continue
+        out.append(line)
+    return out
 
 
 class AnswerComposer:
