@@ -37,6 +37,9 @@ _WANTS_HUMAN = re.compile(
     r"(?i)\b(talk|speak|chat|connect|transfer|put)\b.{0,30}\b(person|human|agent|representative|someone|somebody|staff)\b"
     r"|\b(real|live|actual)\s+(person|human|agent)\b|^\s*(human|agent|operator|representative)\W*$"
 )
+# Not sure, but the help center has something close: said before and after its quote.
+SUGGESTION_LEAD = "I'm not sure this answers your question. The closest I found in our help center:"
+SUGGESTION_OFFER = "If that doesn't answer it, would you like me to connect you with a person from our support team?"
 HUMAN_ANSWER = "I'm asking a person from our support team to join this chat. They will reply here."
 OFFER_PERSON = "If that doesn't solve it, I can connect you with a person from our support team."
 # Clearly angry or fed-up text: the visitor is offered a person before they have to ask.
@@ -210,6 +213,7 @@ class Assistant:
         prompt_builder: PromptBuilder | None = None,
         confidence_threshold: float = 0.35,
         relevance_threshold: float = 0.0,
+        suggestion_threshold: float | None = None,
         max_unknown_words: int | None = None,
         unknown_word_penalty: float = 0.0,
         max_name_words: int | None = None,
@@ -238,6 +242,8 @@ class Assistant:
         )
         self._threshold = confidence_threshold
         self.relevance_threshold = relevance_threshold
+        # From this score up to relevance_threshold: not sure, with the closest passage quoted (None: never).
+        self.suggestion_threshold = suggestion_threshold
         self.max_unknown_words = max_unknown_words
         self.unknown_word_penalty = unknown_word_penalty  # taken off the best sentence's score per unknown word
         self.max_name_words = max_name_words
@@ -298,11 +304,16 @@ class Assistant:
         )
         result.retrieval_s = time.perf_counter() - started
         result.confidence = search.confidence
-        if not self._answerable(search.confidence, composition, unknown, names, owners):
+        score = self._gate_score(search.confidence, composition, unknown, names, owners)
+        if score is None or score < self.relevance_threshold:
             result.path, result.handoff, result.answer = AnswerPath.NOT_SURE, True, NOT_SURE_ANSWER
             result.handoff_reason = "not_sure"
+            close = self.suggestion_threshold is not None and score is not None and score >= self.suggestion_threshold
+            if composition is not None and close:
+                self._compose(result, composition, "", lead=f"{SUGGESTION_LEAD}\n\n")
+                result.answer += f"\n\n{SUGGESTION_OFFER}"
             result.total_s = result.time_to_first_token_s = time.perf_counter() - started
-            yield AnswerDelta(NOT_SURE_ANSWER)
+            yield AnswerDelta(result.answer)
             yield TurnDone(result)
             return
         assert composition is not None
@@ -400,7 +411,16 @@ class Assistant:
     def _answerable(
         self, confidence: float, composition: Composition | None, unknown: int, names: int = 0, owners: int = 0
     ) -> bool:
-        """Confident retrieval, a sentence that answers the question (not one that only shares
+        score = self._gate_score(confidence, composition, unknown, names, owners)
+        return score is not None and score >= self.relevance_threshold
+
+    def _gate_score(
+        self, confidence: float, composition: Composition | None, unknown: int, names: int = 0, owners: int = 0
+    ) -> float | None:
+        """How well the best sentence answers the question, for the relevance and suggestion
+        thresholds; None when nothing may be quoted at all.
+
+        Confident retrieval, a sentence that answers the question (not one that only shares
         the company's name with it), and a question about things the help center speaks of:
         "Nespresso", "Spotify" or "Costco" in a question are names it has no word for, and
         each word it never uses makes the best sentence's score count for less; a name
@@ -409,13 +429,12 @@ class Assistant:
         about another company's account, membership or order ("my uber account"), however well
         our own article on accounts matches it."""
         if composition is None or confidence < self._threshold or owners:
-            return False
+            return None
         if self.max_name_words is not None and names > self.max_name_words:
-            return False
+            return None
         if self.max_unknown_words is not None and unknown > self.max_unknown_words:
-            return False
-        penalty = self.unknown_word_penalty * unknown + self.name_word_penalty * names
-        return composition.relevance - penalty >= self.relevance_threshold
+            return None
+        return composition.relevance - self.unknown_word_penalty * unknown - self.name_word_penalty * names
 
     def _compose(self, result: TurnResult, composition: Composition, upset: str, lead: str = "") -> None:
         best = composition.passage

@@ -126,6 +126,11 @@ class TurnScore:
     why_false: list[str] = field(default_factory=list)
 
     @property
+    def suggested(self) -> bool:
+        """Not sure, but with the closest passage of the help center quoted."""
+        return self.not_sure and bool(self.result.quoted)
+
+    @property
     def correct(self) -> bool:
         if not self.turn.in_scope:
             return self.not_sure and not self.false_statement
@@ -136,7 +141,8 @@ def score_turn(turn: LabelledTurn, result: TurnResult, evidence_for: dict[str, s
     not_sure = result.path in (AnswerPath.NOT_SURE, AnswerPath.HUMAN)
     why: list[str] = []
     answered = result.path not in (AnswerPath.NOT_SURE, AnswerPath.HUMAN, AnswerPath.ERROR)
-    if answered:
+    # A "not sure" that quotes the closest passage says something too, and is checked the same way.
+    if answered or result.quoted:
         why += [f"false claim /{p}/" for p in turn.false_claims if re.search(p, result.answer, re.IGNORECASE)]
         # The framing of a quote ("From our article ...") is not a claim; the quote is.
         claims = split_sentences(result.quoted) if result.quoted else split_sentences(result.answer)
@@ -156,15 +162,21 @@ class BotEvalReport:
         out = [s for s in self.scores if not s.turn.in_scope]
         traps = [s for s in self.scores if s.turn.kind == "trap"]
         answered = [s for s in self.scores if not s.not_sure and s.result.path is not AnswerPath.ERROR]
+        speaking = answered + [s for s in self.scores if s.suggested]
         ttft = sorted(s.result.time_to_first_token_s for s in self.scores if s.result.time_to_first_token_s is not None)
         return {
             "mode": self.mode,
             "questions": len(self.scores),
             "in_scope": len(in_scope),
             "key_facts_present": _share(sum(s.key_facts for s in in_scope), len(in_scope)),
+            # The same, counting only answers the bot was sure of (no "not sure" before the quote).
+            "key_facts_sure": _share(sum(s.key_facts and not s.not_sure for s in in_scope), len(in_scope)),
             "answers": len(answered),
+            "suggestions": len(speaking) - len(answered),
+            "in_scope_suggested": _share(sum(s.suggested for s in in_scope), len(in_scope)),
+            "out_of_scope_suggested": _share(sum(s.suggested for s in out), len(out)),
             "false_statements": sum(s.false_statement for s in self.scores),
-            "false_statement_rate": _share(sum(s.false_statement for s in answered), len(answered)),
+            "false_statement_rate": _share(sum(s.false_statement for s in speaking), len(speaking)),
             "traps": len(traps),
             "trap_failures": sum(s.false_statement for s in traps),
             "out_of_scope": len(out),
@@ -185,6 +197,7 @@ class BotEvalReport:
                 "key_facts": s.key_facts,
                 "false_statement": s.false_statement,
                 "not_sure": s.not_sure,
+                "suggested": s.suggested,
                 "why_false": s.why_false,
                 "ttft_s": s.result.time_to_first_token_s,
                 "answer": s.result.answer,

@@ -412,11 +412,14 @@ def bot_eval(
     typer.echo(f"{len(labelled)} questions ({split} split of {questions.name}), index {retriever.snapshot.version}")
     rows = [
         ("key facts present (in scope)", "key_facts_present", "{:.3f}"),
+        ("  of which in sure answers", "key_facts_sure", "{:.3f}"),
         ("false statements", "false_statements", "{}"),
         ("false statements per answer", "false_statement_rate", "{:.3f}"),
         ("contradiction traps failed", "trap_failures", "{}"),
         ("out of scope: not sure", "out_of_scope_not_sure", "{:.3f}"),
+        ("  of which with a suggestion", "out_of_scope_suggested", "{:.3f}"),
         ("in scope: not sure", "in_scope_not_sure", "{:.3f}"),
+        ("  of which with a suggestion", "in_scope_suggested", "{:.3f}"),
         ("time to first text p50 (s)", "ttft_p50_s", "{}"),
         ("time to first text p95 (s)", "ttft_p95_s", "{}"),
     ]

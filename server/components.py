@@ -75,6 +75,7 @@ def build_assistant(
         company=settings.company_name,
         confidence_threshold=settings.answer_confidence_threshold,
         relevance_threshold=settings.answer_relevance_threshold,
+        suggestion_threshold=settings.answer_suggestion_threshold,
         max_unknown_words=settings.answer_max_unknown_words,
         unknown_word_penalty=settings.answer_unknown_word_penalty,
         max_name_words=settings.answer_max_name_words,

@@ -228,6 +228,14 @@ class Settings(BaseSettings):
         description="Below this score of the best sentence for the question, less the unknown-word penalty, the bot says "
         "it is not sure (fitted on the tuning split).",
     )
+    answer_suggestion_threshold: float = Field(
+        0.75,
+        ge=0,
+        le=2,
+        description="Not sure, but close: from this score up to the relevance threshold the bot says it is not sure, "
+        "quotes the closest passage of the help center under its title, and offers a person (fitted on the tuning "
+        "split; set it to the relevance threshold or above for a plain 'not sure').",
+    )
     answer_max_unknown_words: int | None = Field(
         4,
         ge=0,

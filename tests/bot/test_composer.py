@@ -7,7 +7,17 @@ import re
 
 import pytest
 
-from bot.assistant import NOT_SURE_ANSWER, AnswerMode, AnswerPath, Assistant, TurnDone, TurnResult, frustration
+from bot.assistant import (
+    NOT_SURE_ANSWER,
+    SUGGESTION_LEAD,
+    SUGGESTION_OFFER,
+    AnswerMode,
+    AnswerPath,
+    Assistant,
+    TurnDone,
+    TurnResult,
+    frustration,
+)
 from bot.composer import AnswerComposer, passage_units
 from bot.prompt import HistoryTurn
 from retrieval.embedder import SentenceEmbedder
@@ -49,6 +59,17 @@ def test_units_keep_lists_and_drop_an_faq_entrys_question() -> None:
     ]
     assert units[2].block == units[3].block != units[4].block
     assert [u.text for u in passage_units("Q: Can I boil milk?\nA: No. Only heat water.")] == ["No.", "Only heat water."]
+
+
+def test_a_sentence_wrapped_over_two_lines_is_one_unit() -> None:
+    text = "Safety\nIf you see sparks, unplug the base and contact\nBrewlo support. Do not open the base.\n- Step one\n- Step two"
+    assert [u.text for u in passage_units(text)] == [
+        "Safety",
+        "If you see sparks, unplug the base and contact Brewlo support.",
+        "Do not open the base.",
+        "- Step one",
+        "- Step two",
+    ]
 
 
 def test_the_answer_is_the_sentence_that_holds_the_fact_not_the_first_lines(extractive: Assistant) -> None:
@@ -135,19 +156,65 @@ def test_a_question_naming_another_companys_shop_or_product_is_not_sure(extracti
     # Chat spellings, the help center's own words written together, and everyday English are not names.
     assert extractive.name_words("my wifi doesnt work, whats wrong? the movers dented my kettle") == set()
     deltas, result = turn(extractive, "can I order a brewlo kettle through walmart")
-    assert deltas == [NOT_SURE_ANSWER] and result.path is AnswerPath.NOT_SURE
+    # Not sure; it may quote the closest passage after saying so (on other retailers), never as an answer.
+    assert result.path is AnswerPath.NOT_SURE and deltas[0].startswith("I'm not sure"), deltas
 
 
 def test_a_question_about_another_companys_account_is_not_sure_though_ours_matches(extractive: Assistant) -> None:
     assert extractive.foreign_owners("how do i change the password of my tiktok account") == {"tiktok"}
     assert extractive.foreign_owners("can you cancel my gym membership and my netflix subscription") == {"gym", "netflix"}
     # Ours, a person's, and a name the help center uses (we take PayPal) are not someone else's.
-    for question in ("how do i delete my brewlo account", "move my balance to my sister's account", "refund to my paypal account"):
+    for question in (
+        "how do i delete my brewlo account",
+        "move my balance to my sister's account",
+        "refund to my paypal account",
+    ):
         assert extractive.foreign_owners(question) == set(), question
     _, ours = turn(extractive, "how do i change the password of my account")
     assert ours.path is AnswerPath.COMPOSED, ours.answer
     deltas, theirs = turn(extractive, "how do i change the password of my tiktok account")
     assert deltas == [NOT_SURE_ANSWER] and theirs.path is AnswerPath.NOT_SURE
+
+
+def test_close_but_not_sure_says_so_quotes_the_closest_passage_and_offers_a_person(
+    extractive: Assistant, sample_retriever: Retriever, embedder: SentenceEmbedder
+) -> None:
+    question = "how long is the password reset link good for"
+    _, sure = turn(extractive, question)
+    assert sure.path is AnswerPath.COMPOSED
+    score = sure_score(extractive, question)
+    # The same question with the bar just above its score, and the suggestion band below it.
+    close = build_assistant(
+        Settings(answer_relevance_threshold=score + 0.01, answer_suggestion_threshold=score - 0.01),
+        sample_retriever,
+        embedder,
+        None,
+        mode=AnswerMode.EXTRACTIVE,
+    )
+    deltas, result = turn(close, question)
+    assert result.path is AnswerPath.NOT_SURE and result.handoff and result.handoff_reason == "not_sure"
+    assert deltas == [result.answer]
+    assert result.answer.startswith(SUGGESTION_LEAD) and result.answer.endswith(SUGGESTION_OFFER)
+    assert sure.quoted == result.quoted and sure.quoted in result.answer
+    assert [s.document_id for s in result.sources] == [s.document_id for s in sure.sources]
+    # Below the band, and for someone else's account however close: the plain "not sure".
+    far = build_assistant(
+        Settings(answer_relevance_threshold=score + 0.02, answer_suggestion_threshold=score + 0.01),
+        sample_retriever,
+        embedder,
+        None,
+        mode=AnswerMode.EXTRACTIVE,
+    )
+    assert turn(far, question)[0] == [NOT_SURE_ANSWER]
+    deltas, theirs = turn(close, "how long is the password reset link of my tiktok account good for")
+    assert deltas == [NOT_SURE_ANSWER] and not theirs.sources
+
+
+def sure_score(bot: Assistant, question: str) -> float:
+    search, composition, unknown, names, owners = bot._search_and_compose(question, question)
+    score = bot._gate_score(search.confidence, composition, unknown, names, owners)
+    assert score is not None
+    return score
 
 
 def test_a_name_word_counts_against_the_answer_but_a_sentence_that_answers_well_still_wins(

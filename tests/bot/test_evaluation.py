@@ -9,7 +9,7 @@ import pytest
 
 from bot.answer_policy import decide, earned, write_record
 from bot.assistant import AnswerMode, AnswerPath, Source, TurnResult
-from bot.evaluation import has_key_facts, load_turns, score_turn, unsupported_sentences
+from bot.evaluation import BotEvalReport, has_key_facts, load_turns, score_turn, unsupported_sentences
 from server.cli import EVAL_TURNS
 
 ARTICLE = "Never descale with bleach or put the kettle or its base in a dishwasher. The body can be wiped with a damp cloth."
@@ -43,6 +43,25 @@ def test_a_claim_the_evidence_does_not_carry_is_false_even_when_its_words_are_th
     quoted.sources = [source]
     turn = next(t for t in load_turns(EVAL_TURNS) if t.in_scope)
     assert not score_turn(turn, quoted, {"usage/descaling": ARTICLE}).false_statement
+
+
+def test_a_not_sure_that_quotes_a_passage_is_checked_like_an_answer() -> None:
+    turn = next(t for t in load_turns(EVAL_TURNS) if t.kind == "trap" and t.false_claims)
+    source = Source("Descaling", None, "usage/descaling", ARTICLE[:50], 1.0)
+    wrong = TurnResult(turn.question, turn.question, answer="Not sure. Put the kettle in a dishwasher.", path=AnswerPath.NOT_SURE)
+    wrong.quoted, wrong.sources = "Put the kettle in a dishwasher.", [source]
+    scored = score_turn(turn, wrong, {"usage/descaling": ARTICLE})
+    assert scored.not_sure and scored.suggested and scored.false_statement
+    plain = TurnResult(turn.question, turn.question, answer="I'm not sure.", path=AnswerPath.NOT_SURE)
+    assert not score_turn(turn, plain, {}).suggested
+    # The sure-answers share leaves a suggestion's key facts out; the overall share counts them.
+    fact = next(t for t in load_turns(EVAL_TURNS) if t.in_scope and t.kind == "answer")
+    text = " ".join(alternatives[0] for alternatives in fact.key_facts)
+    hedged = TurnResult(fact.question, fact.question, answer=f"Not sure. {text}", path=AnswerPath.NOT_SURE, quoted=text)
+    report = BotEvalReport("extractive", [score_turn(fact, hedged, {})])
+    summary = report.summary()
+    assert summary["key_facts_present"] == 1.0 and summary["key_facts_sure"] == 0.0
+    assert summary["in_scope_suggested"] == 1.0 and summary["suggestions"] == 1 and summary["answers"] == 0
 
 
 def test_a_broken_labelled_file_names_its_line(tmp_path: Path) -> None:
