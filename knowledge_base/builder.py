@@ -38,6 +38,9 @@ ProgressCallback = Callable[[int, int, str], None]
 LAST_REPORT_FILE = "last-report.json"  # in the index root: what the latest ingest or removal did
 
 
+EMPTY_INDEX_KEY = "index"  # the `errors` key of a change refused because it would empty the index
+
+
 @dataclass(slots=True)
 class IngestReport:
     """What an ingest or removal did; `errors` maps a file to why it was not ingested."""
@@ -244,6 +247,15 @@ class KnowledgeBaseBuilder:
                 kind=document.kind,
                 chunk_count=len(records),
             )
+        if not documents and report.changed:
+            # FAISS, BM25 and the confidence calibration need rows: refuse rather than crash half-way.
+            report.errors[EMPTY_INDEX_KEY] = (
+                f"this would remove every document ({len(report.removed)}) and an index cannot be empty: "
+                "ingest the new documents first, then remove the old ones; the index is unchanged"
+            )
+            report.removed, report.added, report.updated = [], [], []
+            report.version = report.previous_version
+            return report
         outdated = current.manifest is not None and current.manifest.format_version < FORMAT_VERSION
         if not report.changed and not outdated:
             report.version = report.previous_version

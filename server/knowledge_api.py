@@ -20,7 +20,7 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from knowledge_base.builder import IngestReport, KnowledgeBaseBuilder, read_last_report
+from knowledge_base.builder import EMPTY_INDEX_KEY, IngestReport, KnowledgeBaseBuilder, read_last_report
 from knowledge_base.loaders import SUPPORTED_EXTENSIONS
 from retrieval.index_files import IndexFormatError, current_version_dir, read_manifest
 from server.api_contract import ALWAYS, AUTH, errors
@@ -165,7 +165,7 @@ async def list_documents(request: Request, caller: AdminDep) -> dict[str, Any]:
     return {**listing, "served_version": request.app.state.retriever.snapshot.version}
 
 
-@router.delete("/documents/{document_id:path}", responses=errors(*AUTH, 404))
+@router.delete("/documents/{document_id:path}", responses=errors(*AUTH, 404, 409))
 async def remove_document(document_id: str, request: Request, caller: AdminDep) -> dict[str, Any]:
     """Remove a document (a FAQ file's id removes all its entries); its uploaded file goes too."""
     settings, builder, reloader = _builder(request)
@@ -188,6 +188,8 @@ async def remove_document(document_id: str, request: Request, caller: AdminDep) 
         report, deleted = await run_in_threadpool(remove)
     except IndexFormatError as exc:
         raise HTTPException(503, {"code": "index_unreadable", "message": str(exc)}) from None
+    if EMPTY_INDEX_KEY in report.errors:
+        raise HTTPException(409, {"code": "last_document", "message": report.errors[EMPTY_INDEX_KEY]})
     if not report.removed:
         raise HTTPException(404, {"code": "unknown_document", "message": f"no document {document_id!r} in the index"})
     await reloader.check()

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from knowledge_base.builder import KnowledgeBaseBuilder
+from knowledge_base.builder import EMPTY_INDEX_KEY, KnowledgeBaseBuilder
 from retrieval.embedder import SentenceEmbedder
 from retrieval.index_files import CURRENT_FILE, current_version_dir, read_chunks, read_manifest, verify_checksums
 from retrieval.retriever import Retriever
@@ -119,6 +119,29 @@ def test_remove_by_id(kb: Path, builder: KnowledgeBaseBuilder, tmp_path: Path) -
     assert report.removed == ["faq#do-you-ship-to-mars", "faq#is-it-free", "shipping"]
     assert report.errors == {"does-not-exist": "no such document in the index"}
     assert live_documents(tmp_path / "index") == {"billing/invoices", "billing/refunds"}
+
+
+def test_removing_every_document_is_refused_and_the_index_is_left_as_it_was(
+    kb: Path, builder: KnowledgeBaseBuilder, tmp_path: Path
+) -> None:
+    first = builder.ingest([kb])
+    everything = sorted(live_documents(tmp_path / "index"))
+    report = builder.remove(["billing/refunds", "billing/invoices", "shipping", "faq"])
+    assert not report.changed and report.version == first.version and report.removed == []
+    assert "cannot be empty" in report.errors[EMPTY_INDEX_KEY] and "unchanged" in report.errors[EMPTY_INDEX_KEY]
+    assert sorted(live_documents(tmp_path / "index")) == everything
+    # The same when a folder's files are all gone; one document left is fine.
+    for path in [*kb.rglob("*.md"), kb / "faq.csv"]:
+        path.unlink()
+    emptied = builder.ingest([kb])
+    assert EMPTY_INDEX_KEY in emptied.errors and sorted(live_documents(tmp_path / "index")) == everything
+    assert builder.remove(["billing/refunds", "billing/invoices", "faq"]).removed == [
+        "billing/invoices",
+        "billing/refunds",
+        "faq#do-you-ship-to-mars",
+        "faq#is-it-free",
+    ]
+    assert live_documents(tmp_path / "index") == {"shipping"}
 
 
 def test_crash_while_writing_keeps_the_old_version_live(
