@@ -239,7 +239,9 @@ def create_app(settings: Settings) -> FastAPI:
         limiter = RateLimiter(redis, settings.redis_prefix)
         events = EventHub(redis, settings.redis_prefix)
         await events.start()
-        sink = FeedbackSink(redis, settings.feedback_dir, prefix=settings.redis_prefix, sealer=sealer)
+        sink = FeedbackSink(
+            redis, settings.feedback_dir, prefix=settings.redis_prefix, sealer=sealer, claim_idle_s=settings.feedback_claim_idle_s
+        )
         sink_task = asyncio.create_task(sink.run(), name="feedback-sink")
         audit = AuditLog(redis, settings.redis_prefix, retention_s=settings.audit_retention_days * 86400)
         privacy = Privacy(store, settings.feedback_dir)

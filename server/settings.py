@@ -174,6 +174,13 @@ class Settings(BaseSettings):
         "`supportbot privacy new-key` makes one). The first seals, all open. Unset: stored in plain text.",
     )
     feedback_retention_days: int = Field(365, gt=0, description="Feedback sink files older than this are deleted.")
+    feedback_claim_idle_s: float = Field(
+        60.0,
+        gt=0,
+        description="A rating another worker read but never wrote (it died) is written by a live worker after this many "
+        "seconds; shorter recovers sooner, but must stay above the slowest write under load or a rating is written twice "
+        "(the files then hold it twice; readers drop the repeat by its id).",
+    )
     audit_retention_days: int = Field(730, gt=0, description="Audit trail entries older than this are trimmed.")
     insights_retention_days: int = Field(
         400, gt=0, description="The support lead's per-day counts (anonymous) are kept this long after their day's last event."
