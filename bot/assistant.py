@@ -250,7 +250,6 @@ class Assistant:
         self.name_word_penalty = name_word_penalty  # taken off the best sentence's score per name word
         self._vocabulary: tuple[str, frozenset[str]] = ("", frozenset())  # (index version, words of its public text)
         self._joined: tuple[str, frozenset[str]] = ("", frozenset())
-        self._owners: tuple[str, tuple[frozenset[tuple[str, str]], frozenset[str]]] = ("", (frozenset(), frozenset()))
         self._company = company.lower()
         self._top_k = top_k
         self._max_new_tokens = max_new_tokens
@@ -361,30 +360,16 @@ class Assistant:
         thing is someone else's when the help center never uses it at all. A person's ("my
         sister's account") is not a company's; a name the help center does use ("my PayPal
         account") may be about paying us, and is left to the other checks."""
-        pairs, vocabulary = self._owner_vocabulary()
-        words = _RAW_WORD.findall(_ADDRESS.sub(" ", message))
+        vocabulary = self._public_vocabulary()
+        words = [w.lower() for w in _RAW_WORD.findall(_ADDRESS.sub(" ", message))]
         owners = set()
-        for word, thing in itertools.pairwise(words):
-            owner, thing = word.lower(), thing.lower()
+        for owner, thing in itertools.pairwise(words):
             if thing not in _OWNED or owner.endswith("'s") or owner in STOPWORDS or owner == self._company:
                 continue
-            if (owner, thing) not in pairs and owner not in vocabulary:
+            stems = self._composer.words(owner)
+            if stems and not stems <= vocabulary:
                 owners.add(owner)
         return owners
-
-    def _owner_vocabulary(self) -> tuple[frozenset[tuple[str, str]], frozenset[str]]:
-        """Of the public text: the word pairs that end in an owned thing, and every word."""
-        snapshot = self._retriever.snapshot
-        if self._owners[0] != snapshot.version:
-            pairs: set[tuple[str, str]] = set()
-            vocabulary: set[str] = set()
-            for chunk in snapshot.chunks:
-                if chunk.visibility is Visibility.PUBLIC:
-                    words = [w.lower() for w in _RAW_WORD.findall(f"{chunk.title}\n{chunk.heading}\n{chunk.text}")]
-                    vocabulary.update(words)
-                    pairs.update((a, b) for a, b in itertools.pairwise(words) if b in _OWNED)
-            self._owners = (snapshot.version, (frozenset(pairs), frozenset(vocabulary)))
-        return self._owners[1]
 
     def _joined_vocabulary(self) -> frozenset[str]:
         """The help center's hyphenated words written together ("wi-fi" -> "wifi")."""
