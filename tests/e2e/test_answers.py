@@ -82,6 +82,17 @@ def test_out_of_scope_gets_not_sure_and_the_offer_of_a_person(composer_server: t
     assert frames[-1]["path"] == "not_sure" and "connect you with a person" in text
 
 
+def test_close_but_not_sure_quotes_the_closest_article_with_its_source_and_offers_a_person(
+    composer_server: tuple[str, float, int],
+) -> None:
+    frames = run(ask(composer_server[0], "can I order a brewlo kettle through walmart"))
+    text = "".join(str(f["delta"]) for f in frames if f["type"] == "token")
+    assert frames[-1]["path"] == "not_sure", frames[-1]
+    assert text.startswith("I'm not sure this answers your question.") and "connect you with a person" in text, text
+    sources = [s for f in frames if f["type"] == "sources" for s in f["sources"]]  # type: ignore[attr-defined]
+    assert sources and sources[0]["title"] in text, (sources, text)
+
+
 def test_a_greeting_and_thanks_get_a_friendly_line_not_the_offer_of_a_person(composer_server: tuple[str, float, int]) -> None:
     async def chat() -> list[list[dict[str, object]]]:
         client = await Client.open(composer_server[0])
