@@ -48,6 +48,7 @@ from tests.conftest import MODELS_DIR
 from tests.e2e.servers import start_server, stop_server
 from tests.training.helpers import CorrectedAnswer, corrected_answers, invoke
 from tests.training.test_registry import settings_for
+from training.registry import ModelRegistry
 
 pytestmark = [
     pytest.mark.slow,
@@ -267,14 +268,14 @@ def base_weight(layer: str) -> Any:
         return base.get_tensor(f"{layer}.weight")
 
 
-def test_a_promoted_adapter_candidate_is_swapped_into_a_running_server_and_answers_with_its_id(
-    adapter_run: Run,
+def test_a_promoted_model_is_swapped_into_a_running_server_and_answers_with_its_id(
+    trained: Run,
     redis_url: str,
     redis_prefix: str,
     sample_retriever: Retriever,
     embedder: SentenceEmbedder,
 ) -> None:
-    data, manifest = adapter_run
+    data, manifest = trained
     candidate = manifest["candidate_id"]
     settings = settings_for(data, SUPPORTBOT_GENERATOR_CONTEXT_TOKENS="1024", SUPPORTBOT_ANSWER_MODE="generative")
 
@@ -309,8 +310,8 @@ def test_a_promoted_adapter_candidate_is_swapped_into_a_running_server_and_answe
         asyncio.run(swap.close())
 
 
-def test_evaluate_runs_candidate_current_and_composer_in_one_run(trained: Run) -> None:
-    data, manifest = trained
+def test_evaluate_runs_candidate_current_and_composer_in_one_run(adapter_run: Run) -> None:
+    data, manifest = adapter_run  # an adapter candidate: evaluated on its base with both adapters merged
     candidate = manifest["candidate_id"]
     result = invoke(data, "models", "evaluate", candidate, "--limit", "1", "--max-new-tokens", "8", "--concurrency", "1")
     assert result.exit_code == 0, result.output
@@ -347,7 +348,7 @@ def test_a_running_server_follows_promotion_and_rollback_without_a_restart(
     candidate = manifest["candidate_id"]
     redis = {"SUPPORTBOT_REDIS_URL": redis_url, "SUPPORTBOT_REDIS_PREFIX": redis_prefix}
     registry = data / "models" / "registry"
-    if json.loads((registry / "PROMOTED.json").read_text())["current"] != candidate:
+    if ModelRegistry(registry).promoted() != candidate:
         assert invoke(data, "models", "promote", candidate, "--force", "--by", "test", **redis).exit_code == 0
     env = {**redis, "SUPPORTBOT_MODEL_WATCH_INTERVAL_S": "1", "SUPPORTBOT_GENERATOR_CONTEXT_TOKENS": "1024"}
     process, base = start_server(data, ready_within_s=240, env=env)
