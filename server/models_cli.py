@@ -66,6 +66,9 @@ def train_command(
     learning_rate: Annotated[float, typer.Option(min=1e-7, help="AdamW learning rate for the LoRA weights.")] = 2e-4,
     batch_size: Annotated[int, typer.Option(min=1, help="Examples per device per step.")] = 4,
     gradient_accumulation: Annotated[int, typer.Option(min=1, help="Steps accumulated per optimizer step.")] = 1,
+    warmup_ratio: Annotated[
+        float, typer.Option(min=0.0, max=0.5, help="Share of each stage's steps spent warming the learning rate up from 0.")
+    ] = 0.05,
     lora_rank: Annotated[int, typer.Option(min=1, help="LoRA rank (all linear layers).")] = 16,
     lora_alpha: Annotated[int, typer.Option(min=1, help="LoRA alpha.")] = 32,
     max_length: Annotated[
@@ -80,6 +83,14 @@ def train_command(
     dpo_max_steps: Annotated[int, typer.Option(min=0, help="DPO optimizer steps (0: --dpo-epochs decides).")] = 0,
     dpo_epochs: Annotated[float, typer.Option(min=0.01, help="DPO passes over the pairs when --dpo-max-steps is 0.")] = 1.0,
     dpo_learning_rate: Annotated[float, typer.Option(min=1e-8, help="DPO learning rate for its LoRA weights.")] = 5e-5,
+    adapter: Annotated[
+        bool,
+        typer.Option(
+            "--adapter/--merged",
+            help="Keep only the LoRA adapters (MBs, one per stage; served on the unchanged base model) instead of a merged "
+            "full checkpoint.",
+        ),
+    ] = False,
     resume: Annotated[
         bool, typer.Option(help="Continue the newest unfinished run from its last checkpoint, with its options.")
     ] = False,
@@ -96,7 +107,7 @@ def train_command(
     progress: Annotated[bool, typer.Option(help="Show the trainer's progress bar.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the candidate's manifest as JSON.")] = False,
 ) -> None:
-    """Fine-tune the generator (TRL SFT, then DPO on preference pairs; LoRA, merged) and register it as a candidate."""
+    """Fine-tune the generator (TRL SFT, then DPO on preference pairs; LoRA, merged or kept) and register it as a candidate."""
     from bot.generation.model_store import ModelUnavailable, resolve_generator
     from server.cli import EVAL_TURNS
     from training.examples import DatasetError
@@ -111,6 +122,7 @@ def train_command(
             learning_rate=learning_rate,
             batch_size=batch_size,
             gradient_accumulation=gradient_accumulation,
+            warmup_ratio=warmup_ratio,
             lora_rank=lora_rank,
             lora_alpha=lora_alpha,
             max_length=max_length,
@@ -153,6 +165,7 @@ def train_command(
         exclude_heldout_documents=exclude_heldout_documents,
         resume=resume,
         progress=progress,
+        adapter=adapter,
         base_model_id=model_id,
         accepted_models=frozenset(
             str(m["candidate_id"]) for m in registry.candidates() if m.get("base_model") == settings.generator_model
@@ -160,7 +173,7 @@ def train_command(
     )
     try:
         manifest = run(job)
-    except (DatasetError, ValueError) as exc:
+    except (DatasetError, ModelUnavailable, ValueError) as exc:
         raise _fail(str(exc)) from None
     if as_json:
         typer.echo(json.dumps(manifest, indent=1, sort_keys=True))
@@ -180,6 +193,8 @@ def train_command(
             f"{history[0]['loss'] if history else None} -> {history[-1]['loss'] if history else None}, "
             f"reward accuracy {dpo.get('final_reward_accuracy')}"
         )
+    kept = "LoRA adapters" if manifest.get("model_format") == "adapter" else "merged model"
+    typer.echo(f"{kept}: {manifest.get('model_bytes', 0) / 1e6:.1f} MB")
     typer.echo(f"next: supportbot models evaluate {manifest['candidate_id']}")
 
 
@@ -201,6 +216,7 @@ def models_list(
                 "status": m.get("status"),
                 "created": m.get("created"),
                 "base_model": m.get("base_model"),
+                "model_format": m.get("model_format", "merged"),
                 "examples": m.get("examples", {}).get("total"),
                 "steps": m.get("training", {}).get("steps"),
                 "final_loss": (m.get("loss_history") or [{}])[-1].get("loss"),

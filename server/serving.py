@@ -18,6 +18,7 @@ import shutil
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from socket import socket
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +133,7 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> No
 def _prepare_shared_files(settings: Settings) -> None:
     """Build the sample index and dequantize the bundled model once, before the workers start."""
     from bot.assistant import AnswerMode
-    from bot.generation.model_store import resolve_generator
+    from bot.generation.model_store import adapter_info, resolve_generator
     from knowledge_base.components import build_builder, build_embedder
     from server.components import answer_mode, served_generator_model
 
@@ -142,7 +143,10 @@ def _prepare_shared_files(settings: Settings) -> None:
     if answer_mode(settings).mode is AnswerMode.EXTRACTIVE:
         return  # the composer answers: no worker loads the model
     if settings.generator_backend != "openai" or settings.generator_tokenizer is None:
-        resolve_generator(served_generator_model(settings)[0], settings.models_dir)
+        load_from = resolve_generator(served_generator_model(settings)[0], settings.models_dir)[0]
+        adapters = adapter_info(Path(load_from))
+        if adapters is not None:  # an adapter-only candidate: the workers load its base model under it
+            resolve_generator(str(adapters.get("base_model", "")), settings.models_dir)
 
 
 class Supervisor(Multiprocess):

@@ -3,8 +3,9 @@
 The caller (the CLI) passes in what it built from settings: the retriever over the live index
 (or None without `--from-kb`), where the base model lies, the registry. A run writes its
 candidate's manifest first with status `training` (so `--resume` can find it), then `ready`
-with the loss histories (SFT, then DPO when there are preference pairs) and the merged model,
-or `failed` with the error.
+with the loss histories (SFT, then DPO when there are preference pairs) and the merged model
+(or, with `adapter`, the LoRA adapters and the sha256 of the base they apply to), or `failed`
+with the error.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bot.generation.model_store import weights_sha256
 from retrieval.retriever import Retriever
 from training.examples import (
     DatasetError,
@@ -62,6 +64,7 @@ class TrainJob:
     progress: bool = True
     base_model_id: str = ""  # the id the base model's answers record (default: base_model)
     accepted_models: frozenset[str] = frozenset()  # other model ids feedback may come from (candidates of this base)
+    adapter: bool = False  # keep the LoRA adapters (MBs) instead of a merged checkpoint (a GB)
 
 
 def build_examples(job: TrainJob, tokenizer: Any) -> tuple[ExampleSet, EvalExclusion]:
@@ -104,15 +107,22 @@ def run(job: TrainJob) -> dict[str, Any]:
             raise DatasetError(f"--resume: no unfinished run in {registry.root}; start a new one without --resume")
         manifest = registry.manifest(candidate_id)
         hyper = Hyperparameters(**manifest["hyperparameters"])  # a resumed run keeps the options it started with
+        adapter = manifest.get("model_format") == "adapter"
+        if adapter and weights_sha256(job.model_path) != manifest.get("base_sha256"):
+            raise DatasetError(
+                f"--resume: {job.model_path} is not the base model {candidate_id} started from (its weights changed)"
+            )
     else:
         candidate_id = agree_on(registry.new_candidate_id())
         hyper = job.hyper
+        adapter = job.adapter
     directory = registry.directory(candidate_id)
     train_file, pairs_file = directory / TRAIN_FILE, directory / PAIRS_FILE
     if not job.resume:
         tokenizer = load_tokenizer(job.model_path)
         examples, _ = build_examples(job, tokenizer)
         if state.is_main_process:
+            base_sha256 = weights_sha256(job.model_path) if adapter else None  # what loading the adapters checks
             directory.mkdir(parents=True, exist_ok=True)
             digest = examples.write_jsonl(train_file)
             pairs_digest = examples.write_pairs_jsonl(pairs_file)
@@ -122,6 +132,8 @@ def run(job: TrainJob) -> dict[str, Any]:
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "base_model": job.base_model,
                 "base_model_path": job.model_path,
+                "base_sha256": base_sha256,
+                "model_format": "adapter" if adapter else "merged",
                 "data": {
                     "train_file": TRAIN_FILE,
                     "train_sha256": digest,
@@ -147,7 +159,8 @@ def run(job: TrainJob) -> dict[str, Any]:
             }
             registry.write_manifest(candidate_id, manifest)
         state.wait_for_everyone()
-    stages = registry.manifest(candidate_id).get("stages", ["sft"])  # a run from before DPO existed: SFT only
+    started = registry.manifest(candidate_id)
+    stages = started.get("stages", ["sft"])  # a run from before DPO existed: SFT only
     try:
         result = train(
             job.model_path,
@@ -159,6 +172,8 @@ def run(job: TrainJob) -> dict[str, Any]:
             pairs_file=pairs_file if "dpo" in stages else None,
             resume=job.resume,
             progress=job.progress,
+            adapter=adapter,
+            base_sha256=started.get("base_sha256"),
         )
     except BaseException as exc:
         if state.is_main_process:
@@ -166,7 +181,8 @@ def run(job: TrainJob) -> dict[str, Any]:
         raise
     if not result.main_process:
         return registry.manifest(candidate_id)
-    return registry.update_manifest(candidate_id, status="ready", error=None, **_training_fields(result))
+    model_bytes = sum(p.stat().st_size for p in (directory / MODEL_DIR).rglob("*") if p.is_file())
+    return registry.update_manifest(candidate_id, status="ready", error=None, model_bytes=model_bytes, **_training_fields(result))
 
 
 def _training_fields(result: TrainResult) -> dict[str, Any]:

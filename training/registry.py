@@ -6,7 +6,8 @@
         manifest.json          base model, data files and hashes, counts, exclusions, hyperparameters,
                                seed, library versions, loss history, evaluations, status, created
         train.jsonl            the examples it was trained on (prompt/completion)
-        model/                 the merged checkpoint (safetensors, tokenizer, config, candidate.json)
+        model/                 the merged checkpoint (safetensors, tokenizer, config, candidate.json), or with
+                               `train --adapter` only candidate.json and the LoRA adapters (sft/, dpo/)
         checkpoints/           the trainer's checkpoints while it runs (`--resume` continues from the last)
 
 Promotion and rollback replace PROMOTED.json atomically, so a reader (a server worker) sees the
@@ -23,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.generation.model_store import PROMOTED_FILE
+from bot.generation.model_store import PROMOTED_FILE, has_model
 from bot.privacy.atomic_files import atomic_replace
 
 MANIFEST = "manifest.json"
@@ -100,7 +101,7 @@ class ModelRegistry:
     def promote(self, candidate_id: str, *, by: str, forced: bool, reason: str) -> dict[str, Any]:
         """Make `candidate_id` the served model; returns the history entry."""
         manifest = self.manifest(candidate_id)
-        if manifest.get("status") != "ready" or not (self.directory(candidate_id) / MODEL_DIR / "config.json").is_file():
+        if manifest.get("status") != "ready" or not has_model(self.directory(candidate_id) / MODEL_DIR):
             raise RegistryError(
                 f"candidate {candidate_id} is {manifest.get('status')!r}, not a finished model; it cannot be promoted"
             )
@@ -124,7 +125,7 @@ class ModelRegistry:
         pointer = self.pointer()
         if not pointer["current"]:
             raise RegistryError("nothing is promoted; the configured base model is already serving")
-        stack = [c for c in pointer["stack"][:-1] if (self.directory(c) / MODEL_DIR / "config.json").is_file()]
+        stack = [c for c in pointer["stack"][:-1] if has_model(self.directory(c) / MODEL_DIR)]
         current = stack[-1] if stack else None
         entry = {
             "action": "rollback",

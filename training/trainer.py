@@ -1,10 +1,17 @@
-"""One supervised fine-tuning run: TRL's SFTTrainer with a PEFT LoRA adapter, merged for serving.
+"""One training run: TRL's SFTTrainer (then DPOTrainer) with PEFT LoRA adapters, merged for serving
+or kept as adapters (`adapter=True`).
 
 Heavy libraries (torch, transformers, trl, peft, datasets, accelerate) are imported inside
 `train` only. The examples are prompt/completion pairs, so the loss is on the answer alone
 (TRL's completion-only loss). On a CPU it runs in float32 with `use_cpu`; on a GPU in bfloat16.
 Under `accelerate launch` the Trainer spreads the batches over the processes; only the main
 process merges and writes the model.
+
+Kept as adapters, the model directory holds one adapter per stage, in the order they apply
+(`sft/`, `dpo/`): the DPO adapter was trained on the base with the SFT adapter merged, so
+loading merges them in that order (bot/generation/model_store.load_causal_lm). One LoRA
+cannot hold both: the SFT delta merged in and a second low-rank delta on top is, in general,
+not of rank r any more. Stacking them keeps both stages exact at twice the (small) size.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.generation.model_store import CANDIDATE_FILE
+from bot.generation.model_store import ADAPTER_FORMAT, CANDIDATE_FILE
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate")
 
@@ -48,6 +55,8 @@ class Hyperparameters:
             raise ValueError("max steps must be >= 0; epochs, learning rate and batch size must be positive")
         if self.lora_rank <= 0 or self.max_length < 64 or self.save_steps <= 0 or self.gradient_accumulation <= 0:
             raise ValueError("LoRA rank and save steps must be positive and max length at least 64")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError("warm-up ratio must be at least 0 and below 1")
         if self.dpo_beta <= 0 or self.dpo_max_steps < 0 or self.dpo_epochs <= 0 or self.dpo_learning_rate <= 0:
             raise ValueError("DPO beta, epochs and learning rate must be positive and DPO max steps >= 0")
 
@@ -132,23 +141,29 @@ def train(
     output: Path,
     hyper: Hyperparameters,
     *,
-    candidate: dict[str, str],
+    candidate: dict[str, Any],
     pairs_file: Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    adapter: bool = False,
+    base_sha256: str | None = None,
 ) -> TrainResult:
     """Fine-tune `model_path`: SFT on `train_file` (prompt/completion JSONL), then DPO on `pairs_file`
     (prompt/chosen/rejected JSONL); merge, save to `output`. Either file may be None, not both.
 
     `candidate` ({"candidate_id", "base_model"}) is written into the model directory so the
-    generator's model store names its answers after the candidate. With `resume`, each stage
-    continues from its last checkpoint; a DPO stage that had not saved one yet starts over.
+    generator's model store names its answers after the candidate. With `adapter`, `output` gets
+    each stage's LoRA adapter instead of a merged checkpoint, and candidate.json the base's
+    `base_sha256` (bot/generation/model_store.weights_sha256) that loading checks. With `resume`,
+    each stage continues from its last checkpoint; a DPO stage that had not saved one yet starts over.
     """
     import torch
     from transformers import AutoModelForCausalLM, set_seed
 
     if train_file is None and pairs_file is None:
         raise ValueError("nothing to train on: no SFT examples and no preference pairs")
+    if adapter and not base_sha256:
+        raise ValueError("an adapter-only candidate needs the sha256 of its base model's weights")
     set_seed(hyper.seed)
     on_gpu = torch.cuda.is_available()
     bf16 = on_gpu and torch.cuda.is_bf16_supported()
@@ -179,16 +194,30 @@ def train(
     }
     sft = dpo = None
     trainer: Any = None
+    staging = output.with_name(f".{output.name}.staging")
+    if distributed_state().is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    adapters: list[str] = []
+
+    def finish_stage(name: str) -> Any:
+        """The stage's model with its adapter merged (saved first when keeping adapters)."""
+        peft_model = trainer.accelerator.unwrap_model(trainer.model)
+        if adapter:
+            if trainer.is_world_process_zero():
+                peft_model.save_pretrained(staging / name, safe_serialization=True)
+            adapters.append(name)
+        return peft_model.merge_and_unload()
+
     if train_file is not None:
         trainer, sft = _sft_stage(model, tokenizer, train_file, checkpoints, hyper, common, resume=resume)
         # Every process merges: the DPO stage trains (and its reference is) the model SFT left.
-        model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        model = finish_stage("sft")
     if pairs_file is not None:
         dpo_checkpoints = checkpoints / DPO_CHECKPOINTS
         # Resuming a run whose SFT stage finished but whose DPO stage saved nothing yet: DPO starts over.
         resume_dpo = resume and (train_file is None or any(dpo_checkpoints.glob("checkpoint-*")))
         trainer, dpo = _dpo_stage(model, tokenizer, pairs_file, dpo_checkpoints, hyper, common, resume=resume_dpo)
-        model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        model = finish_stage("dpo")
     main = trainer.is_world_process_zero()
     result = TrainResult(
         sft=sft,
@@ -198,10 +227,12 @@ def train(
         main_process=main,
     )
     if main:
-        staging = output.with_name(f".{output.name}.staging")
-        shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        if adapter:  # the base's tokenizer and config serve it: only the adapters and what they apply to
+            candidate = {**candidate, "format": ADAPTER_FORMAT, "adapters": adapters, "base_sha256": str(base_sha256)}
+        else:
+            model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+        staging.mkdir(parents=True, exist_ok=True)
         (staging / CANDIDATE_FILE).write_text(json.dumps(candidate, sort_keys=True) + "\n", encoding="utf-8")
         shutil.rmtree(output, ignore_errors=True)
         staging.rename(output)  # the model directory appears whole or not at all
@@ -247,8 +278,7 @@ def _sft_stage(
         **common,
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=_lora(hyper))
-    _check_resumable(resume, checkpoints)
-    outcome = trainer.train(resume_from_checkpoint=True if resume else None)
+    outcome = _train_or_restore(trainer, checkpoints, resume)
     losses = [
         {"step": float(e["step"]), "loss": float(e["loss"]), "learning_rate": float(e.get("learning_rate", 0.0))}
         for e in trainer.state.log_history
@@ -285,8 +315,7 @@ def _dpo_stage(
     )
     # With a peft_config and no ref_model, TRL's reference is this model with the adapter disabled.
     trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=_lora(hyper))
-    _check_resumable(resume, checkpoints)
-    outcome = trainer.train(resume_from_checkpoint=True if resume else None)
+    outcome = _train_or_restore(trainer, checkpoints, resume)
     losses = [
         {
             "step": float(e["step"]),
@@ -303,14 +332,36 @@ def _dpo_stage(
     return trainer, _stage_result(trainer, outcome, losses)
 
 
-def _check_resumable(resume: bool, checkpoints: Path) -> None:
-    if resume and not any(checkpoints.glob("checkpoint-*")):
+def _train_or_restore(trainer: Any, checkpoints: Path, resume: bool) -> Any:
+    """Train (with `resume`, from the last checkpoint); None when that checkpoint finished the stage.
+
+    A stage whose last checkpoint is at its max steps is restored, not resumed: transformers
+    5.24's loop, resuming mid-epoch, runs one more step before it checks max_steps (with a
+    cosine schedule past its end, at a learning rate above 0 again), so a finished SFT stage
+    would change when a run interrupted in its DPO stage is resumed."""
+    if not resume:
+        return trainer.train()
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last is None:
         raise ValueError(f"--resume: no checkpoint in {checkpoints} yet; start the run again without --resume")
+    state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
+    if 0 < trainer.args.max_steps <= state.global_step:
+        trainer._load_from_checkpoint(last)  # the adapter's weights, as train() loads them before resuming
+        trainer.state = state
+        return None
+    return trainer.train(resume_from_checkpoint=last)
 
 
 def _stage_result(trainer: Any, outcome: Any, losses: list[dict[str, float]]) -> StageResult:
-    wall = float(outcome.metrics.get("train_runtime", 0.0))
+    """`outcome`: what trainer.train() returned, or None for a stage restored whole from its checkpoint."""
     tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+    if outcome is None:
+        mean = sum(e["loss"] for e in losses) / len(losses) if losses else None
+        return StageResult(losses, mean, int(trainer.state.global_step), 0.0, tokens, 0.0)
+    wall = float(outcome.metrics.get("train_runtime", 0.0))
     return StageResult(
         loss_history=losses,
         train_loss=float(outcome.training_loss) if outcome.training_loss == outcome.training_loss else None,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bot.generation.model_store import resolve_generator
+from bot.generation.model_store import load_causal_lm, resolve_generator
 from bot.prompt import render_chat
 
 log = logging.getLogger("supportbot.generation.generator")
@@ -312,7 +312,6 @@ class TransformersGenerator:
             if self._engine is not None:
                 return
             import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
@@ -322,8 +321,7 @@ class TransformersGenerator:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             on_gpu = device.startswith("cuda")
             dtype = torch.bfloat16 if on_gpu else torch.float32
-            self._tokenizer = AutoTokenizer.from_pretrained(load_from)
-            model: Any = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype)
+            model, self._tokenizer = load_causal_lm(load_from, self._models_dir, dtype)  # an adapter: onto its base
             self._model = model.to(device).eval()
             self._eos = _as_set(self._model.generation_config.eos_token_id or self._tokenizer.eos_token_id)
             self.engine_name = self._engine_setting if self._engine_setting != "auto" else ("static" if on_gpu else "continuous")
