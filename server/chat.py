@@ -586,8 +586,20 @@ class Connection:
                 "timings": timings,
             }
             # Stored and announced in one step (bot/conversations.py, _ADD_MESSAGE).
-            await store.add_message(cid, record, [{"type": "sources", "message_id": answer_id, "sources": sources}, done])
-            recorded = self._done_sent = True
+            write = asyncio.ensure_future(
+                store.add_message(cid, record, [{"type": "sources", "message_id": answer_id, "sources": sources}, done])
+            )
+            try:
+                await asyncio.shield(write)
+            finally:
+                # A cancel (a drain's deadline, a closing widget) while the script runs must not
+                # cut the wait short: Redis runs a script it was sent either way, and the handler
+                # below would store this answer a second time, as "cancelled" (the chaos run
+                # found both under one id). So wait for the write, and go by what it did.
+                if not write.done():
+                    await asyncio.wait([write])
+                recorded = not write.cancelled() and write.exception() is None
+                self._done_sent = self._done_sent or recorded
             if result.path == AnswerPath.HUMAN:
                 await store.change_status(cid, "request", reason="asked for a person")
                 metrics.handoffs.labels("request").inc()
