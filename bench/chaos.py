@@ -537,6 +537,7 @@ def sink_event_ids(data_dir: Path) -> collections.Counter[str]:
 async def compare(run: Run, visitors: list[Visitor]) -> dict[str, Any]:
     service = run.service
     acked_answers = lost_answers = answered_twice = lost_user = 0
+    doubles: list[dict[str, Any]] = []
     stored_agent: set[str] = set()
     for visitor in visitors:
         record = visitor.record
@@ -552,8 +553,20 @@ async def compare(run: Run, visitors: list[Visitor]) -> dict[str, Any]:
             lost_answers += answer_id not in stored_ids
         lost_user += sum(1 for cmid in record.user_messages if cmid and per_cmid[cmid] == 0)
         # Two bot answers between one user message and the next: answered twice.
-        roles = [m["role"] for m in history if m["role"] in ("user", "assistant")]
-        answered_twice += sum(1 for a, b in itertools.pairwise(roles) if a == b == "assistant")
+        turns = [m for m in history if m["role"] in ("user", "assistant")]
+        twice = sum(1 for a, b in itertools.pairwise(turns) if a["role"] == b["role"] == "assistant")
+        answered_twice += twice
+        if twice or any(count > 1 for count in per_cmid.values()):
+            # What was stored, so a double answer can be traced (ids, paths, times; no text).
+            doubles.append(
+                {
+                    "conversation_id": record.conversation_id,
+                    "stored": [
+                        {k: m.get(k) for k in ("id", "role", "client_message_id", "path", "created")} for m in turns
+                    ],
+                    "trace": visitor.trace[-40:],
+                }
+            )
     acked_ratings = set().union(*(v.record.ratings for v in visitors))
     # The sink copies the feedback stream to its files in the background; what a killed worker's
     # sink had read but not written is claimed by another worker's after 60 s idle
@@ -574,6 +587,7 @@ async def compare(run: Run, visitors: list[Visitor]) -> dict[str, Any]:
         "user_messages_acknowledged": sum(len(v.record.user_messages) for v in visitors),
         "user_messages_lost": lost_user,
         "messages_answered_twice": answered_twice,
+        "answered_twice_detail": doubles,
         "ratings_acknowledged": len(acked_ratings),
         "ratings_missing_from_sink": len(acked_ratings - set(found)),
         "ratings_in_sink_more_than_once": sum(1 for e in acked_ratings if found[e] > 1),
