@@ -597,7 +597,7 @@ class Connection:
                 # below would store this answer a second time, as "cancelled" (the chaos run
                 # found both under one id). So wait for the write, and go by what it did.
                 if not write.done():
-                    await asyncio.wait([write])
+                    await asyncio.wait([write], timeout=ANSWER_LOCK_TTL_S)  # bounded: a shutdown must not hang on it
                 recorded = not write.cancelled() and write.exception() is None
                 self._done_sent = self._done_sent or recorded
             if result.path == AnswerPath.HUMAN:
