@@ -459,6 +459,8 @@ class Run:
         """From the server log: how long after the kill each message the dead worker was
         answering began to be answered again on a live one (its resend reclaimed the turn)."""
         at = next(clock for e, clock in self.fault_clock if e is entry)
+        # Up to the next fault: a Redis kill 18 s later makes resends of its own.
+        window = min([30.0, *(clock - at for _, clock in self.fault_clock if clock > at)])
         log_path = self.service.data_dir / "server.log"
         delays = []
         for line in log_path.read_text(errors="replace").splitlines():
@@ -466,7 +468,7 @@ class Run:
                 continue
             logged = json.loads(line)
             when = datetime.datetime.fromisoformat(logged["time"].replace("Z", "+00:00")).timestamp() - at
-            if 0 <= when < 30:
+            if 0 <= when < window:
                 delays.append(when)
         entry["reanswered"] = len(delays)
         entry["reanswered_after_p50_s"] = round(percentile(delays, 0.5), 3) if delays else None
@@ -561,9 +563,7 @@ async def compare(run: Run, visitors: list[Visitor]) -> dict[str, Any]:
             doubles.append(
                 {
                     "conversation_id": record.conversation_id,
-                    "stored": [
-                        {k: m.get(k) for k in ("id", "role", "client_message_id", "path", "created")} for m in turns
-                    ],
+                    "stored": [{k: m.get(k) for k in ("id", "role", "client_message_id", "path", "created")} for m in turns],
                     "trace": visitor.trace[-40:],
                 }
             )
