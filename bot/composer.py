@@ -28,8 +28,8 @@ from retrieval.types import Passage
 
 _ENDINGS = ("s", "es", "d", "ed", "ing", "r", "rs", "er", "ers")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
+_SENTENCE_END = re.compile(r"[.!?:;)\"'\u201d]$")  # a line that ends here is not wrapped mid-sentence
 # Lead-ins that only make sense after the sentence before them ("It expires ...").
-_SENTENCE_END = re.compile(r"[.!?:;)\"'\u201d]$")
 _CONTINUATION = re.compile(r"(?i)^(it|this|that|they|these|those|then|the link|the code|if so)\b")
 
 
