@@ -252,6 +252,14 @@ def _lora(hyper: Hyperparameters) -> Any:
     )
 
 
+def _dataset(path: Path, columns: list[str]) -> Any:
+    """A stage's JSONL file (written by the job) as a datasets.Dataset of just these columns."""
+    from datasets import load_dataset
+
+    with _quiet_hub_progress():
+        return load_dataset("json", data_files=str(path), split="train").select_columns(columns)
+
+
 def _sft_stage(
     model: Any,
     tokenizer: Any,
@@ -262,12 +270,9 @@ def _sft_stage(
     *,
     resume: bool,
 ) -> tuple[Any, StageResult]:
-    from datasets import load_dataset
     from trl import SFTConfig, SFTTrainer
 
-    with _quiet_hub_progress():
-        dataset = load_dataset("json", data_files=str(train_file), split="train")
-    dataset = dataset.select_columns(["prompt", "completion"])
+    dataset = _dataset(train_file, ["prompt", "completion"])
     config = SFTConfig(
         output_dir=str(checkpoints),
         max_steps=hyper.max_steps or -1,
@@ -297,12 +302,9 @@ def _dpo_stage(
     *,
     resume: bool,
 ) -> tuple[Any, StageResult]:
-    from datasets import load_dataset
     from trl import DPOConfig, DPOTrainer
 
-    with _quiet_hub_progress():
-        dataset = load_dataset("json", data_files=str(pairs_file), split="train")
-    dataset = dataset.select_columns(["prompt", "chosen", "rejected"])
+    dataset = _dataset(pairs_file, ["prompt", "chosen", "rejected"])
     config = DPOConfig(
         output_dir=str(checkpoints),
         max_steps=hyper.dpo_max_steps or -1,
