@@ -1,0 +1,131 @@
+"""The not-sure gate's trade-off on a split: key facts against out-of-scope questions answered.
+
+    HF_HUB_OFFLINE=1 SUPPORTBOT_DATA_DIR=... .venv/bin/python -m bench.answer_gate --split tune
+
+Every turn of the split is searched and composed once, as the server would (the settings'
+composer and vetoes: retrieval confidence, hard word limits, another company's account);
+then, without searching again, it reports:
+
+- the settings' own gate: in-scope turns answered with their key facts, out-of-scope
+  turns answered, turns whose answer or quoted suggestion matches a false claim;
+- the frontier: for each number of out-of-scope turns answered, the most in-scope turns
+  answered with their key facts over a grid of the relevance cut-off and the unknown-word
+  and name-word penalties (configurations with a false claim left out);
+- the suggestion band: for floors below the cut-off, the in-scope turns whose quoted
+  suggestion holds the key facts, and the out-of-scope turns that would get a quote.
+
+It is for fitting the gate, so use it on the tuning split (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.assistant import AnswerMode, TurnResult
+from bot.evaluation import has_key_facts, load_turns
+from knowledge_base.components import build_embedder, build_retriever
+from server.components import build_assistant
+from server.settings import Settings
+
+EVAL_TURNS = Path(__file__).resolve().parent.parent / "knowledge_base" / "samples" / "eval" / "turns.jsonl"
+CUT_OFFS = [round(0.90 + 0.01 * i, 2) for i in range(50)]
+UNKNOWN_PENALTIES = (0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2)
+NAME_PENALTIES = (0.2, 0.35, 0.5, 0.75)
+BAND_FLOORS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    in_scope: bool
+    relevance: float | None  # the best sentence's score; None: vetoed whatever the cut-off
+    unknown: int
+    names: int
+    key_facts: bool  # the composed text (answer or suggestion) holds the key facts
+    false: bool  # ... matches a false claim of the turn
+
+    def score(self, unknown_penalty: float, name_penalty: float) -> float | None:
+        if self.relevance is None:
+            return None
+        return self.relevance - unknown_penalty * self.unknown - name_penalty * self.names
+
+
+def measure(split: str, questions: Path) -> tuple[list[Row], Settings]:
+    settings = Settings()
+    embedder = build_embedder(settings)
+    retriever = build_retriever(settings, embedder)
+    bot = build_assistant(settings, retriever, embedder, None, mode=AnswerMode.EXTRACTIVE, first_text_deadline=False)
+    bot.warm_up()
+    rows = []
+    for turn in load_turns(questions):
+        if split != "all" and turn.split != split:
+            continue
+        search, composition, unknown, names, owners = bot._search_and_compose(turn.question, turn.question)
+        # The vetoes, with no penalty and no cut-off: None exactly when nothing may be quoted.
+        vetoed = bot._gate_score(search.confidence, composition, unknown, names, owners) is None
+        result = TurnResult(turn.question, turn.question)
+        if composition is not None:
+            bot._compose(result, composition, "")
+        rows.append(
+            Row(
+                turn.in_scope,
+                None if vetoed or composition is None else composition.relevance,
+                unknown,
+                names,
+                composition is not None and has_key_facts(result.answer, turn.key_facts),
+                composition is not None and any(re.search(p, result.answer, re.IGNORECASE) for p in turn.false_claims),
+            )
+        )
+    return rows, settings
+
+
+def gate(rows: list[Row], cut_off: float, unknown_penalty: float, name_penalty: float) -> tuple[int, int, int]:
+    """(in-scope answered with key facts, out-of-scope answered, answered with a false claim)."""
+    answered = [r for r in rows if (s := r.score(unknown_penalty, name_penalty)) is not None and s >= cut_off]
+    return (
+        sum(r.in_scope and r.key_facts for r in answered),
+        sum(not r.in_scope for r in answered),
+        sum(r.false for r in answered),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", default="tune", choices=["tune", "heldout", "all"])
+    parser.add_argument("--questions", type=Path, default=EVAL_TURNS)
+    parser.add_argument("--max-out-of-scope", type=int, default=8, help="frontier rows up to this many answered")
+    args = parser.parse_args()
+    rows, settings = measure(args.split, args.questions)
+    in_scope, out = sum(r.in_scope for r in rows), sum(not r.in_scope for r in rows)
+    cut, up, npen = settings.answer_relevance_threshold, settings.answer_unknown_word_penalty, settings.answer_name_word_penalty
+    ok, answered_out, false = gate(rows, cut, up, npen)
+    print(f"{args.split} split: {in_scope} in scope, {out} out of scope")
+    print(f"settings (cut-off {cut}, unknown-word penalty {up}, name-word penalty {npen}):")
+    print(f"  key facts {ok}/{in_scope} ({ok / in_scope:.3f}), out of scope answered {answered_out}/{out}, false {false}")
+
+    best: dict[int, tuple[int, float, float, float]] = {}
+    for c, u, n in itertools.product(CUT_OFFS, UNKNOWN_PENALTIES, NAME_PENALTIES):
+        got, oa, fa = gate(rows, c, u, n)
+        if not fa and (oa not in best or got > best[oa][0]):
+            best[oa] = (got, c, u, n)
+    print("frontier: out of scope answered -> most key facts (cut-off, unknown-word, name-word penalty)")
+    for oa in sorted(k for k in best if k <= args.max_out_of_scope):
+        got, c, u, n = best[oa]
+        print(f"  {oa:3d} -> {got}/{in_scope} ({got / in_scope:.3f})  ({c}, {u}, {n})")
+
+    print(f"suggestion band below the cut-off {cut} (key facts counting suggestions; quotes given to out-of-scope turns):")
+    for floor in BAND_FLOORS:
+        band = [r for r in rows if (s := r.score(up, npen)) is not None and floor <= s < cut]
+        facts = ok + sum(r.in_scope and r.key_facts for r in band)
+        quoted_out = sum(not r.in_scope for r in band)
+        print(
+            f"  floor {floor}: key facts {facts}/{in_scope} ({facts / in_scope:.3f}), false in band "
+            f"{sum(r.false for r in band)}, out of scope quoted {quoted_out}/{out}"
+        )
+
+
+if __name__ == "__main__":
+    main()
