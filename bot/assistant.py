@@ -40,6 +40,8 @@ _WANTS_HUMAN = re.compile(
 # Not sure, but the help center has something close: said before and after its quote.
 SUGGESTION_LEAD = "I'm not sure this answers your question. The closest I found in our help center:"
 SUGGESTION_OFFER = "If that doesn't answer it, would you like me to connect you with a person from our support team?"
+# How a quote is introduced ('From our article "Title": ...'): framing, not something the article says.
+QUOTE_FRAMING = re.compile(r'(?:From our article|And from) "[^"\n]*":[ \t]*')
 HUMAN_ANSWER = "I'm asking a person from our support team to join this chat. They will reply here."
 OFFER_PERSON = "If that doesn't solve it, I can connect you with a person from our support team."
 # Clearly angry or fed-up text: the visitor is offered a person before they have to ask.

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.assistant import AnswerPath, Assistant, TurnDone, TurnResult
+from bot.assistant import QUOTE_FRAMING, AnswerPath, Assistant, TurnDone, TurnResult
 from bot.grounding import split_sentences
 from retrieval.lexical import STOPWORDS
 
@@ -137,13 +137,23 @@ class TurnScore:
         return self.key_facts and not self.false_statement
 
 
+def _says(pattern: str, answer: str) -> bool:
+    """Whether the answer says what `pattern` describes: anywhere in it, or at the start of any
+    line once each quote's framing is taken off. 'From our article "Can I use the app on a
+    tablet?": Yes, on iPads with iPadOS 16' says "yes" to a visitor on iPadOS 15, which a
+    pattern anchored at the answer's start would miss."""
+    if re.search(pattern, answer, re.IGNORECASE):
+        return True
+    return bool(re.search(pattern, QUOTE_FRAMING.sub("\n", answer), re.IGNORECASE | re.MULTILINE))
+
+
 def score_turn(turn: LabelledTurn, result: TurnResult, evidence_for: dict[str, str]) -> TurnScore:
     not_sure = result.path in (AnswerPath.NOT_SURE, AnswerPath.HUMAN)
     why: list[str] = []
     answered = result.path not in (AnswerPath.NOT_SURE, AnswerPath.HUMAN, AnswerPath.ERROR)
     # A "not sure" that quotes the closest passage says something too, and is checked the same way.
     if answered or result.quoted:
-        why += [f"false claim /{p}/" for p in turn.false_claims if re.search(p, result.answer, re.IGNORECASE)]
+        why += [f"false claim /{p}/" for p in turn.false_claims if _says(p, result.answer)]
         # The framing of a quote ("From our article ...") is not a claim; the quote is.
         claims = split_sentences(result.quoted) if result.quoted else split_sentences(result.answer)
         evidence = " ".join(evidence_for.get(s.document_id, s.snippet) for s in result.sources)

@@ -35,6 +35,26 @@ def test_key_facts_and_false_claims_are_scored_on_the_answer() -> None:
     assert scored.false_statement and not scored.correct and any(w.startswith("false claim") for w in scored.why_false)
 
 
+def test_a_yes_after_a_quotes_framing_is_a_false_claim() -> None:
+    """The false-claim patterns anchored at the start ("^yes") see each quoted line, not only the
+    answer's first words, which are the framing ('From our article "...": ')."""
+    turn = next(t for t in load_turns(EVAL_TURNS) if t.id == "t053")  # "will the app run on my old ipad with ipados 15?"
+    faq = "Q: Can I use the Brewlo app on a tablet?\nA: Yes, on iPads with iPadOS 16 or newer."
+    evidence = {"faq#tablet": faq}
+
+    def composed(answer: str, quoted: str) -> TurnResult:
+        result = TurnResult(turn.question, turn.question, answer=answer, path=AnswerPath.COMPOSED, quoted=quoted)
+        result.sources = [Source("Tablets", None, "faq#tablet", faq, 1.0)]
+        return result
+
+    quote = "Yes, on iPads with iPadOS 16 or newer."
+    assert score_turn(turn, composed(f'From our article "Tablets": {quote}', quote), evidence).false_statement
+    second = f'From our article "Apps": The app runs on phones.\n\nAnd from "Tablets": {quote}'
+    assert score_turn(turn, composed(second, quote), evidence).false_statement
+    fact = "On iPads with iPadOS 16 or newer."
+    assert not score_turn(turn, composed(f'From our article "Tablets": {fact}', fact), evidence).false_statement
+
+
 def test_a_claim_the_evidence_does_not_carry_is_false_even_when_its_words_are_there() -> None:
     claims = ["Put the kettle in a dishwasher.", "The body can be wiped with a damp cloth.", "We ship to Australia."]
     assert unsupported_sentences(claims, ARTICLE) == ["Put the kettle in a dishwasher.", "We ship to Australia."]
