@@ -30,6 +30,10 @@ _ENDINGS = ("s", "es", "d", "ed", "ing", "r", "rs", "er", "ers")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
 _SENTENCE_END = re.compile(r"[.!?:;)\"'\u201d]$")  # a line that ends here is not wrapped mid-sentence
 # Lead-ins that only make sense after the sentence before them ("It expires ...").
+# An answer's own "Yes" or "No" answers the article's question, not the visitor's: quoted to
+# "will it run on iPadOS 15?", 'Can I use the app on a tablet?: "Yes, on iPads with iPadOS 16
+# or newer"' reads as yes. The fact after it is quoted; the word is not.
+_ANSWER_WORD = re.compile(r"(?i)^(?:yes|no)\b\s*(?:[.!]\s*$|[,:;]\s*(?:but\s+)?|[-\u2013\u2014]\s+(?:but\s+)?)")
 _CONTINUATION = re.compile(r"(?i)^(it|this|that|they|these|those|then|the link|the code|if so)\b")
 
 
@@ -91,8 +95,19 @@ def passage_units(text: str) -> list[Unit]:
         if item:
             units.append(Unit(line, block, True))
         else:
-            units.extend(Unit(sentence, block, False) for sentence in split_sentences(line))
+            sentences = (_without_answer_word(s) for s in split_sentences(line))
+            units.extend(Unit(sentence, block, False) for sentence in sentences if sentence)
     return units
+
+
+def _without_answer_word(sentence: str) -> str:
+    """The sentence without a leading "Yes"/"No" ("Yes, on iPads ..." -> "On iPads ..."); "" when
+    that was all of it."""
+    match = _ANSWER_WORD.match(sentence)
+    if match is None:
+        return sentence
+    rest = sentence[match.end() :]
+    return rest[:1].upper() + rest[1:]
 
 
 def _unwrap(lines: list[str]) -> list[str]:

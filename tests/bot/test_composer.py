@@ -58,7 +58,23 @@ def test_units_keep_lists_and_drop_an_faq_entrys_question() -> None:
         ("After.", False),
     ]
     assert units[2].block == units[3].block != units[4].block
-    assert [u.text for u in passage_units("Q: Can I boil milk?\nA: No. Only heat water.")] == ["No.", "Only heat water."]
+    assert [u.text for u in passage_units("Q: Can I boil milk?\nA: No. Only heat water.")] == ["Only heat water."]
+
+
+def test_an_answers_own_yes_or_no_is_not_quoted() -> None:
+    """An answer's own "Yes" answers the article's question, not the visitor's: quoted to "will it run on iPadOS
+    15?", 'Can I use the app on a tablet?: Yes, on iPads with iPadOS 16 or newer' reads as yes."""
+    units = [u.text for u in passage_units("Q: Can I use the app on a tablet?\nA: Yes, on iPads with iPadOS 16 or newer.")]
+    assert units == ["On iPads with iPadOS 16 or newer."]
+    assert [u.text for u in passage_units("Q: Store?\nA: No, but you can order online. Yes - daily.")] == [
+        "You can order online.",
+        "Daily.",
+    ]
+    # Words that only begin with the letters stay whole.
+    assert [u.text for u in passage_units("Q: Who?\nA: Nobody has to sign. Yesterday's orders ship today.")] == [
+        "Nobody has to sign.",
+        "Yesterday's orders ship today.",
+    ]
 
 
 def test_a_sentence_wrapped_over_two_lines_is_one_unit() -> None:
