@@ -333,7 +333,11 @@ class Assistant:
         words the help center never uses, how many of those read as names, and how many other
         companies' accounts or orders it asks about (one worker-thread hop)."""
         search = self._retriever.search(query, self._top_k)
-        composition = self._composer.compose(message, search.passages, drop=self.prompts.looks_like_injection)
+        # Retrieval embedded the message already unless a follow-up was joined to the one before it.
+        vector = search.query_vector if search.query == message.strip() else None
+        composition = self._composer.compose(
+            message, search.passages, drop=self.prompts.looks_like_injection, question_vector=vector
+        )
         unknown = len(self._topic_words(message) - self._public_vocabulary()) if self.max_unknown_words is not None else 0
         counts_names = self.max_name_words is not None or self.name_word_penalty > 0
         names = len(self.name_words(message)) if counts_names else 0

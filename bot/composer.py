@@ -195,11 +195,18 @@ class AnswerComposer:
         return cached
 
     def compose(
-        self, question: str, passages: Sequence[Passage], *, drop: Callable[[str], bool] = lambda _: False
+        self,
+        question: str,
+        passages: Sequence[Passage],
+        *,
+        drop: Callable[[str], bool] = lambda _: False,
+        question_vector: np.ndarray | None = None,
     ) -> Composition | None:
         """The best-answering units of the best passage, or None when the passages have none.
 
-        `drop` removes units that must never be quoted (ones that read as instructions).
+        `drop` removes units that must never be quoted (ones that read as instructions);
+        `question_vector`, the question's embedding when the caller has it (retrieval embedded
+        the same text), saves embedding it again.
         """
         candidates = [(p, [u for u in passage_units(p.text) if not drop(u.text)]) for p in passages]
         candidates = [(p, units) for p, units in candidates if units]
@@ -209,7 +216,7 @@ class AnswerComposer:
         # password. The link expires after 1 hour." answers "how long is the link valid".
         probes = [[u.text, *(split_sentences(u.text) if u.is_item else [])] for _, units in candidates for u in units]
         flat = [t for texts in probes for t in texts]
-        question_vector, vectors = self._vectors(question, flat)
+        question_vector, vectors = self._vectors(question, flat, question_vector)
         cosines = vectors @ question_vector
         unit_cosines: list[float] = []
         offset = 0
@@ -291,18 +298,26 @@ class AnswerComposer:
                 chosen.add(i)
         return sorted(chosen)
 
-    def _vectors(self, question: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _vectors(
+        self, question: str, texts: list[str], question_vector: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The question's vector and those of `texts`; only what is neither given nor cached is embedded."""
         with self._lock:
             missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        embedded = self._embedder.embed([question, *missing])
-        fresh = dict(zip(missing, embedded[1:], strict=True))
+        fresh: dict[str, np.ndarray] = {}
+        if question_vector is None:
+            embedded = self._embedder.embed([question, *missing])
+            question_vector = embedded[0]
+            fresh = dict(zip(missing, embedded[1:], strict=True))
+        elif missing:
+            fresh = dict(zip(missing, self._embedder.embed(missing), strict=True))
         with self._lock:
             vectors = np.stack([fresh[t] if t in fresh else self._cache[t] for t in texts])
             for text, vector in fresh.items():
                 self._cache[text] = vector
                 if len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
-        return embedded[0], vectors
+        return question_vector, vectors
 
 
 def _render(units: list[Unit], max_chars: int) -> str:

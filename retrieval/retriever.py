@@ -238,4 +238,5 @@ class Retriever:
             confidence=max((p.confidence for p in passages), default=0.0),
             index_version=snapshot.version,
             timings_ms={"embed": (embedded - started) * 1e3, "search": (finished - embedded) * 1e3},
+            query_vector=query_vector,
         )

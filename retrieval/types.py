@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import numpy as np
+
 
 class Visibility(StrEnum):
     """Who may see a passage. Website visitors only ever get `public` ones."""
@@ -124,3 +126,5 @@ class SearchResult:
     confidence: float = 0.0
     index_version: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # The query's embedding, so a caller scoring sentences against the same text need not embed it again.
+    query_vector: np.ndarray | None = field(default=None, repr=False, compare=False)

@@ -264,3 +264,29 @@ def test_the_second_article_is_quoted_only_when_its_best_sentence_is_close(embed
     assert strict is not None and loose is not None and strict.also == ()
     assert [q.passage.document_id for q in loose.also] == [p.document_id for p in (wifi, offline) if p is not loose.passage]
     assert loose.quoted == f"{loose.text}\n{loose.also[0].text}" and loose.also[0].text in loose.also[0].passage.text
+
+
+def test_a_turn_embeds_the_question_once(
+    extractive: Assistant, embedder: SentenceEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retrieval's embedding of the message is the composer's too: one forward pass per question,
+    not two (the passages' sentences were embedded at warm-up). A follow-up joined to the
+    question before it is searched as the joined text, so the composer embeds the message itself."""
+    embedded: list[list[str]] = []
+    real = embedder.embed
+
+    def counting(texts: list[str]):  # type: ignore[no-untyped-def]
+        embedded.append(list(texts))
+        return real(texts)
+
+    monkeypatch.setattr(embedder, "embed", counting)
+    _, alone = turn(extractive, "How long is the password reset link valid?")
+    assert alone.path is AnswerPath.COMPOSED and "1 hour" in alone.answer
+    assert embedded == [["How long is the password reset link valid?"]]
+    embedded.clear()
+    history = [HistoryTurn("user", "How do I reset my password?"), HistoryTurn("assistant", alone.answer)]
+    turn(extractive, "and how long is it valid?", history)
+    assert [texts[0] for texts in embedded] == [
+        "How do I reset my password? and how long is it valid?",
+        "and how long is it valid?",
+    ]
