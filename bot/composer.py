@@ -34,6 +34,14 @@ _SENTENCE_END = re.compile(r"[.!?:;)\"'\u201d]$")  # a line that ends here is no
 # "will it run on iPadOS 15?", 'Can I use the app on a tablet?: "Yes, on iPads with iPadOS 16
 # or newer"' reads as yes. The fact after it is quoted; the word is not.
 _ANSWER_WORD = re.compile(r"(?i)^(?:yes|no)\b\s*(?:[.!]\s*$|[,:;]\s*(?:but\s+)?|[-\u2013\u2014]\s+(?:but\s+)?)")
+# An amount the visitor names ("30 days", "$35", "3 times", "100ml"): what they think it is, a
+# claim to check, not a word to match. "I still have 30 days to report damage, right?" must
+# find the article that says 14 days, not the 30-day return window. Codes stay ("E-101").
+_AMOUNT = re.compile(
+    r"(?i)(?:[$\u20ac\u00a3]\s*(\d+(?:[.,]\d+)*))|(?<![\w-])(\d+(?:[.,]\d+)*)\s*(?:%|percent|per ?cent|degrees?\b|\u00b0|"
+    r"(?:seconds?|secs?|minutes?|mins?|hours?|hrs?|days?|weeks?|months?|years?|times|ml|l|litres?|liters?|cups?"
+    r"|dollars?|euros?|pounds?|bucks)\b)"
+)
 _CONTINUATION = re.compile(r"(?i)^(it|this|that|they|these|those|then|the link|the code|if so)\b")
 
 
@@ -98,6 +106,11 @@ def passage_units(text: str) -> list[Unit]:
             sentences = (_without_answer_word(s) for s in split_sentences(line))
             units.extend(Unit(sentence, block, False) for sentence in sentences if sentence)
     return units
+
+
+def _amounts(question: str) -> list[str]:
+    """The numbers of the amounts a question names ("30 days", "$9.95" -> ["30", "9.95"])."""
+    return [m.group(1) or m.group(2) for m in _AMOUNT.finditer(question)]
 
 
 def _without_answer_word(sentence: str) -> str:
@@ -228,7 +241,7 @@ class AnswerComposer:
         document_confidence: dict[str, float] = {}
         for passage, _ in candidates:
             document_confidence[passage.document_id] = max(document_confidence.get(passage.document_id, 0.0), passage.confidence)
-        asked = self.words(question)
+        asked = self.words(question) - self.words(" ".join(_amounts(question)))
         best: tuple[float, int, int] | None = None  # score, passage index, unit index
         scores: list[list[float]] = []
         offset = 0

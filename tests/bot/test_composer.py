@@ -18,7 +18,7 @@ from bot.assistant import (
     TurnResult,
     frustration,
 )
-from bot.composer import AnswerComposer, passage_units
+from bot.composer import AnswerComposer, _amounts, passage_units
 from bot.prompt import HistoryTurn
 from retrieval.embedder import SentenceEmbedder
 from retrieval.retriever import Retriever
@@ -290,3 +290,12 @@ def test_a_turn_embeds_the_question_once(
         "How do I reset my password? and how long is it valid?",
         "and how long is it valid?",
     ]
+
+
+def test_an_amount_the_visitor_names_is_checked_not_matched(extractive: Assistant) -> None:
+    """ "30 days" in "I still have 30 days to report damage, right?" is the visitor's guess: matching
+    it quoted only the 30-day return window; the damage article says 14 days."""
+    _, result = turn(extractive, "kettle arrived dented 3 weeks ago, i still have 30 days to report damage right?")
+    assert result.path is AnswerPath.COMPOSED and "14 days" in result.answer
+    assert _amounts("boil 100ml, 3 times, over $35, at 40 degrees for 2 weeks") == ["100", "3", "35", "40", "2"]
+    assert _amounts("it says E-101, my K2 runs iPadOS 15, error 101") == []  # codes and versions are words to match
