@@ -3,8 +3,9 @@
 It cannot invent: every word of its answer is quoted from a retrieved passage. Each
 sentence (or list item) of the passages is scored against the question, by meaning (the
 embedder) and by the question's own words, and the best ones are quoted in article order,
-with a list kept whole when the best sentence is one of its steps, and the sentence after
-the best one kept with it (the fact a visitor needs is often the next sentence: "Refunds
+with a list kept whole when the best sentence is one of its steps, an FAQ entry's short
+answer quoted whole (but for its own "Yes" or "No", which answer its question, not the
+visitor's), and the sentence after the best one kept with it (the fact a visitor needs is often the next sentence: "Refunds
 are issued within 5 business days" after "You can return ... within 30 days"). When
 another article's best sentence scores nearly as well, it is quoted too, under its own
 title: the right article is not always the best-scored one. It is the floor every answer
@@ -106,6 +107,11 @@ def passage_units(text: str) -> list[Unit]:
             sentences = (_without_answer_word(s) for s in split_sentences(line))
             units.extend(Unit(sentence, block, False) for sentence in sentences if sentence)
     return units
+
+
+def _is_faq(passage: Passage) -> bool:
+    """An FAQ entry ("Q: ...\nA: ..."), quoted whole."""
+    return passage.text.startswith("Q:")
 
 
 def _amounts(question: str) -> list[str]:
@@ -260,7 +266,7 @@ class AnswerComposer:
         assert best is not None
         score, pi, ui = best
         passage, units = candidates[pi]
-        text = _render([units[i] for i in self._select(units, scores[pi], ui)], self.max_chars)
+        text = _render([units[i] for i in self._select(units, scores[pi], ui, whole=_is_faq(passage))], self.max_chars)
         passage_words = self.words(f"{passage.title} {passage.chunk.heading} {passage.text}")
         coverage = len(asked & passage_words) / len(asked) if asked else 0.0
         # The best unit of another article: quoted too when it scores nearly as well.
@@ -275,7 +281,9 @@ class AnswerComposer:
         if runner_up is not None and self.second_margin is not None and runner_up[0] >= score - self.second_margin:
             s2, pj, uj = runner_up
             other, other_units = candidates[pj]
-            other_text = _render([other_units[i] for i in self._select(other_units, scores[pj], uj)], self.max_chars)
+            other_text = _render(
+                [other_units[i] for i in self._select(other_units, scores[pj], uj, whole=_is_faq(other))], self.max_chars
+            )
             also = (Quote(other_text, other, round(s2, 4)),)
         return Composition(
             text,
@@ -286,8 +294,12 @@ class AnswerComposer:
             runner_up=round(runner_up[0], 4) if runner_up else 0.0,
         )
 
-    def _select(self, units: list[Unit], scores: list[float], best: int) -> list[int]:
-        """The best unit, its whole list if it is a list item, and close runners-up nearby."""
+    def _select(self, units: list[Unit], scores: list[float], best: int, whole: bool = False) -> list[int]:
+        """The best unit, its whole list if it is a list item, and close runners-up nearby; every
+        unit when `whole` (an FAQ entry: its short answer is written as one, and its best-matching
+        sentence is often the one after the step the visitor needs)."""
+        if whole:
+            return list(range(len(units)))
         if units[best].is_item:
             block = [i for i, u in enumerate(units) if u.block == units[best].block]
             intro = block[0] - 1

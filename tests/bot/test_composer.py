@@ -299,3 +299,11 @@ def test_an_amount_the_visitor_names_is_checked_not_matched(extractive: Assistan
     assert result.path is AnswerPath.COMPOSED and "14 days" in result.answer
     assert _amounts("boil 100ml, 3 times, over $35, at 40 degrees for 2 weeks") == ["100", "3", "35", "40", "2"]
     assert _amounts("it says E-101, my K2 runs iPadOS 15, error 101") == []  # codes and versions are words to match
+
+
+def test_an_faq_entrys_answer_is_quoted_whole(extractive: Assistant) -> None:
+    """The best-matching sentence of "Go to Profile > Account > Name. The name is shown to your
+    household members" is the second; the step the visitor needs is the first."""
+    _, result = turn(extractive, "how do i change the name my household sees")
+    assert result.path is AnswerPath.COMPOSED
+    assert "Profile > Account > Name" in result.answer and "household members" in result.answer
