@@ -201,7 +201,7 @@ class ChatService:
                     await asyncio.wait(answers, timeout=5)
                 break
             if not announced and answers:
-                log.info("draining: waiting up to %g s for %d answers", left, len(answers))
+                log.info("draining: waiting up to %.1f s for %d answers", left, len(answers))
                 announced = True
             if answers:
                 # Woken by the first to finish, or soon: a turn being begun now adds its answer.
@@ -385,6 +385,9 @@ class Connection:
             if self.service.draining:
                 # Not stored: the widget resends it (same client_message_id) once it has reconnected
                 # to a server that is not stopping. Its answer begun here would be cut off.
+                log.info(
+                    "message during the drain: closing the socket for a resend", extra={"conversation_id": self.conversation_id}
+                )
                 await self.close(1001, "server shutting down")
                 return
             self.service.turns_beginning += 1
