@@ -23,6 +23,8 @@ feedback sink files) and compares it with the clients' own records:
 - answers, user messages and agent messages acknowledged vs stored, ratings acknowledged
   vs present in the sink files (each must be there exactly once);
 - messages answered twice, conversations whose frames had sequence gaps;
+- answers stored `cancelled` (the visitors never send `cancel`: each is an answer the
+  visitor saw cut off), each with when it was stored and the fault just before it;
 - per fault, the time from the fault to the next good answer any client received;
 - error frames by code, reconnects.
 
@@ -84,6 +86,7 @@ MUST_BE_ZERO = (
     "agent_messages_lost",
     "frames_sent_twice",
     "conversations_with_gaps",
+    "answers_cancelled_unasked",
 )
 
 
@@ -336,6 +339,7 @@ class Run:
         self.service = service
         self.think_s = think_s
         self.started = time.monotonic()
+        self.started_wall = time.time()
         self.done_frames: dict[str, dict[str, Any]] = {}
         self.good_answers: list[float] = []
         self.failures: list[dict[str, Any]] = []
@@ -345,6 +349,7 @@ class Run:
         self.faults: list[dict[str, Any]] = []
         self.pending_faults: list[tuple[dict[str, Any], float]] = []
         self.fault_clock: list[tuple[dict[str, Any], float]] = []  # each fault's wall-clock time, for the server log
+        self.back_clock: dict[int, float] = {}  # id of a restart fault's entry -> wall-clock time the service was up again
         self.first_text: list[tuple[float, float, str]] = []  # (asked at, seconds to first text, path)
         self.generator: Any = None  # bench/fake_generator.py, when generator faults are planned
 
@@ -423,6 +428,7 @@ class Run:
                 await asyncio.sleep(0.1)
             entry["down_s"] = round(time.monotonic() - began, 2)
             entry["restart_s"] = round(await asyncio.to_thread(service.start), 2)
+            self.back_clock[id(entry)] = time.time()
         # From the fault to the first good answer that the service gave after it (an answer
         # acknowledged in the moment of a kill does not count: it was written before).
         since = time.monotonic() if fault in ("supervisor", "sigterm") else began
@@ -476,6 +482,7 @@ class Run:
 
     async def main(self, conversations: int, duration_s: float, faults: list[str], key: str) -> list[Visitor]:
         self.started = time.monotonic()
+        self.started_wall = time.time()
         until = self.started + duration_s
         visitors = [Visitor(self, i) for i in range(conversations)]
         tasks = [asyncio.create_task(v.chat(until)) for v in visitors]
@@ -536,10 +543,45 @@ def sink_event_ids(data_dir: Path) -> collections.Counter[str]:
     return found
 
 
+def cancelled_detail(
+    run: Run, conversation_id: str, history: list[dict[str, Any]], acknowledged: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Each answer stored with path `cancelled` (the bench never asks for one): when it was
+    stored, against the fault just before it, and whether the visitor took it as its answer."""
+    seen = set(acknowledged.values())
+    out = []
+    asked = ""
+    for message in history:
+        if message["role"] == "user":
+            asked = message.get("client_message_id", "")
+        if message["role"] != "assistant" or message.get("path") != "cancelled":
+            continue
+        created = float(message.get("created") or 0)
+        before = [(entry, clock) for entry, clock in run.fault_clock if clock <= created]
+        entry, clock = before[-1] if before else ({}, 0.0)
+        back = run.back_clock.get(id(entry))
+        out.append(
+            {
+                "conversation_id": conversation_id,
+                "message_id": message["id"],
+                "client_message_id": asked,
+                "at_s": round(created - run.started_wall, 2),
+                "after_fault": entry.get("fault"),
+                "s_after_fault": round(created - clock, 2) if before else None,
+                # For a SIGTERM or a supervisor kill: stored before the service was up again (by the old one).
+                "before_restart": back is None or created < back if entry.get("fault") in ("sigterm", "supervisor") else None,
+                "visitor_took_it": message["id"] in seen,
+                "chars": len(message.get("text", "")),
+            }
+        )
+    return out
+
+
 async def compare(run: Run, visitors: list[Visitor]) -> dict[str, Any]:
     service = run.service
     acked_answers = lost_answers = answered_twice = lost_user = 0
     doubles: list[dict[str, Any]] = []
+    cancelled: list[dict[str, Any]] = []
     stored_agent: set[str] = set()
     for visitor in visitors:
         record = visitor.record
@@ -554,6 +596,8 @@ async def compare(run: Run, visitors: list[Visitor]) -> dict[str, Any]:
             acked_answers += 1
             lost_answers += answer_id not in stored_ids
         lost_user += sum(1 for cmid in record.user_messages if cmid and per_cmid[cmid] == 0)
+        # The bench never sends `cancel`: an answer stored as cancelled is one the visitor saw cut off.
+        cancelled.extend(cancelled_detail(run, record.conversation_id, history, record.answers))
         # Two bot answers between one user message and the next: answered twice.
         turns = [m for m in history if m["role"] in ("user", "assistant")]
         twice = sum(1 for a, b in itertools.pairwise(turns) if a["role"] == b["role"] == "assistant")
@@ -595,6 +639,9 @@ async def compare(run: Run, visitors: list[Visitor]) -> dict[str, Any]:
         "agent_messages_lost": len(run.agent_sent - stored_agent),
         "frames_sent_twice": run.duplicates_frames,
         "conversations_with_gaps": sum(1 for v in visitors if v.record.gaps),
+        "answers_cancelled_unasked": len(cancelled),
+        "answers_cancelled_by_fault": dict(collections.Counter(c["after_fault"] or "none" for c in cancelled)),
+        "answers_cancelled_detail": sorted(cancelled, key=lambda c: c["at_s"])[:60],
         "reconnects": sum(v.record.reconnects for v in visitors),
         "errors_by_code": dict(errors),
         "paths": dict(paths),

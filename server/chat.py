@@ -143,6 +143,9 @@ class ChatService:
         self.draining = False
         # Answers whose visitor's socket dropped: they go on for the grace period (keep_answering).
         self.detached: dict[str, asyncio.Task[None]] = {}
+        # Answers whose socket closed while this worker drains: the drain waits for them too.
+        self.finishing: set[asyncio.Task[None]] = set()
+        self.turns_beginning = 0  # message frames past the drain check whose answer task may not exist yet
         self._watchers: set[asyncio.Task[None]] = set()
         events.on_cancel = self.cancel_answer
 
@@ -178,17 +181,47 @@ class ChatService:
             self.metrics.connections.dec()
 
     async def drain(self, timeout_s: float) -> None:
-        """Refuse new connections, let answers in flight finish, then close every socket (1001)."""
+        """Refuse new connections and new messages, let the answers in flight finish, then
+        close every socket (1001).
+
+        A message that arrives on an open socket while the worker drains is not stored: its
+        socket is closed (1001) at once, and the widget resends it to the next server. Stored,
+        its answer would begin here and be cut off when the drain closes the sockets. Every
+        answer begun before (or by a message frame already being handled when the drain
+        began) finishes and is stored, up to the deadline, whatever happens to its socket."""
         self.draining = True
-        answers = [c.answer for c in self.connections if c.answer is not None and not c.answer.done()]
-        answers += [task for task in self.detached.values() if not task.done()]
-        if answers:
-            log.info("draining: waiting up to %g s for %d answers", timeout_s, len(answers))
-            _, pending = await asyncio.wait(answers, timeout=timeout_s)
-            for task in pending:
-                task.cancel()
+        deadline = time.monotonic() + timeout_s
+        announced = False
+        while (answers := self._answers_in_flight()) or self.turns_beginning:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for task in answers:
+                    task.cancel()
+                if answers:  # bounded: each stores what it had streamed, as `cancelled`
+                    await asyncio.wait(answers, timeout=5)
+                break
+            if not announced and answers:
+                log.info("draining: waiting up to %.1f s for %d answers", left, len(answers))
+                announced = True
+            if answers:
+                # Woken by the first to finish, or soon: a turn being begun now adds its answer.
+                await asyncio.wait(answers, timeout=min(left, 0.25), return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await asyncio.sleep(min(left, 0.02))
         for connection in list(self.connections):
             await connection.close(1001, "server shutting down")
+
+    def _answers_in_flight(self) -> list[asyncio.Task[None]]:
+        answers = {c.answer for c in self.connections if c.answer is not None}
+        answers |= {*self.detached.values(), *self.finishing}
+        return [task for task in answers if not task.done()]
+
+    def finish_while_draining(self, answer: asyncio.Task[None]) -> None:
+        """An answer whose socket closed during the drain: it goes on (the drain waits for it
+        until its deadline) and is stored in full, so the visitor's resume on the next server
+        replays all of it."""
+        self.finishing.add(answer)
+        answer.add_done_callback(self.finishing.discard)
 
     def keep_answering(self, conversation_id: str, answer: asyncio.Task[None]) -> None:
         """The visitor's socket dropped mid-answer (a phone changing networks): the answer goes
@@ -306,15 +339,13 @@ class Connection:
             return
         finally:
             answer = self.answer
-            if (
-                answer is not None
-                and not answer.done()
-                and self.conversation_id is not None
-                and self.settings.answer_grace_s > 0
-                and not self.service.draining
-            ):
-                self.service.keep_answering(self.conversation_id, answer)
-                self.answer = None
+            if answer is not None and not answer.done() and self.conversation_id is not None:
+                if self.service.draining:
+                    self.service.finish_while_draining(answer)
+                    self.answer = None
+                elif self.settings.answer_grace_s > 0:
+                    self.service.keep_answering(self.conversation_id, answer)
+                    self.answer = None
             tasks = [t for t in (self.answer, self._forwarder, self._unanswered) if t is not None and not t.done()]
             for task in tasks:
                 task.cancel()
@@ -351,7 +382,19 @@ class Connection:
         elif self.conversation_id is None:
             await self.error("not_started", "send a start frame first")
         elif isinstance(frame, MessageFrame):
-            await self._message(frame)
+            if self.service.draining:
+                # Not stored: the widget resends it (same client_message_id) once it has reconnected
+                # to a server that is not stopping. Its answer begun here would be cut off.
+                log.info(
+                    "message during the drain: closing the socket for a resend", extra={"conversation_id": self.conversation_id}
+                )
+                await self.close(1001, "server shutting down")
+                return
+            self.service.turns_beginning += 1
+            try:
+                await self._message(frame)
+            finally:
+                self.service.turns_beginning -= 1
         elif isinstance(frame, CancelFrame):
             if self.service.cancel_answer(self.conversation_id):
                 pass  # written on this worker: by this socket, another one, or one that dropped
@@ -493,7 +536,10 @@ class Connection:
         assert self.conversation_id is not None
         cid, events = self.conversation_id, self.service.events
         deadline = time.monotonic() + self.settings.generator_timeout_s + 2 * ANSWER_LOCK_TTL_S
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.service.draining:
+            # A draining worker begins no answer: the drain closes this socket, and the resend
+            # after the reconnect watches from the next server.
+            self.service.turns_beginning += 1
             try:
                 turn = await self.store.reclaim_turn(
                     cid,
@@ -514,6 +560,8 @@ class Connection:
                     return
             except RedisError:  # Redis restarting (this is how the answer got lost, often): keep watching
                 pass
+            finally:
+                self.service.turns_beginning -= 1
             await asyncio.sleep(ORPHAN_POLL_S)
 
     async def _keep_lock(self, conversation_id: str, lock: str) -> None:
