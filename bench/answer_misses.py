@@ -54,8 +54,9 @@ def main() -> None:
         if args.split != "all" and turn.split != args.split:
             continue
         wide = retriever.search(turn.question, max(10, k))
-        search, composition, unknown, names, owners = bot._search_and_compose(turn.question, turn.question)
-        answered = bot._answerable(search.confidence, composition, unknown, names, owners)
+        lookup = bot._search_and_compose(turn.question, turn.question)
+        search, composition = lookup.search, lookup.composition
+        answered = bot._answerable(lookup)
         result = TurnResult(turn.question, turn.question)
         if composition is not None:
             bot._compose(result, composition, "")
@@ -83,7 +84,7 @@ def main() -> None:
                 "quoted": [p.document_id for p in composition.passages] if composition else [],
                 "relevance": composition.relevance if composition else None,
                 "confidence": round(search.confidence, 4),
-                "unknown_words": unknown,
+                "unknown_words": lookup.unknown,
                 "name_words": sorted(bot.name_words(turn.question)),
                 "answer": result.answer,
             }

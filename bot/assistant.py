@@ -58,6 +58,8 @@ _OWNED = frozenset(
     {"account", "accounts", "membership", "memberships", "subscription", "subscriptions", "rewards", "order", "orders"}
     | {"delivery", "deliveries", "package", "parcel", "password", "login", "profile", "username", "app"}
 )
+# A code: letters, an optional hyphen, digits ("e-101", "pay-409", "e203").
+_CODE = re.compile(r"^([a-z]{1,4})-?([0-9]{1,6})$")
 _RAW_WORD = re.compile(r"[A-Za-z][A-Za-z0-9&']*")
 # Contractions typed without the apostrophe ("cant", "whats"): chat English, not a topic.
 _BARE_CONTRACTIONS = frozenset(
@@ -151,6 +153,19 @@ class TurnResult:
     handoff_reason: str = ""  # why a person was offered: not_sure, requested, repeated, frustrated, error
     prompt_version: str = PROMPT_VERSION
     evidence: list[Evidence] = field(default_factory=list)  # the passages the answer was written from
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What one search found, and what the gate weighs: retrieval, the sentences that answer
+    the message itself, and what in the message the help center does not speak of."""
+
+    search: SearchResult
+    composition: Composition | None
+    unknown: int = 0  # topic words the help center never uses
+    names: int = 0  # ... of which read as names ("spotify", "nespresso")
+    owners: int = 0  # other companies' accounts or orders it asks about ("my uber account")
+    codes: int = 0  # codes of a kind the help center lists (E-101, E-410) that it does not list ("E-203")
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +267,7 @@ class Assistant:
         self.name_word_penalty = name_word_penalty  # taken off the best sentence's score per name word
         self._vocabulary: tuple[str, frozenset[str]] = ("", frozenset())  # (index version, words of its public text)
         self._joined: tuple[str, frozenset[str]] = ("", frozenset())
+        self._codes: tuple[str, dict[tuple[str, int], frozenset[str]]] = ("", {})
         self._company = company.lower()
         self._top_k = top_k
         self._max_new_tokens = max_new_tokens
@@ -300,12 +316,11 @@ class Assistant:
             return
         result = TurnResult(question=message, search_query=standalone_query(message, history), model_id=self.model_id)
         upset = frustration(message, history)
-        search, composition, unknown, names, owners = await asyncio.to_thread(
-            self._search_and_compose, message, result.search_query
-        )
+        lookup = await asyncio.to_thread(self._search_and_compose, message, result.search_query)
+        search, composition = lookup.search, lookup.composition
         result.retrieval_s = time.perf_counter() - started
         result.confidence = search.confidence
-        score = self._gate_score(search.confidence, composition, unknown, names, owners)
+        score = self._gate_score(lookup)
         if score is None or score < self.relevance_threshold:
             result.path, result.handoff, result.answer = AnswerPath.NOT_SURE, True, NOT_SURE_ANSWER
             result.handoff_reason = "not_sure"
@@ -328,10 +343,9 @@ class Assistant:
         async for event in self._generate(message, history, search.passages, composition, result, upset, started):
             yield event
 
-    def _search_and_compose(self, message: str, query: str) -> tuple[SearchResult, Composition | None, int, int, int]:
-        """Retrieval, the sentences that answer the message itself, how many of the message's
-        words the help center never uses, how many of those read as names, and how many other
-        companies' accounts or orders it asks about (one worker-thread hop)."""
+    def _search_and_compose(self, message: str, query: str) -> Lookup:
+        """Retrieval, the sentences that answer the message itself, and what of the message the
+        help center does not speak of (one worker-thread hop)."""
         search = self._retriever.search(query, self._top_k)
         # Retrieval embedded the message already unless a follow-up was joined to the one before it.
         vector = search.query_vector if search.query == message.strip() else None
@@ -341,7 +355,35 @@ class Assistant:
         unknown = len(self._topic_words(message) - self._public_vocabulary()) if self.max_unknown_words is not None else 0
         counts_names = self.max_name_words is not None or self.name_word_penalty > 0
         names = len(self.name_words(message)) if counts_names else 0
-        return search, composition, unknown, names, len(self.foreign_owners(message))
+        owners, codes = len(self.foreign_owners(message)), len(self.unknown_codes(message))
+        return Lookup(search, composition, unknown, names, owners, codes)
+
+    def unknown_codes(self, message: str) -> set[str]:
+        """Codes in the message of a kind the help center lists, that it does not list: "E-203"
+        when it explains E-101, E-102, E-205 ... Quoting E-101's article to it would answer
+        another code. A kind is a prefix and a number of digits that the help center uses for
+        at least two codes (one example, like an order number, is not a list)."""
+        known = self._known_codes()
+        found = set()
+        for word in self._composer.words(_ADDRESS.sub(" ", message)):
+            code = _CODE.match(word)
+            if code is None:
+                continue
+            kind, number = (code.group(1), len(code.group(2))), code.group(2)
+            if kind in known and number not in known[kind]:
+                found.add(word)
+        return found
+
+    def _known_codes(self) -> dict[tuple[str, int], frozenset[str]]:
+        """The help center's codes by kind (prefix, digits), kinds with at least two codes."""
+        vocabulary = self._public_vocabulary()
+        if self._codes[0] != self._vocabulary[0]:
+            kinds: dict[tuple[str, int], set[str]] = {}
+            for word in vocabulary:
+                if code := _CODE.match(word):
+                    kinds.setdefault((code.group(1), len(code.group(2))), set()).add(code.group(2))
+            self._codes = (self._vocabulary[0], {k: frozenset(v) for k, v in kinds.items() if len(v) >= 2})
+        return self._codes[1]
 
     def name_words(self, message: str) -> set[str]:
         """Words of the message that the help center never uses and that are not everyday
@@ -399,15 +441,11 @@ class Assistant:
             self._vocabulary = (snapshot.version, frozenset(words))
         return self._vocabulary[1]
 
-    def _answerable(
-        self, confidence: float, composition: Composition | None, unknown: int, names: int = 0, owners: int = 0
-    ) -> bool:
-        score = self._gate_score(confidence, composition, unknown, names, owners)
+    def _answerable(self, lookup: Lookup) -> bool:
+        score = self._gate_score(lookup)
         return score is not None and score >= self.relevance_threshold
 
-    def _gate_score(
-        self, confidence: float, composition: Composition | None, unknown: int, names: int = 0, owners: int = 0
-    ) -> float | None:
+    def _gate_score(self, lookup: Lookup) -> float | None:
         """How well the best sentence answers the question, for the relevance and suggestion
         thresholds; None when nothing may be quoted at all.
 
@@ -418,14 +456,17 @@ class Assistant:
         (which may also be an everyday word the embedder splits: "latte", "inbox") counts
         for more than other unknown words, but a sentence that answers well still wins. Never
         about another company's account, membership or order ("my uber account"), however well
-        our own article on accounts matches it."""
-        if composition is None or confidence < self._threshold or owners:
+        our own article on accounts matches it. Nor about a code the help center does not list
+        ("E-203" where it lists E-101 to E-410): quoted, another code's line would read as its
+        meaning."""
+        composition = lookup.composition
+        if composition is None or lookup.search.confidence < self._threshold or lookup.owners or lookup.codes:
             return None
-        if self.max_name_words is not None and names > self.max_name_words:
+        if self.max_name_words is not None and lookup.names > self.max_name_words:
             return None
-        if self.max_unknown_words is not None and unknown > self.max_unknown_words:
+        if self.max_unknown_words is not None and lookup.unknown > self.max_unknown_words:
             return None
-        return composition.relevance - self.unknown_word_penalty * unknown - self.name_word_penalty * names
+        return composition.relevance - self.unknown_word_penalty * lookup.unknown - self.name_word_penalty * lookup.names
 
     def _compose(self, result: TurnResult, composition: Composition, upset: str, lead: str = "") -> None:
         best = composition.passage
