@@ -58,6 +58,8 @@ _OWNED = frozenset(
     {"account", "accounts", "membership", "memberships", "subscription", "subscriptions", "rewards", "order", "orders"}
     | {"delivery", "deliveries", "package", "parcel", "password", "login", "profile", "username", "app"}
 )
+# Whether something is safe: answered only from a passage about all of what the question names.
+_SAFETY = re.compile(r"(?i)\b(safe|safely|safety|unsafe|dangerous|danger|hazard\w*|toxic|harmful|risky)\b")
 # A code: letters, an optional hyphen, digits ("e-101", "pay-409", "e203").
 _CODE = re.compile(r"^([a-z]{1,4})-?([0-9]{1,6})$")
 _RAW_WORD = re.compile(r"[A-Za-z][A-Za-z0-9&']*")
@@ -166,6 +168,7 @@ class Lookup:
     names: int = 0  # ... of which read as names ("spotify", "nespresso")
     owners: int = 0  # other companies' accounts or orders it asks about ("my uber account")
     codes: int = 0  # codes of a kind the help center lists (E-101, E-410) that it does not list ("E-203")
+    safety: bool = False  # the message asks whether something is safe or dangerous
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,11 +355,13 @@ class Assistant:
         composition = self._composer.compose(
             message, search.passages, drop=self.prompts.looks_like_injection, question_vector=vector
         )
-        unknown = len(self._topic_words(message) - self._public_vocabulary()) if self.max_unknown_words is not None else 0
+        safety = bool(_SAFETY.search(message))
+        counts_unknown = self.max_unknown_words is not None or self.unknown_word_penalty > 0 or safety
+        unknown = len(self._topic_words(message) - self._public_vocabulary()) if counts_unknown else 0
         counts_names = self.max_name_words is not None or self.name_word_penalty > 0
         names = len(self.name_words(message)) if counts_names else 0
         owners, codes = len(self.foreign_owners(message)), len(self.unknown_codes(message))
-        return Lookup(search, composition, unknown, names, owners, codes)
+        return Lookup(search, composition, unknown, names, owners, codes, safety)
 
     def unknown_codes(self, message: str) -> set[str]:
         """Codes in the message of a kind the help center lists, that it does not list: "E-203"
@@ -458,9 +463,13 @@ class Assistant:
         about another company's account, membership or order ("my uber account"), however well
         our own article on accounts matches it. Nor about a code the help center does not list
         ("E-203" where it lists E-101 to E-410): quoted, another code's line would read as its
-        meaning."""
+        meaning. And a question whether something is safe is answered only when the help
+        center speaks of everything it names: "is the kettle safe to use on a boat?" matched
+        "The kettle keeps its previous firmware, so it is always safe to use."."""
         composition = lookup.composition
         if composition is None or lookup.search.confidence < self._threshold or lookup.owners or lookup.codes:
+            return None
+        if lookup.safety and lookup.unknown:
             return None
         if self.max_name_words is not None and lookup.names > self.max_name_words:
             return None

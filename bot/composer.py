@@ -114,6 +114,11 @@ def _is_faq(passage: Passage) -> bool:
     return passage.text.startswith("Q:")
 
 
+def _entry_question(text: str) -> str:
+    """An FAQ entry's question: "Q: Can I boil milk?\nA: ..." -> "Can I boil milk?"."""
+    return text.split("\n", 1)[0].removeprefix("Q:").strip()
+
+
 def _amounts(question: str) -> list[str]:
     """The numbers of the amounts a question names ("30 days", "$9.95" -> ["30", "9.95"])."""
     return [m.group(1) or m.group(2) for m in _AMOUNT.finditer(question)]
@@ -148,8 +153,9 @@ class AnswerComposer:
     """Quotes the sentences of `passages` that answer a question.
 
     `lexical_weight` weighs the share of the question's words a sentence contains against
-    its cosine similarity; it, `neighbour_margin` and `second_margin` are fitted on the
-    tuning split (docs/benchmarks.md). `second_margin` None quotes one article only.
+    its cosine similarity; it, `neighbour_margin`, `second_margin` and `faq_question_margin`
+    are fitted on the tuning split (docs/benchmarks.md). `second_margin` None quotes one
+    article only.
     """
 
     def __init__(
@@ -164,6 +170,7 @@ class AnswerComposer:
         neighbour_margin: float = 0.3,
         follow_next: bool = True,
         second_margin: float | None = 0.1,
+        faq_question_margin: float | None = 0.2,
         cache_size: int = 20_000,
     ) -> None:
         if max_units < 1 or max_chars < 40:
@@ -179,6 +186,7 @@ class AnswerComposer:
         self.neighbour_margin = neighbour_margin
         self.follow_next = follow_next  # keep the sentence after the best one (same paragraph)
         self.second_margin = second_margin
+        self.faq_question_margin = faq_question_margin  # None: an FAQ entry's question does not count
         # Unit vectors by text: the same passages come back for many questions.
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
@@ -189,6 +197,7 @@ class AnswerComposer:
         """Embed every unit of these passages now, so the first questions only embed themselves."""
         units = [u for text in passage_texts for u in passage_units(text)]
         texts = list(dict.fromkeys(t for u in units for t in [u.text, *(split_sentences(u.text) if u.is_item else [])]))
+        texts += [_entry_question(text) for text in passage_texts if text.startswith("Q:")]
         for start in range(0, len(texts), 256):
             self._vectors("", texts[start : start + 256])
 
@@ -248,6 +257,17 @@ class AnswerComposer:
         for passage, _ in candidates:
             document_confidence[passage.document_id] = max(document_confidence.get(passage.document_id, 0.0), passage.confidence)
         asked = self.words(question) - self.words(" ".join(_amounts(question)))
+        # An FAQ entry's sentences answer its question: they count at least as well as that
+        # question matches the visitor's, less a margin. "what's the maximum capacity of the
+        # kettle?" is "What is the capacity of the kettle?", whose answer ("The K1 holds 1.2
+        # litres ...") the embedder ranks below "Up to 8 kettles per account".
+        entry_cosines: dict[int, float] = {}  # passage index -> its question's cosine, less the margin
+        entries = [pi for pi, (passage, _) in enumerate(candidates) if _is_faq(passage)]
+        if self.faq_question_margin is not None and entries:
+            asks = [_entry_question(candidates[pi][0].text) for pi in entries]
+            _, title_vectors = self._vectors(question, asks, question_vector)
+            margin = self.faq_question_margin
+            entry_cosines = {pi: c - margin for pi, c in zip(entries, (title_vectors @ question_vector).tolist(), strict=True)}
         best: tuple[float, int, int] | None = None  # score, passage index, unit index
         scores: list[list[float]] = []
         offset = 0
@@ -257,7 +277,10 @@ class AnswerComposer:
             row: list[float] = []
             for ui, unit in enumerate(units):
                 shared = len(asked & (self.words(unit.text) | context)) / len(asked) if asked else 0.0
-                score = unit_cosines[offset + ui] + self.lexical_weight * shared + prior
+                cosine = unit_cosines[offset + ui]
+                if pi in entry_cosines:
+                    cosine = max(cosine, entry_cosines[pi])
+                score = cosine + self.lexical_weight * shared + prior
                 row.append(score)
                 if best is None or score > best[0]:
                     best = (score, pi, ui)

@@ -318,3 +318,20 @@ def test_a_code_the_help_center_does_not_list_is_not_answered_with_another_codes
     assert extractive.unknown_codes("E-101 on my K2, order BR-2024-987654, WPA2 wifi") == set()
     _, known = turn(extractive, "my kettle shows E-101 but it has water in it")
     assert known.path is AnswerPath.COMPOSED and "E-101" in known.answer
+
+
+def test_whether_something_is_safe_is_answered_only_about_what_the_help_center_knows(extractive: Assistant) -> None:
+    """ "is the kettle safe to use on a boat?" matched "The kettle keeps its previous firmware, so it
+    is always safe to use.": the help center never speaks of boats. What it does speak of is
+    answered."""
+    deltas, boat = turn(extractive, "is the kettle safe to use on a boat?")
+    assert deltas == [NOT_SURE_ANSWER] and boat.path is AnswerPath.NOT_SURE
+    _, lid = turn(extractive, "is it safe to open the lid while the water is boiling?")
+    assert lid.path is AnswerPath.COMPOSED and "Do not open the lid" in lid.answer
+
+
+def test_an_faq_entry_counts_as_well_as_its_question_matches(extractive: Assistant) -> None:
+    """ "what's the maximum capacity of the kettle?" is the FAQ "What is the capacity of the kettle?";
+    its answer's sentence alone scored below "Up to 8 kettles per account"."""
+    _, result = turn(extractive, "what's the maximum capacity of the kettle?")
+    assert result.path is AnswerPath.COMPOSED and "1.7 litres" in result.answer and "8 kettles" not in result.answer
