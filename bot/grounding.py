@@ -77,19 +77,41 @@ class GroundednessChecker:
     (share >= `min_overlap`); and every number in it appears in the passage sentence it is
     closest to."""
 
-    def __init__(self, embedder: Embedder, min_similarity: float = 0.6, min_overlap: float = 0.75) -> None:
+    def __init__(
+        self, embedder: Embedder, min_similarity: float = 0.6, min_overlap: float = 0.75, same_question: float = 0.85
+    ) -> None:
         self._embedder = embedder
         self.min_similarity = min_similarity
         self.min_overlap = min_overlap
+        # An FAQ entry's "Yes"/"No" answers its own question: it backs a yes or no only for a
+        # visitor's question at least this close to it (cosine).
+        self.same_question = same_question
 
     def check(self, sentences: Sequence[str], passages: Sequence[str], question: str = "") -> list[SentenceCheck]:
-        """One check per sentence. `question` is accepted for checkers that weigh it; this one
-        judges sentences against the passages alone."""
+        """One check per sentence, against the passages; `question`, the visitor's, decides
+        whether an FAQ entry's yes or no is an answer to it."""
         if not sentences:
             return []
-        evidence = [s for p in passages for s in split_sentences(p)] or [""]
+        evidence: list[str] = []
+        asked_by: list[int] = []  # per evidence sentence: the index of its FAQ entry's question, or -1
+        entries: list[str] = []
+        for passage in passages:
+            entry = -1
+            if passage.startswith("Q:"):
+                entries.append(passage.split("\n", 1)[0].removeprefix("Q:").strip())
+                entry = len(entries) - 1
+            for sentence in split_sentences(passage):
+                evidence.append(sentence)
+                asked_by.append(entry)
+        evidence, asked_by = evidence or [""], asked_by or [-1]
         cleaned = [_CITATION.sub("", s).strip() for s in sentences]
-        vectors = self._embedder.embed([*cleaned, *evidence])
+        asks = [question, *entries] if question and entries else []
+        vectors = self._embedder.embed([*cleaned, *evidence, *asks])
+        entry_match: list[float] = []
+        if asks:
+            asked = vectors[len(cleaned) + len(evidence) :]
+            entry_match = (asked[1:] @ asked[0]).tolist()
+        vectors = vectors[: len(cleaned) + len(evidence)]
         matrix = vectors[: len(cleaned)] @ vectors[len(cleaned) :].T
         similarity, closest = matrix.max(axis=1), matrix.argmax(axis=1)
         evidence_text = " ".join(passages)
@@ -102,5 +124,11 @@ class GroundednessChecker:
             # Prices, durations and limits must come from one place: "$49 per month" is wrong even
             # though "$49" and "per month" both occur, in different sentences.
             why = contradiction(text, evidence[int(best)], evidence_text) if supported else ""
+            # "Can I use the app on a tablet? Yes, on iPads with iPadOS 16" says nothing of yes
+            # to "will it run on iPadOS 15?".
+            entry = asked_by[int(best)]
+            another = entry >= 0 and (not asks or entry_match[entry] < self.same_question)
+            if supported and not why and another and _YES_NO.match(text):
+                why = "yes/no of another question"
             checks.append(SentenceCheck(sentence, supported and not why, float(np.round(score, 4)), round(overlap, 4), why))
         return checks

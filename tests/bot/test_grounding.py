@@ -46,3 +46,21 @@ def test_a_sentence_that_contradicts_its_evidence_is_not_supported(embedder: Sen
     )
     assert [(c.supported, c.contradiction) for c in checks][:2] == [(False, "polarity"), (False, "name: Australia")]
     assert not checks[2].supported and not checks[3].supported and checks[4].supported, checks
+
+
+def test_an_faq_entrys_yes_backs_a_yes_only_to_its_own_question(embedder: SentenceEmbedder) -> None:
+    """The entry's "Yes" answers "Can I use the app on a tablet?", not "will it run on iPadOS 15?"."""
+    entry = "Q: Can I use the Brewlo app on a tablet?\nA: Yes, on iPads with iPadOS 16 or newer."
+    checker = GroundednessChecker(embedder)
+    other = checker.check(
+        ["Yes, the app runs on iPads with iPadOS 16 or newer."], [entry], "will it run on my ipad with ipados 15?"
+    )
+    assert not other[0].supported and other[0].contradiction == "yes/no of another question", other
+    same = checker.check(
+        ["Yes, the app runs on iPads with iPadOS 16 or newer."], [entry], "Can I use the Brewlo app on a tablet?"
+    )
+    assert same[0].supported, same
+    # Without the visitor's question nothing says the entry's yes is an answer to it.
+    assert not checker.check(["Yes, on iPads with iPadOS 16 or newer."], [entry])[0].supported
+    # A sentence without a yes or no is judged as before.
+    assert checker.check(["The app runs on iPads with iPadOS 16 or newer."], [entry], "will it run on ipados 15?")[0].supported
