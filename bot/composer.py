@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bot.grounding import split_sentences
+from knowledge_base.chunking import faq_question
 from retrieval.embedder import Embedder
 from retrieval.lexical import LexicalTokenizer
 from retrieval.types import Passage
@@ -111,12 +112,7 @@ def passage_units(text: str) -> list[Unit]:
 
 def _is_faq(passage: Passage) -> bool:
     """An FAQ entry ("Q: ...\nA: ..."), quoted whole."""
-    return passage.text.startswith("Q:")
-
-
-def _entry_question(text: str) -> str:
-    """An FAQ entry's question: "Q: Can I boil milk?\nA: ..." -> "Can I boil milk?"."""
-    return text.split("\n", 1)[0].removeprefix("Q:").strip()
+    return faq_question(passage.text) is not None
 
 
 def _amounts(question: str) -> list[str]:
@@ -197,7 +193,7 @@ class AnswerComposer:
         """Embed every unit of these passages now, so the first questions only embed themselves."""
         units = [u for text in passage_texts for u in passage_units(text)]
         texts = list(dict.fromkeys(t for u in units for t in [u.text, *(split_sentences(u.text) if u.is_item else [])]))
-        texts += [_entry_question(text) for text in passage_texts if text.startswith("Q:")]
+        texts += [question for text in passage_texts if (question := faq_question(text))]
         for start in range(0, len(texts), 256):
             self._vectors("", texts[start : start + 256])
 
@@ -262,12 +258,11 @@ class AnswerComposer:
         # kettle?" is "What is the capacity of the kettle?", whose answer ("The K1 holds 1.2
         # litres ...") the embedder ranks below "Up to 8 kettles per account".
         entry_cosines: dict[int, float] = {}  # passage index -> its question's cosine, less the margin
-        entries = [pi for pi, (passage, _) in enumerate(candidates) if _is_faq(passage)]
-        if self.faq_question_margin is not None and entries:
-            asks = [_entry_question(candidates[pi][0].text) for pi in entries]
-            _, title_vectors = self._vectors(question, asks, question_vector)
-            margin = self.faq_question_margin
-            entry_cosines = {pi: c - margin for pi, c in zip(entries, (title_vectors @ question_vector).tolist(), strict=True)}
+        asks = {pi: ask for pi, (passage, _) in enumerate(candidates) if (ask := faq_question(passage.text))}
+        if self.faq_question_margin is not None and asks:
+            _, ask_vectors = self._vectors(question, list(asks.values()), question_vector)
+            cosines_of_asks = (ask_vectors @ question_vector).tolist()
+            entry_cosines = {pi: c - self.faq_question_margin for pi, c in zip(asks, cosines_of_asks, strict=True)}
         best: tuple[float, int, int] | None = None  # score, passage index, unit index
         scores: list[list[float]] = []
         offset = 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from knowledge_base.chunking import faq_question
 from retrieval.embedder import Embedder
 from retrieval.lexical import STOPWORDS
 
@@ -97,8 +98,8 @@ class GroundednessChecker:
         entries: list[str] = []
         for passage in passages:
             entry = -1
-            if passage.startswith("Q:"):
-                entries.append(passage.split("\n", 1)[0].removeprefix("Q:").strip())
+            if (ask := faq_question(passage)) is not None:
+                entries.append(ask)
                 entry = len(entries) - 1
             for sentence in split_sentences(passage):
                 evidence.append(sentence)
