@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 SUPPORTBOT_DATA_DIR=... .venv/bin/python -m bench.answer_gate --split tune
 
 Every turn of the split is searched and composed once, as the server would (the settings'
-composer and vetoes: retrieval confidence, hard word limits, another company's account);
+composer and vetoes: retrieval confidence, the unknown-word limit, which leaves a suggestion at most, another company's account);
 then, without searching again, it reports:
 
 - the settings' own gate: in-scope turns answered with their key facts, out-of-scope
@@ -46,6 +46,7 @@ class Row:
     names: int
     key_facts: bool  # the composed text (answer or suggestion) holds the key facts
     false: bool  # ... matches a false claim of the turn
+    may_be_sure: bool  # not too many words the help center never uses (else a suggestion at most)
 
     def score(self, unknown_penalty: float, name_penalty: float) -> float | None:
         if self.relevance is None:
@@ -78,6 +79,7 @@ def measure(split: str, questions: Path) -> tuple[list[Row], Settings]:
                 names,
                 composition is not None and has_key_facts(result.answer, turn.key_facts),
                 composition is not None and any(re.search(p, result.answer, re.IGNORECASE) for p in turn.false_claims),
+                bot._may_be_sure(lookup),
             )
         )
     return rows, settings
@@ -85,7 +87,7 @@ def measure(split: str, questions: Path) -> tuple[list[Row], Settings]:
 
 def gate(rows: list[Row], cut_off: float, unknown_penalty: float, name_penalty: float) -> tuple[int, int, int]:
     """(in-scope answered with key facts, out-of-scope answered, answered with a false claim)."""
-    answered = [r for r in rows if (s := r.score(unknown_penalty, name_penalty)) is not None and s >= cut_off]
+    answered = [r for r in rows if r.may_be_sure and (s := r.score(unknown_penalty, name_penalty)) is not None and s >= cut_off]
     return (
         sum(r.in_scope and r.key_facts for r in answered),
         sum(not r.in_scope for r in answered),
@@ -119,7 +121,7 @@ def main() -> None:
 
     print(f"suggestion band below the cut-off {cut} (key facts counting suggestions; quotes given to out-of-scope turns):")
     for floor in BAND_FLOORS:
-        band = [r for r in rows if (s := r.score(up, npen)) is not None and floor <= s < cut]
+        band = [r for r in rows if (s := r.score(up, npen)) is not None and floor <= s and (s < cut or not r.may_be_sure)]
         facts = ok + sum(r.in_scope and r.key_facts for r in band)
         quoted_out = sum(not r.in_scope for r in band)
         print(

@@ -168,7 +168,7 @@ class Lookup:
     names: int = 0  # ... of which read as names ("spotify", "nespresso")
     owners: int = 0  # other companies' accounts or orders it asks about ("my uber account")
     codes: int = 0  # codes of a kind the help center lists (E-101, E-410) that it does not list ("E-203")
-    safety: bool = False  # the message asks whether something is safe or dangerous
+    unsafe: int = 0  # ... of which in a sentence that asks whether something is safe or dangerous
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +324,7 @@ class Assistant:
         result.retrieval_s = time.perf_counter() - started
         result.confidence = search.confidence
         score = self._gate_score(lookup)
-        if score is None or score < self.relevance_threshold:
+        if score is None or score < self.relevance_threshold or not self._may_be_sure(lookup):
             result.path, result.handoff, result.answer = AnswerPath.NOT_SURE, True, NOT_SURE_ANSWER
             result.handoff_reason = "not_sure"
             close = self.suggestion_threshold is not None and score is not None and score >= self.suggestion_threshold
@@ -355,13 +355,16 @@ class Assistant:
         composition = self._composer.compose(
             message, search.passages, drop=self.prompts.looks_like_injection, question_vector=vector
         )
-        safety = bool(_SAFETY.search(message))
-        counts_unknown = self.max_unknown_words is not None or self.unknown_word_penalty > 0 or safety
+        # Whether something is safe is asked in a sentence; only what that sentence names must be
+        # known: "is the kettle dishwasher safe? would love to throw it in with the plates".
+        asks_safe = [s for s in split_sentences(message) if _SAFETY.search(s)]
+        counts_unknown = self.max_unknown_words is not None or self.unknown_word_penalty > 0 or asks_safe
         unknown = len(self._topic_words(message) - self._public_vocabulary()) if counts_unknown else 0
+        unsafe = len(self._topic_words(" ".join(asks_safe)) - self._public_vocabulary()) if asks_safe else 0
         counts_names = self.max_name_words is not None or self.name_word_penalty > 0
         names = len(self.name_words(message)) if counts_names else 0
         owners, codes = len(self.foreign_owners(message)), len(self.unknown_codes(message))
-        return Lookup(search, composition, unknown, names, owners, codes, safety)
+        return Lookup(search, composition, unknown, names, owners, codes, unsafe)
 
     def unknown_codes(self, message: str) -> set[str]:
         """Codes in the message of a kind the help center lists, that it does not list: "E-203"
@@ -448,7 +451,7 @@ class Assistant:
 
     def _answerable(self, lookup: Lookup) -> bool:
         score = self._gate_score(lookup)
-        return score is not None and score >= self.relevance_threshold
+        return score is not None and score >= self.relevance_threshold and self._may_be_sure(lookup)
 
     def _gate_score(self, lookup: Lookup) -> float | None:
         """How well the best sentence answers the question, for the relevance and suggestion
@@ -464,18 +467,24 @@ class Assistant:
         our own article on accounts matches it. Nor about a code the help center does not list
         ("E-203" where it lists E-101 to E-410): quoted, another code's line would read as its
         meaning. And a question whether something is safe is answered only when the help
-        center speaks of everything it names: "is the kettle safe to use on a boat?" matched
-        "The kettle keeps its previous firmware, so it is always safe to use."."""
+        center speaks of everything its sentence names: "is the kettle safe to use on a boat?"
+        matched "The kettle keeps its previous firmware, so it is always safe to use."."""
         composition = lookup.composition
         if composition is None or lookup.search.confidence < self._threshold or lookup.owners or lookup.codes:
             return None
-        if lookup.safety and lookup.unknown:
+        if lookup.unsafe:
             return None
         if self.max_name_words is not None and lookup.names > self.max_name_words:
             return None
-        if self.max_unknown_words is not None and lookup.unknown > self.max_unknown_words:
-            return None
         return composition.relevance - self.unknown_word_penalty * lookup.unknown - self.name_word_penalty * lookup.names
+
+    def _may_be_sure(self, lookup: Lookup) -> bool:
+        """Whether the gate may call the answer sure at all: not when more of the question's words
+        than `max_unknown_words` are ones the help center never uses. Such a question is still
+        quoted the closest passage as a suggestion when it scores well enough: "is the kettle
+        dishwasher safe? would love to just throw it in with the plates" has five, and the
+        descaling article's "never put the kettle or its base in a dishwasher" is what it needs."""
+        return self.max_unknown_words is None or lookup.unknown <= self.max_unknown_words
 
     def _compose(self, result: TurnResult, composition: Composition, upset: str, lead: str = "") -> None:
         best = composition.passage

@@ -236,7 +236,7 @@ class Settings(BaseSettings):
         "it is not sure (fitted on the tuning split).",
     )
     answer_suggestion_threshold: float = Field(
-        0.75,
+        0.7,
         ge=0,
         le=2,
         description="Not sure, but close: from this score up to the relevance threshold the bot says it is not sure, "
@@ -247,7 +247,8 @@ class Settings(BaseSettings):
         4,
         ge=0,
         le=50,
-        description="More words of a question than this that the help center never uses: not sure (fitted on the tuning split; unset: no limit).",
+        description="More words of a question than this that the help center never uses: not sure, with the closest passage "
+        "quoted when it scores above the suggestion threshold (fitted on the tuning split; unset: no limit).",
     )
     answer_unknown_word_penalty: float = Field(
         0.025,

@@ -330,6 +330,21 @@ def test_whether_something_is_safe_is_answered_only_about_what_the_help_center_k
     assert lid.path is AnswerPath.COMPOSED and "Do not open the lid" in lid.answer
 
 
+def test_a_safety_question_is_judged_by_its_own_sentence_and_many_unknown_words_leave_a_suggestion(
+    extractive: Assistant,
+) -> None:
+    """ "is the kettle dishwasher safe? would love to just throw it in with the plates": the plates
+    are in the second sentence, not in the one that asks whether something is safe, so the question
+    is not refused outright; its five words the help center never uses keep it from being sure, but
+    the closest passage, which says never to, is quoted under "not sure"."""
+    deltas, result = turn(extractive, "is the kettle dishwasher safe? would love to just throw it in with the plates")
+    assert result.path is AnswerPath.NOT_SURE and result.handoff
+    assert deltas[0].startswith(SUGGESTION_LEAD) and re.search(r"(?i)never[^.]*dishwasher", deltas[0]), deltas
+    # The same words in the sentence that asks stay a refusal: the help center never speaks of boats.
+    deltas, boat = turn(extractive, "is the kettle safe to use on a boat? would love to take it out on the lake")
+    assert deltas == [NOT_SURE_ANSWER] and boat.path is AnswerPath.NOT_SURE
+
+
 def test_an_faq_entry_counts_as_well_as_its_question_matches(extractive: Assistant) -> None:
     """ "what's the maximum capacity of the kettle?" is the FAQ "What is the capacity of the kettle?";
     its answer's sentence alone scored below "Up to 8 kettles per account"."""
