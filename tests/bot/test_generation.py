@@ -127,6 +127,31 @@ def test_a_stream_left_early_on_a_closed_loop_does_not_stop_generation(any_gener
     assert stats.completion_tokens == 6 and deltas
 
 
+def test_the_engine_restarted_after_a_failed_step_is_sized_against_what_the_machine_has_left(
+    generator: TransformersGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart after a failed step sizes a new cache while the old one still counts in this
+    process's RSS; transformers allowed a CPU only 60 % of what was left, and a test process that
+    had loaded several models was refused (3.4 GB asked, 2.85 GB "available"). The machine is
+    made to report 4 GiB left beyond this process: the fixed CPU sizes fit, so it answers."""
+    import psutil
+    import torch
+    from transformers.generation.continuous_batching import cache
+
+    _break_one_step(generator, monkeypatch, 1)
+    with pytest.raises(GenerationError, match="injected device fault"):
+        asyncio.run(collect(generator, GenerationRequest(PROMPT, max_new_tokens=4, timeout_s=120)))
+    monkeypatch.undo()
+
+    def little_left() -> tuple[torch.device, int, int, int]:
+        rss = psutil.Process().memory_info().rss
+        return torch.device("cpu"), rss + 4 * 1024**3, rss, rss
+
+    monkeypatch.setattr(cache, "get_device_and_memory_breakdown", little_left)
+    deltas, stats = asyncio.run(collect(generator, GenerationRequest(PROMPT, max_new_tokens=4)))
+    assert stats.completion_tokens == 4 and "".join(deltas).strip()
+
+
 def _break_one_step(generator: TransformersGenerator, monkeypatch: pytest.MonkeyPatch, failing_call: int) -> None:
     """Make the engine's `failing_call`-th forward pass from now raise (1: the prefill)."""
     calls = {"n": 0}
