@@ -3,8 +3,8 @@
     HF_HUB_OFFLINE=1 SUPPORTBOT_DATA_DIR=... .venv/bin/python -m bench.answer_gate --split tune
 
 Every turn of the split is searched and composed once, as the server would (the settings'
-composer and vetoes: retrieval confidence, the unknown-word limit, which leaves a suggestion at most, another company's account);
-then, without searching again, it reports:
+composer and vetoes: retrieval confidence, another company's account, the unknown-word
+limit, which leaves a suggestion at most); then, without searching again, it reports:
 
 - the settings' own gate: in-scope turns answered with their key facts, out-of-scope
   turns answered, turns whose answer or quoted suggestion matches a false claim;

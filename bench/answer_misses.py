@@ -56,7 +56,7 @@ def main() -> None:
         wide = retriever.search(turn.question, max(10, k))
         lookup = bot._search_and_compose(turn.question, turn.question)
         search, composition = lookup.search, lookup.composition
-        answered = bot._answerable(lookup)
+        answered = bot._answerable(lookup, bot._gate_score(lookup))
         result = TurnResult(turn.question, turn.question)
         if composition is not None:
             bot._compose(result, composition, "")

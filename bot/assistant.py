@@ -168,7 +168,7 @@ class Lookup:
     names: int = 0  # ... of which read as names ("spotify", "nespresso")
     owners: int = 0  # other companies' accounts or orders it asks about ("my uber account")
     codes: int = 0  # codes of a kind the help center lists (E-101, E-410) that it does not list ("E-203")
-    unsafe: int = 0  # ... of which in a sentence that asks whether something is safe or dangerous
+    unsafe: int = 0  # topic words it never uses in a sentence that asks whether something is safe or dangerous
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +324,7 @@ class Assistant:
         result.retrieval_s = time.perf_counter() - started
         result.confidence = search.confidence
         score = self._gate_score(lookup)
-        if score is None or score < self.relevance_threshold or not self._may_be_sure(lookup):
+        if not self._answerable(lookup, score):
             result.path, result.handoff, result.answer = AnswerPath.NOT_SURE, True, NOT_SURE_ANSWER
             result.handoff_reason = "not_sure"
             close = self.suggestion_threshold is not None and score is not None and score >= self.suggestion_threshold
@@ -358,7 +358,7 @@ class Assistant:
         # Whether something is safe is asked in a sentence; only what that sentence names must be
         # known: "is the kettle dishwasher safe? would love to throw it in with the plates".
         asks_safe = [s for s in split_sentences(message) if _SAFETY.search(s)]
-        counts_unknown = self.max_unknown_words is not None or self.unknown_word_penalty > 0 or asks_safe
+        counts_unknown = self.max_unknown_words is not None or self.unknown_word_penalty > 0
         unknown = len(self._topic_words(message) - self._public_vocabulary()) if counts_unknown else 0
         unsafe = len(self._topic_words(" ".join(asks_safe)) - self._public_vocabulary()) if asks_safe else 0
         counts_names = self.max_name_words is not None or self.name_word_penalty > 0
@@ -449,8 +449,8 @@ class Assistant:
             self._vocabulary = (snapshot.version, frozenset(words))
         return self._vocabulary[1]
 
-    def _answerable(self, lookup: Lookup) -> bool:
-        score = self._gate_score(lookup)
+    def _answerable(self, lookup: Lookup, score: float | None) -> bool:
+        """Whether the answer is sure, given the lookup's `_gate_score`."""
         return score is not None and score >= self.relevance_threshold and self._may_be_sure(lookup)
 
     def _gate_score(self, lookup: Lookup) -> float | None:
