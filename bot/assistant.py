@@ -513,11 +513,6 @@ class Assistant:
         """The generator's answer, sentence by sentence through the guard; the composer's when none pass."""
         generator, checker = self._generator, self._checker
         assert generator is not None and checker is not None
-        budget = generator.context_window - self._max_new_tokens
-        prompt = self.prompts.build(message, passages, history, budget)
-        result.sources = _sources(prompt.passages)
-        result.evidence = [_evidence(p) for p in prompt.passages]
-        evidence = [p.text for p in prompt.passages]
         stats = GenerationStats()
         kept: list[str] = []
         buffer = ""
@@ -561,6 +556,12 @@ class Assistant:
 
         self.generating += 1
         try:
+            # Counting the prompt's tokens needs the model: a generator closed by a swap since
+            # this turn began raises GenerationError here, and the composer answers.
+            prompt = self.prompts.build(message, passages, history, generator.context_window - self._max_new_tokens)
+            result.sources = _sources(prompt.passages)
+            result.evidence = [_evidence(p) for p in prompt.passages]
+            evidence = [p.text for p in prompt.passages]  # what `checked` holds the sentences against
             request = GenerationRequest(
                 prompt.text, max_new_tokens=self._max_new_tokens, stop=prompt.stop, timeout_s=self._timeout_s
             )

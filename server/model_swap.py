@@ -62,14 +62,21 @@ class GeneratorSwap:
             self._failed = wanted
             await _close(generator)
             return False
+        except asyncio.CancelledError:
+            # Stopping while it loads: the load goes on in its pool thread. Closing waits for it
+            # and stops the batching thread it started, which would otherwise hold up the exit.
+            await _close(generator)
+            raise
         old_assistant, old_generator = self._service.assistant, self.generator
         self._service.assistant, self.generator, self._serving, self._failed = assistant, generator, wanted, None
         self._on_swap(generator, mode)
         log.info("now answering with %s in %s mode (was %s)", assistant.model_id, mode.value, old_assistant.model_id)
         deadline = asyncio.get_running_loop().time() + self._settings.generator_timeout_s + 5
-        while old_assistant.generating and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.1)  # answers in flight finish on the old model
-        await _close(old_generator)
+        try:
+            while old_assistant.generating and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)  # answers in flight finish on the old model
+        finally:  # a shutdown during the wait too: nothing else would close the old one
+            await _close(old_generator)
         return True
 
     async def run(self, interval_s: float) -> None:

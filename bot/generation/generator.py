@@ -191,6 +191,7 @@ class _ContinuousBatching:
         self._start_manager = start_manager
         self._manager = start_manager()
         self._lock = threading.Lock()
+        self._stopped = False
         self.restarts = 0
 
     def submit(self, request_id: str, prompt_ids: list[int], max_new_tokens: int, handler: Callable[[Any], None]) -> None:
@@ -200,9 +201,11 @@ class _ContinuousBatching:
 
     def _running_manager(self) -> Any:
         with self._lock:
-            # Stopping or dead means crashed: only close() stops it on purpose, and nothing
-            # submits after that. The failed requests hear of the crash before transformers
-            # records it, so ask whether it still takes requests, not only for its error.
+            if self._stopped:  # on purpose: a request racing close() must not start it again
+                raise GenerationError("the generator is closed")
+            # Otherwise stopping or dead means crashed: only close() stops it on purpose. The
+            # failed requests hear of the crash before transformers records it, so ask whether
+            # it still takes requests, not only for its error.
             status = getattr(self._manager, "background_thread_status", None)
             refuses = status.can_accept_new_requests() if status is not None else None
             if refuses is not None or not self._manager.is_running():  # wait for its thread, then replace it
@@ -226,6 +229,8 @@ class _ContinuousBatching:
         return set(getattr(scheduler, "active_requests", {}) or {})
 
     def stop(self, timeout: float = 30.0) -> None:
+        with self._lock:
+            self._stopped = True
         self._manager.stop(block=True, timeout=timeout)
 
     def _forget_handler(self, request_id: str) -> None:
@@ -282,6 +287,7 @@ class TransformersGenerator:
         self._model_id = model
         self._eos: set[int] = set()
         self._lock = threading.Lock()
+        self._closed = False
         self.engine_name = engine
 
     @property
@@ -311,6 +317,10 @@ class TransformersGenerator:
         with self._lock:
             if self._engine is not None:
                 return
+            if self._closed:
+                # A swap or a shutdown closed it while its load was queued: a batching thread
+                # started now would have no owner left to stop it, and would hold up the exit.
+                raise GenerationError("the generator is closed")
             import torch
             from transformers.utils import logging as hf_logging
 
@@ -386,7 +396,10 @@ class TransformersGenerator:
             pass
 
     def close(self) -> None:
+        """Stop the batching thread for good. Called while `warm_up` loads, it waits for the
+        load and stops what it started; called before, the load never starts."""
         with self._lock:
+            self._closed = True
             if self._engine is not None:
                 self._engine.stop(timeout=30)
                 self._engine = None
