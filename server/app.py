@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import signal
 import threading
@@ -53,6 +54,9 @@ from server.settings import Settings
 
 log = logging.getLogger("supportbot.server")
 STATIC = Path(__file__).resolve().parent / "static"
+# A stop this long past its drain's deadline is stuck: every thread's stack goes to the log
+# and the process exits (1), its embedded Redis with it, instead of hanging until a SIGKILL.
+STOP_DEADLINE_AFTER_DRAIN_S = 60.0
 # The review page shows visitors' text: no inline script, no framing, no sniffing.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -135,6 +139,10 @@ def _drain_on_signals(service: ChatService, drain_s: float) -> None:
     """
     if threading.current_thread() is not threading.main_thread():
         return
+    # A server that hangs can say where: `kill -USR1 <pid>` writes every thread's stack to
+    # its log. So does a stop still not done a minute after its drain's deadline, which
+    # then exits: a thread that never ends (a model's batching thread) must not hold it up.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     loop = asyncio.get_running_loop()
     received: set[int] = set()
     draining: set[asyncio.Task[None]] = set()
@@ -148,6 +156,7 @@ def _drain_on_signals(service: ChatService, drain_s: float) -> None:
             if draining:
                 return
             log.info("signal %d: draining for up to %g s", signum, drain_s)
+            faulthandler.dump_traceback_later(drain_s + STOP_DEADLINE_AFTER_DRAIN_S, exit=True)
 
             async def drain_then_stop() -> None:
                 try:

@@ -87,10 +87,24 @@ def start_server(
     pytest.fail(f"server did not become ready within {ready_within_s:g} s: {log_path.read_text()}")
 
 
-def stop_server(process: subprocess.Popen[bytes]) -> None:
+def stop_server(process: subprocess.Popen[bytes], within_s: float = 30) -> None:
+    """SIGTERM, and the server must be gone within `within_s`. One that is not is asked for
+    its threads' stacks (SIGUSR1), killed with its embedded Redis, and the test fails with
+    the end of its log: a failed test leaves no process behind."""
     process.send_signal(signal.SIGTERM)
+    try:
+        status = process.wait(timeout=within_s)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(2)  # faulthandler writes the stacks from a signal handler, at once
+        process.kill()
+        process.wait()
+        log_path: Path = process.log_path  # type: ignore[attr-defined]
+        for pid in redis_children(log_path.parent):
+            os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"server still running {within_s:g} s after SIGTERM; its log ends:\n{log_path.read_text()[-12000:]}")
     # uvicorn shuts down cleanly, then re-raises SIGTERM so the exit status tells why it stopped.
-    assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert status in (0, -signal.SIGTERM), process.log_path.read_text()[-4000:]  # type: ignore[attr-defined]
 
 
 @contextmanager

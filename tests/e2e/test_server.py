@@ -20,7 +20,7 @@ import pytest
 from bot.generation.generator import TransformersGenerator
 from tests.e2e.chat_client import QUESTION, Client, answered_while_stopping, closed_with, run
 from tests.e2e.conftest import SERVER_LOGS
-from tests.e2e.servers import cli, data_dir_with_sample_index, free_port, redis_children, start_server, stop_server
+from tests.e2e.servers import Site, cli, data_dir_with_sample_index, free_port, redis_children, start_server, stop_server
 
 
 def test_health_and_search(server: str) -> None:
@@ -336,3 +336,17 @@ def test_a_supervisor_killed_while_its_workers_start_takes_them_along_at_once(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_sigusr1_writes_every_threads_stack_to_the_log_and_the_server_keeps_serving(extractive_site: Site) -> None:
+    """How an operator (or `stop_server`, for a server that will not stop) asks a hung server where it is."""
+    log_path = extractive_site.data / "server.log"
+    pid = next(json.loads(line)["pid"] for line in log_path.read_text().splitlines() if line.startswith('{"time"'))
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while "(most recent call first)" not in (log := log_path.read_text()):
+        assert time.monotonic() < deadline, log[-2000:]
+        time.sleep(0.1)
+    stacks = log[log.index("(most recent call first)") - 60 :]
+    assert "Current thread" in stacks and "uvicorn" in stacks  # the event loop's thread, where it is waiting
+    assert httpx.get(f"{extractive_site.base}/readyz").json()["status"] == "ready"
