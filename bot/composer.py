@@ -44,6 +44,12 @@ _AMOUNT = re.compile(
     r"(?:seconds?|secs?|minutes?|mins?|hours?|hrs?|days?|weeks?|months?|years?|times|ml|l|litres?|liters?|cups?"
     r"|dollars?|euros?|pounds?|bucks)\b)"
 )
+# "How long", "how much", "how many": the kind of answer asked for (a duration, an amount), not
+# a topic to match. "how long is the warranty" shared "long" with "for as long as their
+# membership is active" ("as much as", "as soon as", "so far" too). Not "how old": its answer
+# says "8 years old".
+_ANSWER_KIND = re.compile(r"(?i)\bhow\s+(?:long|much|many|often|soon|far)\b")
+_DIGIT = re.compile(r"\d")
 _CONTINUATION = re.compile(r"(?i)^(it|this|that|they|these|those|then|the link|the code|if so)\b")
 
 
@@ -252,7 +258,7 @@ class AnswerComposer:
         document_confidence: dict[str, float] = {}
         for passage, _ in candidates:
             document_confidence[passage.document_id] = max(document_confidence.get(passage.document_id, 0.0), passage.confidence)
-        asked = self.words(question) - self.words(" ".join(_amounts(question)))
+        asked = self.words(_ANSWER_KIND.sub(" ", question)) - self.words(" ".join(_amounts(question)))
         # An FAQ entry's sentences answer its question: they count at least as well as that
         # question matches the visitor's, less a margin. "what's the maximum capacity of the
         # kettle?" is "What is the capacity of the kettle?", whose answer ("The K1 holds 1.2
@@ -284,7 +290,9 @@ class AnswerComposer:
         assert best is not None
         score, pi, ui = best
         passage, units = candidates[pi]
-        text = _render([units[i] for i in self._select(units, scores[pi], ui, whole=_is_faq(passage))], self.max_chars)
+        text = _render(
+            [units[i] for i in self._select(units, scores[pi], ui, whole=_is_faq(passage), asked=asked)], self.max_chars
+        )
         passage_words = self.words(f"{passage.title} {passage.chunk.heading} {passage.text}")
         coverage = len(asked & passage_words) / len(asked) if asked else 0.0
         # The best unit of another article: quoted too when it scores nearly as well.
@@ -300,7 +308,8 @@ class AnswerComposer:
             s2, pj, uj = runner_up
             other, other_units = candidates[pj]
             other_text = _render(
-                [other_units[i] for i in self._select(other_units, scores[pj], uj, whole=_is_faq(other))], self.max_chars
+                [other_units[i] for i in self._select(other_units, scores[pj], uj, whole=_is_faq(other), asked=asked)],
+                self.max_chars,
             )
             also = (Quote(other_text, other, round(s2, 4)),)
         return Composition(
@@ -312,10 +321,22 @@ class AnswerComposer:
             runner_up=round(runner_up[0], 4) if runner_up else 0.0,
         )
 
-    def _select(self, units: list[Unit], scores: list[float], best: int, whole: bool = False) -> list[int]:
+    def _select(
+        self,
+        units: list[Unit],
+        scores: list[float],
+        best: int,
+        whole: bool = False,
+        asked: frozenset[str] | set[str] = frozenset(),
+    ) -> list[int]:
         """The best unit, its whole list if it is a list item, and close runners-up nearby; every
         unit when `whole` (an FAQ entry: its short answer is written as one, and its best-matching
-        sentence is often the one after the step the visitor needs)."""
+        sentence is often the one after the step the visitor needs).
+
+        The sentence before the best one comes too when the best one continues it ("It ...",
+        "This ..."), or when both state a figure and the one before speaks of what was `asked`:
+        "Brewlo Club members get an extended 3-year warranty" alone reads as the rule; the
+        rule is the 2 years before it."""
         if whole:
             return list(range(len(units)))
         if units[best].is_item:
@@ -331,8 +352,12 @@ class AnswerComposer:
             and (self.follow_next or _CONTINUATION.match(units[best + 1].text))
         ):
             chosen.add(best + 1)
-        if best > 0 and _CONTINUATION.match(units[best].text) and units[best - 1].block == units[best].block:
-            chosen.add(best - 1)
+        if best > 0 and units[best - 1].block == units[best].block:
+            before = units[best - 1].text
+            if _CONTINUATION.match(units[best].text) or (
+                _DIGIT.search(before) and _DIGIT.search(units[best].text) and asked & self.words(before)
+            ):
+                chosen.add(best - 1)
         ranked = sorted(range(len(units)), key=lambda i: -scores[i])
         for i in ranked:
             if len(chosen) >= self.max_units:

@@ -350,3 +350,16 @@ def test_an_faq_entry_counts_as_well_as_its_question_matches(extractive: Assista
     its answer's sentence alone scored below "Up to 8 kettles per account"."""
     _, result = turn(extractive, "what's the maximum capacity of the kettle?")
     assert result.path is AnswerPath.COMPOSED and "1.7 litres" in result.answer and "8 kettles" not in result.answer
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["how long is the warranty", "how long is the warranty without club", "what is the warranty period if im not a member"],
+)
+def test_a_variant_with_its_own_figure_is_quoted_with_the_rule_before_it(extractive: Assistant, question: str) -> None:
+    """ "Brewlo Club members get an extended 3-year warranty" read alone says 3 years: the
+    2 years every kettle gets, in the sentence before, is quoted with it. And "how long" asks
+    for a duration; it is not the "long" of "for as long as their membership is active"."""
+    _, result = turn(extractive, question)
+    assert result.path is AnswerPath.COMPOSED, result.answer
+    assert "2-year limited warranty" in result.answer and "3-year" in result.answer, result.answer
