@@ -299,8 +299,11 @@ def create_app(settings: Settings) -> FastAPI:
             await events.stop()
             for task in tasks:  # the Redis watch included: it must not restart what is stopped below
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # Bounded: a task stuck in its own clean-up (a model swap closing a model) must not
+            # keep the generator and Redis below from being stopped.
+            _, stuck = await asyncio.wait(tasks, timeout=15)
+            if stuck:
+                log.error("stopping without waiting for %s", ", ".join(sorted(t.get_name() for t in stuck)))
             await swap.close()  # the generator serving now: the first, or the one swapped in
             await redis.aclose()
             if embedded is not None:
