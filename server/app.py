@@ -301,7 +301,10 @@ def create_app(settings: Settings) -> FastAPI:
                 task.cancel()
             # Bounded: a task stuck in its own clean-up (a model swap closing a model) must not
             # keep the generator and Redis below from being stopped.
-            _, stuck = await asyncio.wait(tasks, timeout=15)
+            ended, stuck = await asyncio.wait(tasks, timeout=15)
+            for task in ended:  # retrieved, as awaiting each one did: a task that had failed says so
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("%s had failed: %r", task.get_name(), task.exception())
             if stuck:
                 log.error("stopping without waiting for %s", ", ".join(sorted(t.get_name() for t in stuck)))
             await swap.close()  # the generator serving now: the first, or the one swapped in
