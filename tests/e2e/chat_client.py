@@ -35,9 +35,12 @@ class Client:
 
     async def until(self, kind: str, timeout: float = 90) -> list[dict[str, Any]]:
         """Frames up to and including the first of type `kind`."""
-        frames = [await self.recv(timeout)]
-        while frames[-1]["type"] != kind:
-            frames.append(await self.recv(timeout))
+        frames: list[dict[str, Any]] = []
+        while not frames or frames[-1]["type"] != kind:
+            try:
+                frames.append(await self.recv(timeout))
+            except TimeoutError:
+                raise AssertionError(f"no frame within {timeout:g} s while waiting for {kind!r}; got {frames}") from None
         return frames
 
     async def close(self) -> None:

@@ -239,15 +239,21 @@ def test_metrics_are_exported(server: str) -> None:
 
 
 def test_redis_going_away_is_survived_and_nothing_is_lost(
-    tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator
 ) -> None:
     data = data_dir_with_sample_index(tmp_path_factory, sample_index, "redis-outage")
     redis_server = EmbeddedRedis(data / "external-redis")
     url = redis_server.start()
     process, base = start_server(data, ready_within_s=180, env={"SUPPORTBOT_REDIS_URL": url})
+    SERVER_LOGS[request.node.nodeid] = data / "server.log"  # in the report if the scenario fails
 
     async def scenario() -> None:
+        async with contextlib.AsyncExitStack() as clients:  # closed however the scenario ends
+            await steps(clients)
+
+    async def steps(clients: contextlib.AsyncExitStack) -> None:
         client = await Client.open(base)
+        clients.push_async_callback(client.close)
         ready = await client.start()
         await client.send({"type": "message", "client_message_id": "before", "text": QUESTION})
         before = await client.until("done")
@@ -267,8 +273,8 @@ def test_redis_going_away_is_survived_and_nothing_is_lost(
         assert after[0]["seq"] == before[-1]["seq"] + 1  # the same socket, nothing renumbered
         await client.close()
         again = await Client.open(base)
+        clients.push_async_callback(again.close)
         restored = await again.start(conversation_id=ready["conversation_id"])
-        await again.close()
         assert [m["client_message_id"] for m in restored["history"] if m["role"] == "user"] == ["before", "after"]
 
     try:
