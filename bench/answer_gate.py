@@ -69,11 +69,11 @@ def measure(split: str, questions: Path) -> tuple[list[Row], Settings]:
     for turn in load_turns(questions):
         if split != "all" and turn.split != split:
             continue
-        lookup = bot._search_and_compose(turn.question, turn.question)
+        lookup = bot._search_and_compose(turn.question, turn.search_query)
         composition, unknown, names = lookup.composition, lookup.unknown, lookup.names
         # The vetoes, with no penalty and no cut-off: None exactly when nothing may be quoted.
         vetoed = bot._gate_score(lookup) is None
-        result = TurnResult(turn.question, turn.question)
+        result = TurnResult(turn.question, turn.search_query)
         if composition is not None:
             bot._compose(result, composition, "")
         rows.append(

@@ -53,11 +53,11 @@ def main() -> None:
     for turn in load_turns(args.questions):
         if args.split != "all" and turn.split != args.split:
             continue
-        wide = retriever.search(turn.question, max(10, k))
-        lookup = bot._search_and_compose(turn.question, turn.question)
+        wide = retriever.search(turn.search_query, max(10, k))
+        lookup = bot._search_and_compose(turn.question, turn.search_query)
         search, composition = lookup.search, lookup.composition
         answered = bot._answerable(lookup, bot._gate_score(lookup))
-        result = TurnResult(turn.question, turn.question)
+        result = TurnResult(turn.question, turn.search_query)
         if composition is not None:
             bot._compose(result, composition, "")
         if not turn.in_scope:

@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=REPO / "data" / "models")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "first_text.json")
     args = parser.parse_args()
-    questions = [t.question for t in load_turns(EVAL_TURNS) if t.split == "heldout" and t.in_scope]
+    questions = [t.question for t in load_turns(EVAL_TURNS) if t.split == "heldout" and t.in_scope and not t.before]
     needed = args.visitors * args.rounds
     if len(questions) < needed:
         raise SystemExit(f"only {len(questions)} held-out in-scope questions for {needed} asks")

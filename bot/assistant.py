@@ -95,7 +95,10 @@ _BARE_CONTRACTIONS = frozenset(
         "lets",
     ]
 )
-_FOLLOW_UP = re.compile(r"(?i)^(and|also|what about|how about|but|then|so)\b|\b(it|that|this|those|these|they|them|its|one)\b")
+_FOLLOW_UP = re.compile(
+    r"(?i)^(and|also|or|what about|how about|what if|but|then|so)\b|\b(it|that|this|those|these|they|them|its|one)\b"
+)
+FOLLOW_UP_CHAIN = 3  # at most this many user messages searched as one: a follow-up of a follow-up and its question
 
 
 class AnswerMode(StrEnum):
@@ -206,16 +209,31 @@ def frustration(message: str, history: Sequence[HistoryTurn]) -> str:
     return "frustrated" if _FRUSTRATED.search(message) else ""
 
 
+def is_follow_up(message: str) -> bool:
+    """Whether a message leans on the one before it: "and to canada?", "is that free?"."""
+    return bool(_FOLLOW_UP.search(message)) or len(message.split()) <= 4
+
+
 def standalone_query(message: str, history: Sequence[HistoryTurn]) -> str:
-    """A follow-up ("and how much does that cost?") joined to the previous user question.
+    """A follow-up ("and how much does that cost?") joined to the user questions it follows.
+
+    A follow-up of a follow-up reaches back to the question that named the topic: after "can i
+    return my kettle?" and "what if i live in germany?", "is that free?" is searched with both
+    (joined only to the message before it, it found the Club's free trial). At most
+    `FOLLOW_UP_CHAIN` messages, so a long exchange does not drown the newest one.
 
     Deterministic on purpose: the bundled 270M base model cannot rewrite questions reliably,
     and the retriever only needs the missing topic words.
     """
-    previous = next((t.text for t in reversed(history) if t.role == "user"), None)
-    if previous and (_FOLLOW_UP.search(message) or len(message.split()) <= 4):
-        return f"{previous} {message}"
-    return message
+    earlier = [t.text for t in history if t.role == "user"]
+    if not earlier or not is_follow_up(message):
+        return message
+    parts = [message]
+    for previous in reversed(earlier):
+        parts.insert(0, previous)
+        if not is_follow_up(previous) or len(parts) >= FOLLOW_UP_CHAIN:
+            break
+    return " ".join(parts)
 
 
 class Assistant:

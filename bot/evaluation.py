@@ -27,8 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.assistant import QUOTE_FRAMING, AnswerPath, Assistant, TurnDone, TurnResult
+from bot.assistant import QUOTE_FRAMING, AnswerPath, Assistant, TurnDone, TurnResult, standalone_query
 from bot.grounding import split_sentences
+from bot.prompt import HistoryTurn
 from retrieval.lexical import STOPWORDS
 
 _WORD = re.compile(r"[a-z0-9][a-z0-9'-]*")
@@ -49,10 +50,16 @@ class LabelledTurn:
     key_facts: tuple[tuple[str, ...], ...] = ()
     false_claims: tuple[str, ...] = ()
     id: str = ""
+    before: tuple[str, ...] = ()  # the visitor's earlier messages in the conversation: a follow-up
 
     @property
     def in_scope(self) -> bool:
         return self.document_id is not None
+
+    @property
+    def search_query(self) -> str:
+        """What the assistant searches for: the question, joined to the earlier messages it follows."""
+        return standalone_query(self.question, [HistoryTurn("user", m) for m in self.before])
 
 
 def load_turns(path: Path) -> list[LabelledTurn]:
@@ -79,6 +86,7 @@ def load_turns(path: Path) -> list[LabelledTurn]:
                     key_facts=tuple(tuple(str(a) for a in group) for group in row.get("key_facts", [])),
                     false_claims=tuple(str(p) for p in row.get("false_claims", [])),
                     id=str(row.get("id", line_no)),
+                    before=tuple(str(m) for m in row.get("before", [])),
                 )
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, re.error) as exc:
@@ -174,6 +182,7 @@ class BotEvalReport:
         answered = [s for s in self.scores if not s.not_sure and s.result.path is not AnswerPath.ERROR]
         speaking = answered + [s for s in self.scores if s.suggested]
         ttft = sorted(s.result.time_to_first_token_s for s in self.scores if s.result.time_to_first_token_s is not None)
+        follow = [s for s in self.scores if s.turn.before]
         return {
             "mode": self.mode,
             "questions": len(self.scores),
@@ -195,6 +204,11 @@ class BotEvalReport:
             "ttft_p50_s": _quantile(ttft, 0.5),
             "ttft_p95_s": _quantile(ttft, 0.95),
             "paths": dict(Counter(s.result.path.value for s in self.scores)),
+            # Turns asked after earlier messages of the same conversation ("and to canada?").
+            "follow_ups": len(follow),
+            "follow_up_key_facts_present": _share(
+                sum(s.key_facts for s in follow if s.turn.in_scope), sum(s.turn.in_scope for s in follow)
+            ),
         }
 
     def rows(self) -> list[dict[str, Any]]:
@@ -203,6 +217,7 @@ class BotEvalReport:
                 "id": s.turn.id,
                 "kind": s.turn.kind,
                 "question": s.turn.question,
+                "before": list(s.turn.before),
                 "path": s.result.path.value,
                 "key_facts": s.key_facts,
                 "false_statement": s.false_statement,
@@ -224,15 +239,20 @@ async def evaluate_turns(
     report = BotEvalReport(assistant.mode.value)
     gate = asyncio.Semaphore(concurrency)
 
+    async def answer(message: str, history: Sequence[HistoryTurn]) -> TurnResult:
+        started = time.perf_counter()
+        async for event in assistant.respond(message, history):
+            if isinstance(event, TurnDone):
+                return event.result
+        raise AssertionError(f"no TurnDone for {message!r} after {time.perf_counter() - started:.1f} s")
+
     async def one(item: LabelledTurn) -> TurnScore:
         async with gate:
-            result = None
-            started = time.perf_counter()
-            async for event in assistant.respond(item.question):
-                if isinstance(event, TurnDone):
-                    result = event.result
-            assert result is not None, f"no TurnDone for {item.question!r} after {time.perf_counter() - started:.1f} s"
-            return score_turn(item, result, evidence_for)
+            history: list[HistoryTurn] = []
+            for earlier in item.before:  # played out as the visitor would: the bot's own answers in between
+                reply = await answer(earlier, history)
+                history += [HistoryTurn("user", earlier), HistoryTurn("assistant", reply.answer)]
+            return score_turn(item, await answer(item.question, history), evidence_for)
 
     report.scores = list(await asyncio.gather(*(one(i) for i in items)))
     return report

@@ -420,6 +420,7 @@ def bot_eval(
         ("  of which with a suggestion", "out_of_scope_suggested", "{:.3f}"),
         ("in scope: not sure", "in_scope_not_sure", "{:.3f}"),
         ("  of which with a suggestion", "in_scope_suggested", "{:.3f}"),
+        ("follow-ups: key facts present", "follow_up_key_facts_present", "{:.3f}"),
         ("time to first text p50 (s)", "ttft_p50_s", "{}"),
         ("time to first text p95 (s)", "ttft_p95_s", "{}"),
     ]

@@ -17,12 +17,15 @@ from bot.assistant import (
     TurnDone,
     TurnResult,
     frustration,
+    standalone_query,
 )
 from bot.composer import AnswerComposer, _amounts, passage_units
+from bot.evaluation import LabelledTurn, evaluate_turns, load_turns
 from bot.prompt import HistoryTurn
 from retrieval.embedder import SentenceEmbedder
 from retrieval.retriever import Retriever
 from retrieval.types import ChunkRecord, Passage, Visibility
+from server.cli import EVAL_TURNS
 from server.components import build_assistant
 from server.settings import Settings
 
@@ -363,3 +366,33 @@ def test_a_variant_with_its_own_figure_is_quoted_with_the_rule_before_it(extract
     _, result = turn(extractive, question)
     assert result.path is AnswerPath.COMPOSED, result.answer
     assert "2-year limited warranty" in result.answer and "3-year" in result.answer, result.answer
+
+
+def _conversation(*user_messages: str) -> list[HistoryTurn]:
+    return [t for m in user_messages for t in (HistoryTurn("user", m), HistoryTurn("assistant", "(an answer)"))]
+
+
+def test_a_follow_up_of_a_follow_up_is_searched_with_the_question_that_named_its_topic(extractive: Assistant) -> None:
+    """ "is that free?" after "can i return my kettle?" and "what if i live in germany?" was searched
+    with the second message alone, which names no topic, and got the Club's "30-day free trial"
+    (tune row f001). The chain reaches back to the message that named the topic, and no further."""
+    history = _conversation("can i return my kettle?", "what if i live in germany?")
+    assert standalone_query("is that free?", history) == "can i return my kettle? what if i live in germany? is that free?"
+    assert standalone_query("How do I reset my password?", history) == "How do I reset my password?"
+    chatty = _conversation("hi", "ok", "thanks", "so?")
+    assert standalone_query("and then?", chatty) == "thanks so? and then?"  # at most three messages
+    _, result = turn(extractive, "is that free?", history)
+    assert result.path is AnswerPath.COMPOSED and result.sources[0].document_id == "shipping/returns"
+    assert "UK and EU are free" in result.answer and "free trial" not in result.answer
+
+
+def test_the_evaluation_plays_a_follow_ups_conversation_out_before_scoring_it(extractive: Assistant) -> None:
+    follow_up = next(t for t in load_turns(EVAL_TURNS) if t.id == "f001")
+    assert follow_up.before == ("can i return my kettle?", "what if i live in germany?")
+    alone = LabelledTurn(follow_up.question, follow_up.document_id, key_facts=follow_up.key_facts, id="alone")
+    report = asyncio.run(evaluate_turns(extractive, [follow_up, alone], {}, concurrency=1))
+    played, unplayed = report.scores
+    assert played.key_facts and not unplayed.key_facts  # without the conversation, "is that free?" is not about returns
+    summary = report.summary()
+    assert summary["follow_ups"] == 1 and summary["follow_up_key_facts_present"] == 1.0
+    assert report.rows()[0]["before"] == list(follow_up.before)
