@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from bot.composer import AnswerComposer, Composition
+from bot.composer import VECTORS_FILE, AnswerComposer, Composition
 from bot.generation.generator import GenerationError, GenerationRequest, GenerationStats, Generator
 from bot.grounding import GroundednessChecker, complete_sentences, split_sentences
 from bot.prompt import PROMPT_VERSION, HistoryTurn, PromptBuilder
@@ -303,9 +303,10 @@ class Assistant:
         self.generating = 0  # answers being generated now (this process)
 
     def warm_up(self) -> None:
-        """Embed the sentences of every public passage (seconds, once per process)."""
+        """Embed the sentences of every public passage, or read them from the last start's file beside the index."""
         snapshot = self._retriever.snapshot
-        self._composer.warm_up([c.text for c in snapshot.chunks if c.visibility is Visibility.PUBLIC])
+        public = [c.text for c in snapshot.chunks if c.visibility is Visibility.PUBLIC]
+        self._composer.warm_up(public, store=snapshot.version_dir / VECTORS_FILE)
         self._public_vocabulary()
 
     @property

@@ -13,6 +13,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled models must load without a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from bot.assistant import Assistant
+from bot.composer import AnswerComposer
 from bot.generation.generator import TransformersGenerator
 from knowledge_base.builder import KnowledgeBaseBuilder
 from retrieval.embedder import SentenceEmbedder
@@ -34,10 +36,14 @@ def embedder() -> SentenceEmbedder:
 
 @pytest.fixture(scope="session")
 def sample_index(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceEmbedder) -> Path:
-    """The sample help center, indexed once; tests must not write to it (copy it first)."""
+    """The sample help center, indexed once; tests must not write to it (copy it first).
+
+    Its sentences' vectors are kept beside it as a server's first start keeps them, so each
+    server started on a copy reads them instead of embedding them again (seconds a start)."""
     root = tmp_path_factory.mktemp("sample-index")
     report = KnowledgeBaseBuilder(root, embedder).ingest([SAMPLES])
     assert not report.errors, report.errors
+    Assistant(Retriever(root, embedder), AnswerComposer(embedder)).warm_up()
     return root
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bot.assistant import (
@@ -19,7 +22,7 @@ from bot.assistant import (
     frustration,
     standalone_query,
 )
-from bot.composer import AnswerComposer, _amounts, passage_units
+from bot.composer import VECTORS_FILE, AnswerComposer, _amounts, passage_units
 from bot.evaluation import LabelledTurn, evaluate_turns, load_turns
 from bot.prompt import HistoryTurn
 from retrieval.embedder import SentenceEmbedder
@@ -396,3 +399,64 @@ def test_the_evaluation_plays_a_follow_ups_conversation_out_before_scoring_it(ex
     summary = report.summary()
     assert summary["follow_ups"] == 1 and summary["follow_up_key_facts_present"] == 1.0
     assert report.rows()[0]["before"] == list(follow_up.before)
+
+
+class CountingEmbedder:
+    """The real embedder, counting the texts it is asked to embed."""
+
+    def __init__(self, inner: SentenceEmbedder) -> None:
+        self.inner, self.embedded = inner, 0
+        self.model_id, self.dimension, self.max_tokens = inner.model_id, inner.dimension, inner.max_tokens
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.embedded += len(texts)
+        return self.inner.embed(texts)
+
+
+def test_the_sentence_vectors_are_kept_between_starts_and_a_bad_file_only_costs_time(
+    sample_retriever: Retriever, embedder: SentenceEmbedder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    public = [c.text for c in sample_retriever.snapshot.chunks if c.visibility is Visibility.PUBLIC]
+    store = tmp_path / VECTORS_FILE
+    first = CountingEmbedder(embedder)
+    embedded = AnswerComposer(first).warm_up(public, store=store)
+    assert embedded == first.embedded > 500 and store.exists()
+    assert not list(tmp_path.glob(".*.tmp"))  # written whole, then renamed
+
+    # The next start (or another worker) embeds nothing, and composes the same answer.
+    question = "How long is the password reset link valid?"
+    again = CountingEmbedder(embedder)
+    restarted = AnswerComposer(again)
+    assert restarted.warm_up(public, store=store) == 0
+    before = again.embedded
+    passages = sample_retriever.search(question, 4).passages
+    fresh = AnswerComposer(embedder).compose(question, passages)
+    kept = restarted.compose(question, passages)
+    assert again.embedded == before + 1  # only the question
+    assert fresh is not None and kept is not None and kept.text == fresh.text
+
+    # A new article: only its sentences are embedded, and the file is kept up to date.
+    added = "Kettles bought at a partner shop are registered in the app under Profile > Devices."
+    newer = CountingEmbedder(embedder)
+    assert AnswerComposer(newer).warm_up([*public, added], store=store) == newer.embedded == 1
+    assert AnswerComposer(CountingEmbedder(embedder)).warm_up([*public, added], store=store) == 0
+
+    # A broken file, or one another embedder wrote: a warning, everything embedded, the file rewritten.
+    store.write_bytes(b"not a numpy file")
+    with caplog.at_level(logging.WARNING, logger="supportbot.composer"):
+        assert AnswerComposer(CountingEmbedder(embedder)).warm_up(public, store=store) == embedded
+    assert "unreadable" in caplog.text
+    assert AnswerComposer(CountingEmbedder(embedder)).warm_up(public, store=store) == 0
+    with np.load(store) as data:
+        np.savez(store, model=np.array("someone/else"), keys=data["keys"], vectors=data["vectors"])
+    assert AnswerComposer(CountingEmbedder(embedder)).warm_up(public, store=store) == embedded
+
+    # Nowhere to write it (here a file where its folder should be): every start embeds, as before, and says why.
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    with caplog.at_level(logging.WARNING, logger="supportbot.composer"):
+        assert AnswerComposer(CountingEmbedder(embedder)).warm_up(public[:3], store=blocked / VECTORS_FILE) > 0
+    assert "could not keep sentence vectors" in caplog.text
