@@ -416,14 +416,13 @@ async def no_open_connections(base: str, within_s: float = 10) -> None:
     pytest.fail(f"the server still counts open chat connections after {within_s:g} s")
 
 
-def test_connection_cap_idle_timeout_and_invalid_utf8(
-    tmp_path_factory: pytest.TempPathFactory, sample_index: Path, generator: TransformersGenerator
-) -> None:
+def test_connection_cap_idle_timeout_and_invalid_utf8(tmp_path_factory: pytest.TempPathFactory, sample_index: Path) -> None:
     data = data_dir_with_sample_index(tmp_path_factory, sample_index, "tight-limits")
     env = {
         "SUPPORTBOT_WS_MAX_CONNECTIONS": "2",
         "SUPPORTBOT_WS_IDLE_TIMEOUT_S": "2",
         "SUPPORTBOT_CONVERSATIONS_PER_CLIENT_PER_HOUR": "2",
+        "SUPPORTBOT_ANSWER_MODE": "extractive",  # nothing is asked: no model to load
     }
     process, base = start_server(data, ready_within_s=180, env=env)
 

@@ -44,11 +44,12 @@ def test_bad_search_requests(server: str, params: dict[str, object], status: int
     assert httpx.get(f"{server}/v1/search", params=params).status_code == status
 
 
-def test_first_start_builds_the_sample_index_and_its_redis_comes_back(tmp_path: Path, generator: TransformersGenerator) -> None:
+def test_first_start_builds_the_sample_index_and_its_redis_comes_back(tmp_path: Path) -> None:
     """`make serve` on a fresh machine: no index yet, so the server builds the sample one and
     runs its own Redis; if that Redis dies (killed, out of memory), the server restarts it
-    and chats go on where they were, from its append-only file."""
-    process, base = start_server(tmp_path, ready_within_s=180)
+    and chats go on where they were, from its append-only file. It answers as `make serve`'s
+    does, in the default mode (auto: the composer until a model earns trust), so no model loads."""
+    process, base = start_server(tmp_path, ready_within_s=180, env={"SUPPORTBOT_ANSWER_MODE": "auto"})
     try:
         assert (tmp_path / "index" / "CURRENT").read_text().strip() == "000001"
         [first] = redis_children(tmp_path)  # no SUPPORTBOT_REDIS_URL: the server runs its own Redis
