@@ -4,6 +4,9 @@ In `auto` the generator writes answers only when its model has a recorded evalua
 knowledge base (`supportbot bot eval --compare --record`) in which it beat the composer: more
 key facts present, no more false statements, no trap failure, and out-of-scope questions
 answered "not sure" at least as often. Without such a record the server never loads it.
+The record holds for the index version it was measured on: once the knowledge base is
+ingested again, its articles may say something else, so the composer answers until the
+model is evaluated on the new version.
 """
 
 from __future__ import annotations
@@ -63,8 +66,9 @@ def write_record(data_dir: Path, model: str, index_version: str, generative: dic
     return path
 
 
-def decide(setting: str, data_dir: Path, model: str) -> TrustDecision:
-    """The mode a server runs for answer-mode `setting` (auto, extractive or generative)."""
+def decide(setting: str, data_dir: Path, model: str, index_version: str | None = None) -> TrustDecision:
+    """The mode a server runs for answer-mode `setting` (auto, extractive or generative), serving
+    `index_version` of the knowledge base (None: not known, any record's version is taken)."""
     if setting != "auto":
         return TrustDecision(AnswerMode(setting), f"SUPPORTBOT_ANSWER_MODE={setting}")
     path = record_path(data_dir, model)
@@ -75,6 +79,13 @@ def decide(setting: str, data_dir: Path, model: str) -> TrustDecision:
     except (OSError, ValueError) as exc:
         return TrustDecision(AnswerMode.EXTRACTIVE, f"unreadable evaluation record {path}: {exc}")
     if record.get("earned") is True and record.get("model") == model:
+        measured_on = record.get("index_version")
+        if index_version is not None and measured_on != index_version:
+            return TrustDecision(
+                AnswerMode.EXTRACTIVE,
+                f"{model} beat the composer on index version {measured_on}, but the knowledge base is at version "
+                f"{index_version} now: evaluate it again (supportbot bot eval --mode generative --compare extractive --record)",
+            )
         return TrustDecision(AnswerMode.GENERATIVE, f"{model} beat the composer on {record.get('created')}")
     return TrustDecision(
         AnswerMode.EXTRACTIVE, f"{model} has not beaten the composer: {record.get('reason', 'no reason recorded')}"

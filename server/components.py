@@ -10,6 +10,7 @@ from bot.generation.model_store import read_promoted, resolve_generator
 from bot.generation.remote import OpenAICompatibleGenerator
 from bot.grounding import GroundednessChecker
 from retrieval.embedder import SentenceEmbedder
+from retrieval.index_files import IndexFormatError, current_version_dir, read_manifest
 from retrieval.retriever import Retriever
 from server.settings import Settings
 
@@ -90,8 +91,19 @@ def build_assistant(
 
 
 def answer_mode(settings: Settings) -> TrustDecision:
-    """The mode this server answers in, and why (`auto` asks the evaluation record)."""
-    return decide(settings.answer_mode, settings.data_dir, served_generator_model(settings)[1])
+    """The mode this server answers in, and why (`auto` asks the evaluation record, which holds
+    only for the knowledge base's live index version)."""
+    return decide(settings.answer_mode, settings.data_dir, served_generator_model(settings)[1], live_index_version(settings))
+
+
+def live_index_version(settings: Settings) -> str | None:
+    """The version the index root's CURRENT names; None when there is none or it cannot be read
+    (the retriever reports that itself, with the path)."""
+    try:
+        version_dir = current_version_dir(settings.index_root)
+        return read_manifest(version_dir).version if version_dir is not None else None
+    except IndexFormatError:
+        return None
 
 
 def generation_admission(settings: Settings, generator: Generator) -> int:

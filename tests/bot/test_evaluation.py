@@ -105,3 +105,12 @@ def test_auto_generates_only_after_a_recorded_win_over_the_composer(tmp_path: Pa
     write_record(tmp_path, "gemma", "000001", {**SUMMARY, "key_facts_present": 0.7}, SUMMARY)
     assert decide("auto", tmp_path, "gemma").mode is AnswerMode.GENERATIVE
     assert decide("auto", tmp_path, "another-model").mode is AnswerMode.EXTRACTIVE
+
+
+def test_a_win_counts_only_for_the_knowledge_base_version_it_was_measured_on(tmp_path: Path) -> None:
+    write_record(tmp_path, "gemma", "000001", {**SUMMARY, "key_facts_present": 0.7}, SUMMARY)
+    assert decide("auto", tmp_path, "gemma", "000001").mode is AnswerMode.GENERATIVE
+    stale = decide("auto", tmp_path, "gemma", "000002")  # the help center was ingested again since
+    assert stale.mode is AnswerMode.EXTRACTIVE
+    assert "index version 000001" in stale.reason and "version 000002 now" in stale.reason and "--record" in stale.reason
+    assert decide("generative", tmp_path, "gemma", "000002").mode is AnswerMode.GENERATIVE  # an explicit mode is obeyed
