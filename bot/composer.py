@@ -51,8 +51,10 @@ _SENTENCE_END = re.compile(r"[.!?:;)\"'\u201d]$")  # a line that ends here is no
 # Lead-ins that only make sense after the sentence before them ("It expires ...").
 # An answer's own "Yes" or "No" answers the article's question, not the visitor's: quoted to
 # "will it run on iPadOS 15?", 'Can I use the app on a tablet?: "Yes, on iPads with iPadOS 16
-# or newer"' reads as yes. The fact after it is quoted; the word is not.
-_ANSWER_WORD = re.compile(r"(?i)^(?:yes|no)\b\s*(?:[.!]\s*$|[,:;]\s*(?:but\s+)?|[-\u2013\u2014]\s+(?:but\s+)?)")
+# or newer"' reads as yes. The fact after it is quoted; the word is not. "Not yet" and a bare
+# "Never." answer it as much: "does the kettle work with google home?" got the Apple Home
+# entry's "Not yet.", though Google's assistant works today.
+_ANSWER_WORD = re.compile(r"(?i)^(?:yes|no|not yet|never)\b\s*(?:[.!]\s*$|[,:;]\s*(?:but\s+)?|[-\u2013\u2014]\s+(?:but\s+)?)")
 # An amount the visitor names ("30 days", "$35", "3 times", "100ml"): what they think it is, a
 # claim to check, not a word to match. "I still have 30 days to report damage, right?" must
 # find the article that says 14 days, not the 30-day return window. Codes stay ("E-101").

@@ -81,6 +81,18 @@ def test_an_answers_own_yes_or_no_is_not_quoted() -> None:
         "Nobody has to sign.",
         "Yesterday's orders ship today.",
     ]
+    # "Not yet" answers Apple Home, not "does it work with google home?"; a bare "Never." is an answer word too.
+    matter = (
+        "Q: Does the kettle work with Apple Home or Matter?\nA: Not yet. Matter support is planned. Siri Shortcuts work today."
+    )
+    assert [u.text for u in passage_units(matter)] == ["Matter support is planned.", "Siri Shortcuts work today."]
+    assert [u.text for u in passage_units("Q: Will support ask for it?\nA: Never. Staff never ask for it.")] == [
+        "Staff never ask for it."
+    ]
+    assert [u.text for u in passage_units("Q: Bleach?\nA: Never descale with bleach. Not yet available: refills.")] == [
+        "Never descale with bleach.",
+        "Not yet available: refills.",
+    ]
 
 
 def test_a_sentence_wrapped_over_two_lines_is_one_unit() -> None:
