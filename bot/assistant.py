@@ -40,8 +40,11 @@ _WANTS_HUMAN = re.compile(
 # Not sure, but the help center has something close: said before and after its quote.
 SUGGESTION_LEAD = "I'm not sure this answers your question. The closest I found in our help center:"
 SUGGESTION_OFFER = "If that doesn't answer it, would you like me to connect you with a person from our support team?"
-# How a quote is introduced ('From our article "Title": ...'): framing, not something the article says.
-QUOTE_FRAMING = re.compile(r'(?:From our article|And from) "[^"\n]*":[ \t]*')
+# How a quote is introduced ('From our article "Title": ...', or '... "Title", under "Section": ...'):
+# framing, not something the article says.
+QUOTE_FRAMING = re.compile(r'(?:From our article|And from) "[^"\n]*"(?:, under "[^"\n]*")?:[ \t]*')
+# Headings that name no part of what an article covers: a PDF's pages.
+_PAGE_HEADING = re.compile(r"(?i)^page \d+$")
 HUMAN_ANSWER = "I'm asking a person from our support team to join this chat. They will reply here."
 OFFER_PERSON = "If that doesn't solve it, I can connect you with a person from our support team."
 # Clearly angry or fed-up text: the visitor is offered a person before they have to ask.
@@ -511,10 +514,10 @@ class Assistant:
         result.evidence = [_evidence(p) for p in composition.passages]
         result.quoted = composition.quoted
         joiner = "\n" if "\n" in composition.text else " "
-        result.answer = f'{lead}From our article "{best.title}":{joiner}{composition.text}'
+        result.answer = f"{lead}From our article {_cited(best)}:{joiner}{composition.text}"
         for quote in composition.also:  # a second article that answers nearly as well: its own title
             joiner = "\n" if "\n" in quote.text else " "
-            result.answer += f'\n\nAnd from "{quote.passage.title}":{joiner}{quote.text}'
+            result.answer += f"\n\nAnd from {_cited(quote.passage)}:{joiner}{quote.text}"
         if upset:
             result.handoff, result.handoff_reason = True, upset
             result.answer += f"\n\n{OFFER_PERSON}"
@@ -651,6 +654,17 @@ class Assistant:
 
 def _sentence_key(sentence: str) -> str:
     return " ".join(sentence.lower().split())
+
+
+def _cited(passage: Passage) -> str:
+    """A quote's article, and the section it sits under when the article has several: quoted to
+    "is express delivery available in the eu?", the US section's "Express: 1 to 2 business days"
+    read as the EU's without its heading, "United States"."""
+    heading = passage.chunk.heading
+    if not heading or _PAGE_HEADING.match(heading) or heading.casefold() == passage.title.casefold():
+        return f'"{passage.title}"'
+    heading = heading.replace('"', "'")  # 'App says "session expired"' inside the quotes that frame it
+    return f'"{passage.title}", under "{heading}"'
 
 
 def _source(passage: Passage) -> Source:

@@ -12,6 +12,7 @@ import pytest
 
 from bot.assistant import (
     NOT_SURE_ANSWER,
+    QUOTE_FRAMING,
     SUGGESTION_LEAD,
     SUGGESTION_OFFER,
     AnswerMode,
@@ -472,3 +473,17 @@ def test_the_sentence_vectors_are_kept_between_starts_and_a_bad_file_only_costs_
     with caplog.at_level(logging.WARNING, logger="supportbot.composer"):
         assert AnswerComposer(CountingEmbedder(embedder)).warm_up(public[:3], store=blocked / VECTORS_FILE) > 0
     assert "could not keep sentence vectors" in caplog.text
+
+
+def test_a_quote_from_one_section_of_an_article_names_the_section(extractive: Assistant) -> None:
+    """The US section's "Express: 1 to 2 business days, $14.95" quoted without its heading reads
+    as true for the EU too, where only standard delivery is offered."""
+    _, result = turn(extractive, "is express delivery available in the eu")
+    assert result.answer.startswith('From our article "Shipping options and delivery times", under "United States":')
+    assert "Express: 1 to 2 business days" in result.answer
+    # The framing is not a claim: the eval strips it as before, and an article with one section has none.
+    assert QUOTE_FRAMING.sub("", result.answer).startswith("\n- Standard:")
+    _, quoted = turn(extractive, 'the app says "session expired" and signs me out')
+    assert "under \"App says 'session expired'\":" in quoted.answer, quoted.answer
+    _, single = turn(extractive, "can i pay with a bank transfer")
+    assert single.answer.startswith('From our article "Can I pay with a bank transfer?": '), single.answer
