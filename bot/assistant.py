@@ -17,7 +17,7 @@ import contextlib
 import itertools
 import re
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -43,6 +43,7 @@ SUGGESTION_OFFER = "If that doesn't answer it, would you like me to connect you 
 # How a quote is introduced ('From our article "Title": ...', or '... "Title", under "Section": ...'):
 # framing, not something the article says.
 QUOTE_FRAMING = re.compile(r'(?:From our article|And from) "[^"\n]*"(?:, under "[^"\n]*")?:[ \t]*')
+_QUOTED_TITLE = re.compile(r'(?:From our article|And from) "([^"\n]*)"(?:, under "[^"\n]*")?:')
 # Headings that name no part of what an article covers: a PDF's pages.
 _PAGE_HEADING = re.compile(r"(?i)^page \d+$")
 HUMAN_ANSWER = "I'm asking a person from our support team to join this chat. They will reply here."
@@ -217,6 +218,16 @@ def is_follow_up(message: str) -> bool:
     return bool(_FOLLOW_UP.search(message)) or len(message.split()) <= 4
 
 
+def quoted_titles(history: Sequence[HistoryTurn]) -> frozenset[str]:
+    """The titles of the articles the last answer quoted ('From our article "Title"', 'And from
+    "Title"'): what a follow-up most likely asks more about. "how long does it take?" after the
+    descaling steps is the descaling's 20 minutes, not a recalibration's 5."""
+    for turn in reversed(history):
+        if turn.role == "assistant":
+            return frozenset(_QUOTED_TITLE.findall(turn.text))
+    return frozenset()
+
+
 def standalone_query(message: str, history: Sequence[HistoryTurn]) -> str:
     """A follow-up ("and how much does that cost?") joined to the user questions it follows.
 
@@ -341,7 +352,8 @@ class Assistant:
             return
         result = TurnResult(question=message, search_query=standalone_query(message, history), model_id=self.model_id)
         upset = frustration(message, history)
-        lookup = await asyncio.to_thread(self._search_and_compose, message, result.search_query)
+        topic = quoted_titles(history) if result.search_query != message else ()
+        lookup = await asyncio.to_thread(self._search_and_compose, message, result.search_query, topic)
         search, composition = lookup.search, lookup.composition
         result.retrieval_s = time.perf_counter() - started
         result.confidence = search.confidence
@@ -349,7 +361,9 @@ class Assistant:
         if not self._answerable(lookup, score):
             result.path, result.handoff, result.answer = AnswerPath.NOT_SURE, True, NOT_SURE_ANSWER
             result.handoff_reason = "not_sure"
-            close = self.suggestion_threshold is not None and score is not None and score >= self.suggestion_threshold
+            # A follow-up's article just quoted is a closer suggestion than its score alone says.
+            bonus = composition.topic_bonus if composition is not None else 0.0
+            close = self.suggestion_threshold is not None and score is not None and score + bonus >= self.suggestion_threshold
             if composition is not None and close:
                 self._compose(result, composition, "", lead=f"{SUGGESTION_LEAD}\n\n")
                 result.answer += f"\n\n{SUGGESTION_OFFER}"
@@ -368,14 +382,15 @@ class Assistant:
         async for event in self._generate(message, history, search.passages, composition, result, upset, started):
             yield event
 
-    def _search_and_compose(self, message: str, query: str) -> Lookup:
+    def _search_and_compose(self, message: str, query: str, topic: Collection[str] = ()) -> Lookup:
         """Retrieval, the sentences that answer the message itself, and what of the message the
-        help center does not speak of (one worker-thread hop)."""
+        help center does not speak of (one worker-thread hop). `topic`: for a follow-up, the
+        titles of the articles the answer before it quoted."""
         search = self._retriever.search(query, self._top_k)
         # Retrieval embedded the message already unless a follow-up was joined to the one before it.
         vector = search.query_vector if search.query == message.strip() else None
         composition = self._composer.compose(
-            message, search.passages, drop=self.prompts.looks_like_injection, question_vector=vector
+            message, search.passages, drop=self.prompts.looks_like_injection, question_vector=vector, topic=topic
         )
         # Whether something is safe is asked in a sentence; only what that sentence names must be
         # known: "is the kettle dishwasher safe? would love to throw it in with the plates".

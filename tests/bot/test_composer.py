@@ -21,6 +21,7 @@ from bot.assistant import (
     TurnDone,
     TurnResult,
     frustration,
+    quoted_titles,
     standalone_query,
 )
 from bot.composer import VECTORS_FILE, AnswerComposer, _amounts, passage_units
@@ -487,3 +488,30 @@ def test_a_quote_from_one_section_of_an_article_names_the_section(extractive: As
     assert "under \"App says 'session expired'\":" in quoted.answer, quoted.answer
     _, single = turn(extractive, "can i pay with a bank transfer")
     assert single.answer.startswith('From our article "Can I pay with a bank transfer?": '), single.answer
+
+
+def test_a_follow_up_quotes_the_article_just_quoted_but_is_not_surer_for_it(extractive: Assistant) -> None:
+    """ "how often?" after the descaling steps is about descaling: it quoted the filter FAQ's
+    "Every 3 months" before the articles just quoted counted when choosing (a false statement).
+    The bonus chooses; it never makes a follow-up about something else a sure answer."""
+    _, first = turn(extractive, "how do i descale")
+    history = [HistoryTurn("user", "how do i descale"), HistoryTurn("assistant", first.answer)]
+    _, often = turn(extractive, "how often?", history)
+    assert re.findall(r'(?:From our article|And from) "([^"]+)"', often.answer)[0] == "Descale your kettle", often.answer
+    assert "Every 3 months" not in often.answer
+    _, alexa = turn(extractive, "can i use alexa with the kettle")
+    history = [HistoryTurn("user", "can i use alexa with the kettle"), HistoryTurn("assistant", alexa.answer)]
+    _, hue = turn(extractive, "what about my philips hue lights with it?", history)
+    assert hue.path is AnswerPath.NOT_SURE, hue.answer
+
+
+def test_the_titles_a_follow_up_refers_to_are_those_the_last_answer_quoted() -> None:
+    answer = 'From our article "Return an item", under "Start a return": x\n\nAnd from "Refund policy": y'
+    history = [
+        HistoryTurn("user", "can i return it"),
+        HistoryTurn("assistant", 'From our article "Brewlo warranty": z'),
+        HistoryTurn("user", "i live in norway"),
+        HistoryTurn("assistant", answer),
+    ]
+    assert quoted_titles(history) == {"Return an item", "Refund policy"}
+    assert quoted_titles([HistoryTurn("user", "hi")]) == frozenset()
