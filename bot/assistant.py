@@ -675,7 +675,9 @@ def _cited(passage: Passage) -> str:
     """A quote's article, and the section it sits under when the article has several: quoted to
     "is express delivery available in the eu?", the US section's "Express: 1 to 2 business days"
     read as the EU's without its heading, "United States"."""
-    heading = passage.chunk.heading
+    # The innermost heading: in "Siri Shortcuts > Safety" the safety rules are every voice
+    # assistant's, which the path would narrow to Siri's.
+    heading = passage.chunk.heading.rpartition(" > ")[2]
     if not heading or _PAGE_HEADING.match(heading) or heading.casefold() == passage.title.casefold():
         return f'"{passage.title}"'
     heading = heading.replace('"', "'")  # 'App says "session expired"' inside the quotes that frame it

@@ -486,6 +486,10 @@ def test_a_quote_from_one_section_of_an_article_names_the_section(extractive: As
     assert QUOTE_FRAMING.sub("", result.answer).startswith("\n- Standard:")
     _, quoted = turn(extractive, 'the app says "session expired" and signs me out')
     assert "under \"App says 'session expired'\":" in quoted.answer, quoted.answer
+    # The innermost heading only: the voice article's "Safety" sits under "Siri Shortcuts", but its
+    # rules are every voice assistant's.
+    _, voice = turn(extractive, "can alexa start the kettle if child lock is on")
+    assert 'and Siri", under "Safety":' in voice.answer, voice.answer
     _, single = turn(extractive, "can i pay with a bank transfer")
     assert single.answer.startswith('From our article "Can I pay with a bank transfer?": '), single.answer
 
