@@ -26,6 +26,7 @@ from bot.generation.generator import GenerationError, GenerationRequest, Generat
 from bot.grounding import GroundednessChecker, complete_sentences, split_sentences
 from bot.prompt import PROMPT_VERSION, HistoryTurn, PromptBuilder
 from bot.small_talk import small_talk_reply
+from knowledge_base.chunking import HEADING_PATH_SEPARATOR
 from retrieval.lexical import STOPWORDS
 from retrieval.retriever import Retriever
 from retrieval.types import Passage, SearchResult, Visibility
@@ -42,8 +43,8 @@ SUGGESTION_LEAD = "I'm not sure this answers your question. The closest I found 
 SUGGESTION_OFFER = "If that doesn't answer it, would you like me to connect you with a person from our support team?"
 # How a quote is introduced ('From our article "Title": ...', or '... "Title", under "Section": ...'):
 # framing, not something the article says.
-QUOTE_FRAMING = re.compile(r'(?:From our article|And from) "[^"\n]*"(?:, under "[^"\n]*")?:[ \t]*')
-_QUOTED_TITLE = re.compile(r'(?:From our article|And from) "([^"\n]*)"(?:, under "[^"\n]*")?:')
+# Group 1 is the article's title.
+QUOTE_FRAMING = re.compile(r'(?:From our article|And from) "([^"\n]*)"(?:, under "[^"\n]*")?:[ \t]*')
 # Headings that name no part of what an article covers: a PDF's pages.
 _PAGE_HEADING = re.compile(r"(?i)^page \d+$")
 HUMAN_ANSWER = "I'm asking a person from our support team to join this chat. They will reply here."
@@ -224,7 +225,7 @@ def quoted_titles(history: Sequence[HistoryTurn]) -> frozenset[str]:
     descaling steps is the descaling's 20 minutes, not a recalibration's 5."""
     for turn in reversed(history):
         if turn.role == "assistant":
-            return frozenset(_QUOTED_TITLE.findall(turn.text))
+            return frozenset(match.group(1) for match in QUOTE_FRAMING.finditer(turn.text))
     return frozenset()
 
 
@@ -677,7 +678,7 @@ def _cited(passage: Passage) -> str:
     read as the EU's without its heading, "United States"."""
     # The innermost heading: in "Siri Shortcuts > Safety" the safety rules are every voice
     # assistant's, which the path would narrow to Siri's.
-    heading = passage.chunk.heading.rpartition(" > ")[2]
+    heading = passage.chunk.heading.rpartition(HEADING_PATH_SEPARATOR)[2]
     if not heading or _PAGE_HEADING.match(heading) or heading.casefold() == passage.title.casefold():
         return f'"{passage.title}"'
     heading = heading.replace('"', "'")  # 'App says "session expired"' inside the quotes that frame it

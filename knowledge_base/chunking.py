@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from knowledge_base.documents import Document, Section
 
+# A chunk's heading is the path of headings it sits under, joined with this ("Siri Shortcuts > Safety").
+HEADING_PATH_SEPARATOR = " > "
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
 
@@ -76,7 +78,7 @@ class HeadingChunker:
             return [Chunk(document.id, 0, "", text)]
         pieces: list[tuple[str, str]] = []
         for section in self._merge_small(document.sections):
-            heading = " > ".join(section.headings)
+            heading = HEADING_PATH_SEPARATOR.join(section.headings)
             budget = self.max_tokens - self._count(embedding_text(document.title, heading, ""))
             pieces.extend((heading, text) for text in self._split(section.text, max(budget, 16)))
         return [Chunk(document.id, i, heading, text) for i, (heading, text) in enumerate(pieces)]
