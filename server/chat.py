@@ -272,6 +272,10 @@ class Connection:
         # reply before the answer task has released its lock.
         self._done_sent = False
         self._answering = ""  # the id of this connection's latest answer
+        # The lock token of an answer whose release failed (Redis went away as it finished):
+        # the next message from this connection releases it instead of getting `busy` until
+        # the lock lapses.
+        self._unreleased_lock = ""
         self._unanswered: asyncio.Task[None] | None = None  # watches a resent message's answer (_answer_if_orphaned)
         self._forwarder: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
@@ -496,6 +500,13 @@ class Connection:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(previous), 2)
             turn = await begin()
+        if turn.outcome == "busy" and self._unreleased_lock and (previous is None or previous.done()):
+            # The lock is this connection's own, left by an answer that has finished: release it
+            # (by its token, so a lock anyone else has taken since stays) and begin again.
+            lock, self._unreleased_lock = self._unreleased_lock, ""
+            with contextlib.suppress(RedisError):
+                await self.store.unlock_answer(self.conversation_id, lock)
+                turn = await begin()
         if turn.outcome == "limited":
             await self._rate_limited(turn.retry_after_s)
             return
@@ -681,12 +692,16 @@ class Connection:
             await self.error("invalid_message", str(exc))
         except RedisError as exc:
             log.warning("redis failed mid-answer: %s", exc, extra={"conversation_id": cid, "recorded": recorded})
-            if not recorded:  # a recorded answer has had its `done`; only a later step failed
+            # A recorded answer has had its `done`; only a later step failed. So has one whose
+            # `done` came through the event stream while the write's reply was lost.
+            if not recorded and not self._done_sent:
                 await self.error("unavailable", "the service is temporarily unavailable; the answer was interrupted")
         finally:
             keeper.cancel()
-            with contextlib.suppress(RedisError):
+            try:
                 await asyncio.shield(store.unlock_answer(cid, lock))
+            except RedisError:
+                self._unreleased_lock = lock
 
     async def _record_cancelled(self, answer_id: str, partial: str) -> None:
         assert self.conversation_id is not None
