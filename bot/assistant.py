@@ -177,6 +177,7 @@ class Lookup:
     owners: int = 0  # other companies' accounts or orders it asks about ("my uber account")
     codes: int = 0  # codes of a kind the help center lists (E-101, E-410) that it does not list ("E-203")
     unsafe: int = 0  # topic words it never uses in a sentence that asks whether something is safe or dangerous
+    wrong_kind: bool = False  # the quote has no amount for "how long/much/many", or not the thing "how many" counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,7 +403,8 @@ class Assistant:
         counts_names = self.max_name_words is not None or self.name_word_penalty > 0
         names = len(self.name_words(message)) if counts_names else 0
         owners, codes = len(self.foreign_owners(message)), len(self.unknown_codes(message))
-        return Lookup(search, composition, unknown, names, owners, codes, unsafe)
+        wrong_kind = composition is not None and not self._composer.answers_kind(message, composition.quoted)
+        return Lookup(search, composition, unknown, names, owners, codes, unsafe, wrong_kind)
 
     def unknown_codes(self, message: str) -> set[str]:
         """Codes in the message of a kind the help center lists, that it does not list: "E-203"
@@ -522,6 +524,8 @@ class Assistant:
         quoted the closest passage as a suggestion when it scores well enough: "is the kettle
         dishwasher safe? would love to just throw it in with the plates" has five, and the
         descaling article's "never put the kettle or its base in a dishwasher" is what it needs."""
+        if lookup.wrong_kind:
+            return False
         return self.max_unknown_words is None or lookup.unknown <= self.max_unknown_words
 
     def _compose(self, result: TurnResult, composition: Composition, upset: str, lead: str = "") -> None:

@@ -69,6 +69,30 @@ _AMOUNT = re.compile(
 # says "8 years old".
 _ANSWER_KIND = re.compile(r"(?i)\bhow\s+(?:long|much|many|often|soon|far)\b")
 _DIGIT = re.compile(r"\d")
+# "How many watts": the thing counted, which the answer must name ("how many employees does
+# brewlo have" was answered sure with a sentence about Apple sign-in).
+_HOW_MANY = re.compile(r"(?i)\bhow\s+many\s+([a-z]+)")
+# An amount written without digits: what answers "how much", "how long" or "how often" too.
+_AMOUNT_WORDS = re.compile(
+    r"(?i)\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|sixty|"
+    r"hundred|thousand|dozen|half|once|twice|few|several|free|nothing|no\s+(?:cost|charge|fee)|unlimited|every|"
+    r"each|daily|weekly|monthly|yearly|annually|hourly|immediately|instantly|right\s+away|at\s+once|same\s+day|"
+    r"minute|hour|day|week|month|year|no\s+(?:\w+\s+)?(?:cost|charge|fee))s?\b"
+)
+# A unit counted, as an amount writes it: "how many watts" is answered by "2200 W".
+_UNIT_SYMBOLS = {
+    "watt": r"k?W",
+    "kilowatt": r"kWh?",
+    "volt": r"V",
+    "litre": r"m?l",
+    "liter": r"m?l",
+    "millilitre": r"ml",
+    "milliliter": r"ml",
+    "degree": r"\u00b0[CF]?",
+    "minute": r"min",
+    "hour": r"h|hrs?",
+    "gram": r"k?g",
+}
 _CONTINUATION = re.compile(r"(?i)^(it|this|that|they|these|those|then|the link|the code|if so)\b")
 
 
@@ -290,6 +314,19 @@ class AnswerComposer:
 
     def words(self, text: str) -> set[str]:
         return set(self._tokenizer.tokenize(text)) - self._ignored
+
+    def answers_kind(self, question: str, quote: str) -> bool:
+        """Whether `quote` holds the kind of answer the question asks for: an amount for "how
+        long", "how much" or "how often", and the thing counted for "how many"."""
+        if not _ANSWER_KIND.search(question):
+            return True
+        if not (_DIGIT.search(quote) or _AMOUNT_WORDS.search(quote)):
+            return False
+        counted = _HOW_MANY.search(question)
+        if counted is None or not (self.words(counted.group(1)) - self.words(quote)):
+            return True
+        symbol = _UNIT_SYMBOLS.get(counted.group(1).lower().removesuffix("s"))
+        return symbol is not None and re.search(rf"\d\s*(?:{symbol})(?![A-Za-z])", quote) is not None
 
     def is_everyday_word(self, word: str) -> bool:
         """Whether the embedder's vocabulary holds `word` (lower case letters) as one word

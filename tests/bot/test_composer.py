@@ -320,6 +320,22 @@ def test_an_amount_the_visitor_names_is_checked_not_matched(extractive: Assistan
     assert _amounts("it says E-101, my K2 runs iPadOS 15, error 101") == []  # codes and versions are words to match
 
 
+def test_a_quote_without_the_kind_of_answer_asked_for_is_never_sure(extractive: Assistant) -> None:
+    """ "how many employees does brewlo have" was answered sure with a sentence about Apple
+    sign-in, "how many watts is the K2 Pro?" with its capacity: a "how many/much/long" question
+    needs an amount in the quote, and "how many" the thing it counts."""
+    composer = extractive._composer
+    assert not composer.answers_kind("how many employees does brewlo have", "Accounts created that way have no password.")
+    assert not composer.answers_kind("how many watts is the K2 Pro?", "The K2 Pro holds 1.7 litres instead of 1.2.")
+    assert composer.answers_kind("how many watts does it pull", "The kettles use 1800 W on 120 V and 2200 W on 230 V.")
+    assert composer.answers_kind("how many filters come in a pack", "Members get a pack (two limescale filters) every 3 months.")
+    assert composer.answers_kind("how much is the cancellation fee", "No cancellation fee is charged.")
+    assert composer.answers_kind("how often should i descale", "Descale once a month.")
+    assert composer.answers_kind("how do i descale", "Fill it with vinegar.")  # not a question of amount
+    _, result = turn(extractive, "how many watts is the K2 Pro?")
+    assert result.path is AnswerPath.NOT_SURE and "litres" in result.answer  # the closest passage, as a suggestion only
+
+
 def test_an_faq_entrys_answer_is_quoted_whole(extractive: Assistant) -> None:
     """The best-matching sentence of "Go to Profile > Account > Name. The name is shown to your
     household members" is the second; the step the visitor needs is the first."""
