@@ -79,6 +79,15 @@ _AMOUNT_WORDS = re.compile(
     r"each|daily|weekly|monthly|yearly|annually|hourly|immediately|instantly|right\s+away|at\s+once|same\s+day|"
     r"minute|hour|day|week|month|year|no\s+(?:\w+\s+)?(?:cost|charge|fee))s?\b"
 )
+# "How much does it cost", "how much do I pay", "how much is a K1": a price, which a count is not ("how much does the
+# kettle cost" was answered sure with "Up to 8 kettles per account").
+_PRICE_ASKED = re.compile(
+    r"(?i)\bhow\s+much\b(?:\s+(?:is|are|was|were|will|would)\b|.*\b(?:costs?|price[ds]?|pay|paid|charged?|fees?)\b)"
+)
+_PRICE = re.compile(
+    r"(?i)[$\u20ac\u00a3]\s*\d|\d\s*(?:dollars?|euros?|pounds?|usd|eur|gbp|cad|chf|%)|\bfree\b|\bincluded\b|"
+    r"\bno\s+(?:\w+\s+)?(?:cost|charge|fee)s?\b"
+)
 # A unit counted, as an amount writes it: "how many watts" is answered by "2200 W".
 _UNIT_SYMBOLS = {
     "watt": r"k?W",
@@ -317,10 +326,13 @@ class AnswerComposer:
 
     def answers_kind(self, question: str, quote: str) -> bool:
         """Whether `quote` holds the kind of answer the question asks for: an amount for "how
-        long", "how much" or "how often", and the thing counted for "how many"."""
+        long", "how much" or "how often", a price for "how much does it cost", and the thing
+        counted for "how many"."""
         if not _ANSWER_KIND.search(question):
             return True
         if not (_DIGIT.search(quote) or _AMOUNT_WORDS.search(quote)):
+            return False
+        if _PRICE_ASKED.search(question) and not _PRICE.search(quote):
             return False
         counted = _HOW_MANY.search(question)
         if counted is None or not (self.words(counted.group(1)) - self.words(quote)):

@@ -330,6 +330,10 @@ def test_a_quote_without_the_kind_of_answer_asked_for_is_never_sure(extractive: 
     assert composer.answers_kind("how many watts does it pull", "The kettles use 1800 W on 120 V and 2200 W on 230 V.")
     assert composer.answers_kind("how many filters come in a pack", "Members get a pack (two limescale filters) every 3 months.")
     assert composer.answers_kind("how much is the cancellation fee", "No cancellation fee is charged.")
+    assert not composer.answers_kind("how much does the kettle cost", "Up to 8 kettles per account.")
+    assert not composer.answers_kind("how much is a K1 kettle", "The Brewlo K1 holds 1.2 litres.")
+    assert composer.answers_kind("how much water does it hold", "The Brewlo K1 holds 1.2 litres.")
+    assert composer.answers_kind("how much does the club cost in the UK", "In the UK it is £4.49 per month.")
     assert composer.answers_kind("how often should i descale", "Descale once a month.")
     assert composer.answers_kind("how do i descale", "Fill it with vinegar.")  # not a question of amount
     _, result = turn(extractive, "how many watts is the K2 Pro?")
