@@ -67,6 +67,7 @@ _OWNED = frozenset(
 _SAFETY = re.compile(r"(?i)\b(safe|safely|safety|unsafe|dangerous|danger|hazard\w*|toxic|harmful|risky)\b")
 # A code: letters, an optional hyphen, digits ("e-101", "pay-409", "e203").
 _CODE = re.compile(r"^([a-z]{1,4})-?([0-9]{1,6})$")
+_CODE_IN_TEXT = re.compile(r"(?i)\b([a-z]{1,4})-?([0-9]{1,6})\b")
 _RAW_WORD = re.compile(r"[A-Za-z][A-Za-z0-9&']*")
 # Contractions typed without the apostrophe ("cant", "whats"): chat English, not a topic.
 _BARE_CONTRACTIONS = frozenset(
@@ -178,6 +179,7 @@ class Lookup:
     codes: int = 0  # codes of a kind the help center lists (E-101, E-410) that it does not list ("E-203")
     unsafe: int = 0  # topic words it never uses in a sentence that asks whether something is safe or dangerous
     wrong_kind: bool = False  # the quote has no amount for "how long/much/many", or not the thing "how many" counts
+    other_code: bool = False  # the question names a code the help center lists, and the quoted passage does not
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,11 +390,13 @@ class Assistant:
         """Retrieval, the sentences that answer the message itself, and what of the message the
         help center does not speak of (one worker-thread hop). `topic`: for a follow-up, the
         titles of the articles the answer before it quoted."""
+        message, query = self.written_codes(message), self.written_codes(query)
         search = self._retriever.search(query, self._top_k)
         # Retrieval embedded the message already unless a follow-up was joined to the one before it.
         vector = search.query_vector if search.query == message.strip() else None
+        listed = self.listed_codes(message)
         composition = self._composer.compose(
-            message, search.passages, drop=self.prompts.looks_like_injection, question_vector=vector, topic=topic
+            message, search.passages, drop=self.prompts.looks_like_injection, question_vector=vector, topic=topic, codes=listed
         )
         # Whether something is safe is asked in a sentence; only what that sentence names must be
         # known: "is the kettle dishwasher safe? would love to throw it in with the plates".
@@ -404,7 +408,42 @@ class Assistant:
         names = len(self.name_words(message)) if counts_names else 0
         owners, codes = len(self.foreign_owners(message)), len(self.unknown_codes(message))
         wrong_kind = composition is not None and not self._composer.answers_kind(message, composition.quoted)
-        return Lookup(search, composition, unknown, names, owners, codes, unsafe, wrong_kind)
+        other_code = bool(listed) and composition is not None and not self._composer.names_code(composition.passage, listed)
+        return Lookup(search, composition, unknown, names, owners, codes, unsafe, wrong_kind, other_code)
+
+    def written_codes(self, text: str) -> str:
+        """`text` with the codes the help center lists written as it writes them: "e410" is
+        "E-410" there, and neither the word index nor the embedder takes one for the other."""
+        known = self._known_codes()
+        if not known:
+            return text
+        vocabulary = self._public_vocabulary()
+
+        def written(match: re.Match[str]) -> str:
+            prefix, number = match.group(1).lower(), match.group(2)
+            hyphened = f"{prefix}-{number}"
+            if number in known.get((prefix, len(number)), ()) and hyphened in vocabulary:
+                return hyphened.upper()
+            return match.group(0)
+
+        return _CODE_IN_TEXT.sub(written, text)
+
+    def listed_codes(self, message: str) -> set[str]:
+        """Codes in the message that the help center lists and writes with a hyphen, returned
+        without it: "e410" for "E-410" or "e410". A hyphen marks a code that names one entry
+        (an error, a status); a model name ("K1", "K2") runs through many articles that do not
+        repeat it, and restricting the quote to those that do lost the voltage and warranty
+        answers for "my K1" questions."""
+        known = self._known_codes()
+        vocabulary = self._public_vocabulary()
+        found = set()
+        for word in self._composer.words(_ADDRESS.sub(" ", message)):
+            code = _CODE.match(word)
+            if code is None or code.group(2) not in known.get((code.group(1), len(code.group(2))), ()):
+                continue
+            if f"{code.group(1)}-{code.group(2)}" in vocabulary:
+                found.add(code.group(1) + code.group(2))
+        return found
 
     def unknown_codes(self, message: str) -> set[str]:
         """Codes in the message of a kind the help center lists, that it does not list: "E-203"
@@ -524,7 +563,7 @@ class Assistant:
         quoted the closest passage as a suggestion when it scores well enough: "is the kettle
         dishwasher safe? would love to just throw it in with the plates" has five, and the
         descaling article's "never put the kettle or its base in a dishwasher" is what it needs."""
-        if lookup.wrong_kind:
+        if lookup.wrong_kind or lookup.other_code:
             return False
         return self.max_unknown_words is None or lookup.unknown <= self.max_unknown_words
 

@@ -324,6 +324,12 @@ class AnswerComposer:
     def words(self, text: str) -> set[str]:
         return set(self._tokenizer.tokenize(text)) - self._ignored
 
+    def names_code(self, passage: Passage, codes: Collection[str]) -> bool:
+        """Whether the passage (its title, heading or text) names one of `codes`, written without
+        a hyphen ("e410" for "E-410" and "e410")."""
+        words = self.words(f"{passage.title} {passage.chunk.heading} {passage.text}")
+        return not {w.replace("-", "") for w in words}.isdisjoint(codes)
+
     def answers_kind(self, question: str, quote: str) -> bool:
         """Whether `quote` holds the kind of answer the question asks for: an amount for "how
         long", "how much" or "how often", a price for "how much does it cost", and the thing
@@ -366,6 +372,7 @@ class AnswerComposer:
         drop: Callable[[str], bool] = lambda _: False,
         question_vector: np.ndarray | None = None,
         topic: Collection[str] = (),
+        codes: Collection[str] = (),
     ) -> Composition | None:
         """The best-answering units of the best passage, or None when the passages have none.
 
@@ -373,10 +380,15 @@ class AnswerComposer:
         `question_vector`, the question's embedding when the caller has it (retrieval embedded
         the same text), saves embedding it again. `topic`: titles of the articles the answer
         before a follow-up quoted; their passages get `topic_weight` when the best is chosen,
-        which `relevance` leaves out (`topic_bonus` says what it was).
+        which `relevance` leaves out (`topic_bonus` says what it was). `codes`: codes the help
+        center lists that the question names ("e-410"); when some passages name one, only they
+        are quoted ("my kettle shows E-410 what now" got the E-205 section of the error codes).
         """
         candidates = [(p, [u for u in passage_units(p.text) if not drop(u.text)]) for p in passages]
         candidates = [(p, units) for p, units in candidates if units]
+        if codes:
+            naming = [(p, units) for p, units in candidates if self.names_code(p, codes)]
+            candidates = naming or candidates
         if not candidates:
             return None
         # A list item with several sentences is judged by its best sentence too: "Tap Reset

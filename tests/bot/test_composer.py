@@ -348,6 +348,18 @@ def test_an_faq_entrys_answer_is_quoted_whole(extractive: Assistant) -> None:
     assert "Profile > Account > Name" in result.answer and "household members" in result.answer
 
 
+@pytest.mark.parametrize("question", ["my kettle shows E-410 what now", "kettle says e410"])
+def test_a_code_the_help_center_lists_is_answered_from_what_names_it(extractive: Assistant, question: str) -> None:
+    """ "my kettle shows E-410 what now" got the error-codes article's E-205 section; "e410" as a
+    visitor types it matched nothing of "E-410". Passages that name the code are quoted, and a
+    quote that names another one is never sure."""
+    _, result = turn(extractive, question)
+    assert result.path is AnswerPath.COMPOSED, result.answer
+    assert "E-410" in result.answer and "E-205" not in result.answer
+    assert extractive.written_codes("kettle says e410, my K2 too") == "kettle says E-410, my K2 too"
+    assert extractive.listed_codes("E-410 or e101 on my K2") == {"e410", "e101"}  # a model name is not such a code
+
+
 def test_a_code_the_help_center_does_not_list_is_not_answered_with_another_codes_line(extractive: Assistant) -> None:
     """The error-codes article lists E-101 to E-410: quoting its E-101 line to "E-203" would read as
     E-203's meaning. A code it lists is answered; one of a kind it does not list (an order number,
