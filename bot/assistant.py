@@ -396,7 +396,13 @@ class Assistant:
         vector = search.query_vector if search.query == message.strip() else None
         listed = self.listed_codes(message)
         composition = self._composer.compose(
-            message, search.passages, drop=self.prompts.looks_like_injection, question_vector=vector, topic=topic, codes=listed
+            message,
+            search.passages,
+            drop=self.prompts.looks_like_injection,
+            question_vector=vector,
+            topic=topic,
+            codes=listed,
+            context_vector=search.query_vector if vector is None else None,
         )
         # Whether something is safe is asked in a sentence; only what that sentence names must be
         # known: "is the kettle dishwasher safe? would love to throw it in with the plates".

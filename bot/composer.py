@@ -227,6 +227,7 @@ class AnswerComposer:
         second_margin: float | None = 0.1,
         faq_question_margin: float | None = 0.2,
         topic_weight: float = 0.5,
+        context_weight: float = 0.4,
         cache_size: int = 20_000,
     ) -> None:
         if max_units < 1 or max_chars < 40:
@@ -246,6 +247,11 @@ class AnswerComposer:
         # A follow-up's passages from the articles the answer before it quoted count this much
         # more when choosing what to quote (fitted on the tuning split: docs/benchmarks.md).
         self.topic_weight = topic_weight
+        # A follow-up's sentences are scored this much against the whole conversation's question
+        # (the search query: the follow-up joined to the questions before it), the rest against
+        # the follow-up alone. "how long is it valid?" after "how do i change my email" and "the
+        # link expired" got the data export's "The link is valid for 7 days" (email: 24 hours).
+        self.context_weight = context_weight
         # Unit vectors by text: the same passages come back for many questions.
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
@@ -373,6 +379,7 @@ class AnswerComposer:
         question_vector: np.ndarray | None = None,
         topic: Collection[str] = (),
         codes: Collection[str] = (),
+        context_vector: np.ndarray | None = None,
     ) -> Composition | None:
         """The best-answering units of the best passage, or None when the passages have none.
 
@@ -380,7 +387,8 @@ class AnswerComposer:
         `question_vector`, the question's embedding when the caller has it (retrieval embedded
         the same text), saves embedding it again. `topic`: titles of the articles the answer
         before a follow-up quoted; their passages get `topic_weight` when the best is chosen,
-        which `relevance` leaves out (`topic_bonus` says what it was). `codes`: codes the help
+        which `relevance` leaves out (`topic_bonus` says what it was). `context_vector`: for a
+        follow-up, the embedding of the question it was searched with (`context_weight`). `codes`: codes the help
         center lists that the question names ("e-410"); when some passages name one, only they
         are quoted ("my kettle shows E-410 what now" got the E-205 section of the error codes).
         """
@@ -397,6 +405,8 @@ class AnswerComposer:
         flat = [t for texts in probes for t in texts]
         question_vector, vectors = self._vectors(question, flat, question_vector)
         cosines = vectors @ question_vector
+        if context_vector is not None and self.context_weight > 0:
+            cosines = (1 - self.context_weight) * cosines + self.context_weight * (vectors @ context_vector)
         unit_cosines: list[float] = []
         offset = 0
         for texts in probes:

@@ -526,6 +526,19 @@ def test_a_quote_from_one_section_of_an_article_names_the_section(extractive: As
     assert single.answer.startswith('From our article "Can I pay with a bank transfer?": '), single.answer
 
 
+def test_a_follow_ups_sentences_are_scored_against_the_conversation_too(extractive: Assistant) -> None:
+    """ "how long is it valid" after "how do i change my email" and "the link expired" was scored
+    against its own words only and quoted the data export's "The link is valid for 7 days"; the
+    email's confirmation link is valid for 24 hours. The conversation is played out as the
+    server plays it, each answer in the history."""
+    history: list[HistoryTurn] = []
+    for message in ("how do i change my email", "the link expired", "how long is it valid"):
+        _, result = turn(extractive, message, history)
+        history += [HistoryTurn("user", message), HistoryTurn("assistant", result.answer)]
+    assert result.path is AnswerPath.COMPOSED and result.sources[0].document_id == "accounts/change-email"
+    assert "24 hours" in result.answer and "7 days" not in result.answer
+
+
 def test_a_follow_up_quotes_the_article_just_quoted_but_is_not_surer_for_it(extractive: Assistant) -> None:
     """ "how often?" after the descaling steps is about descaling: it quoted the filter FAQ's
     "Every 3 months" before the articles just quoted counted when choosing (a false statement).
