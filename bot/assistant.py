@@ -49,6 +49,11 @@ QUOTE_FRAMING = re.compile(r'(?:From our article|And from) "([^"\n]*)"(?:, under
 _PAGE_HEADING = re.compile(r"(?i)^page \d+$")
 HUMAN_ANSWER = "I'm asking a person from our support team to join this chat. They will reply here."
 OFFER_PERSON = "If that doesn't solve it, I can connect you with a person from our support team."
+# A message that asks something: a question mark, or a question's first word.
+_ASKS = re.compile(
+    r"(?i)\?|^\s*(?:(?:and|but|so|ok|okay)\s+)?(?:what|how|when|where|which|who|whom|whose|why|can|could|do|does|did|is|are|"
+    r"was|were|will|would|should|may|might|must|am|has|have|had)\b"
+)
 # Clearly angry or fed-up text: the visitor is offered a person before they have to ask.
 _FRUSTRATED = re.compile(
     r"(?i)\b(useless|ridiculous|terrible|awful|worst|pathetic|stupid|garbage|rubbish|scam|furious|angry|fed up|sick of"
@@ -200,7 +205,8 @@ def wants_human(message: str) -> bool:
     return bool(_WANTS_HUMAN.search(message))
 
 
-FRUSTRATION_REASONS = frozenset({"repeated", "frustrated"})  # what `frustration` returns when it finds any
+# What `frustration` returns when it finds any; "repeated" also when the answer would repeat the last one.
+FRUSTRATION_REASONS = frozenset({"repeated", "frustrated"})
 
 
 def frustration(message: str, history: Sequence[HistoryTurn]) -> str:
@@ -215,6 +221,19 @@ def frustration(message: str, history: Sequence[HistoryTurn]) -> str:
         if before == asked or (len(words) >= 3 and len(words & other) / len(words | other) >= 0.8):
             return "repeated"
     return "frustrated" if _FRUSTRATED.search(message) else ""
+
+
+def answered_before(message: str, quote: str, history: Sequence[HistoryTurn]) -> bool:
+    """Whether a message that asks nothing new (a statement: "it's on the base already" after
+    the heating checklist) would get the very quote the last answer gave. Saying it twice helps
+    no one; a person may. A question answered by the same quote ("and the annual plan?" after
+    the plans) is only the visitor not having read all of it."""
+    if _ASKS.search(message):
+        return False
+    for turn in reversed(history):
+        if turn.role == "assistant":
+            return " ".join(quote.split()) in " ".join(turn.text.split())
+    return False
 
 
 def is_follow_up(message: str) -> bool:
@@ -376,6 +395,8 @@ class Assistant:
             yield TurnDone(result)
             return
         assert composition is not None
+        if not upset and answered_before(message, composition.text, history):
+            upset = "repeated"
         if self.mode is AnswerMode.EXTRACTIVE:
             self._compose(result, composition, upset)
             result.path = AnswerPath.COMPOSED

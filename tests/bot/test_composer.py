@@ -20,6 +20,7 @@ from bot.assistant import (
     Assistant,
     TurnDone,
     TurnResult,
+    answered_before,
     frustration,
     quoted_titles,
     standalone_query,
@@ -145,6 +146,21 @@ def test_a_frustrated_visitor_is_offered_a_person(extractive: Assistant) -> None
     assert frustration("How do I descale my kettle?", []) == ""
     _, result = turn(extractive, "How do I descale my kettle?", asked)
     assert result.handoff and result.handoff_reason == "repeated" and result.answer.endswith("support team.")
+
+
+def test_a_visitor_told_the_same_thing_twice_is_offered_a_person(extractive: Assistant) -> None:
+    """ "it's on the base already" after the heating checklist got the same checklist again, as if
+    it were new. A statement that would get the last answer's quote again is offered a person; a
+    question the last quote already answered ("and the annual plan?" after the plans) is not."""
+    history: list[HistoryTurn] = []
+    for message in ("my kettle won't heat", "it's on the base already"):
+        _, result = turn(extractive, message, history)
+        history += [HistoryTurn("user", message), HistoryTurn("assistant", result.answer)]
+    assert result.path is AnswerPath.COMPOSED and result.handoff and result.handoff_reason == "repeated"
+    assert result.answer.endswith("support team.")
+    assert not answered_before(
+        "and the annual plan?", "Club Annual: $49 per year.", [HistoryTurn("assistant", "Club Annual: $49 per year.")]
+    )
 
 
 def test_an_email_address_or_an_order_number_does_not_make_a_question_unknown(extractive: Assistant) -> None:
