@@ -17,9 +17,13 @@ import contextlib
 import itertools
 import re
 import time
+from collections import Counter
 from collections.abc import AsyncGenerator, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from rapidfuzz import process
+from rapidfuzz.distance import OSA
 
 from bot.composer import VECTORS_FILE, AnswerComposer, Composition
 from bot.generation.generator import GenerationError, GenerationRequest, GenerationStats, Generator
@@ -62,6 +66,7 @@ _FRUSTRATED = re.compile(
 _WORD = re.compile(r"[a-z0-9]+")
 _ADDRESS = re.compile(r"\S+@\S+|\bhttps?://\S+|\bwww\.\S+")
 _LETTERS = re.compile(r"[a-z]+")
+_LETTERS_ANY_CASE = re.compile(r"(?<![\w@.-])[A-Za-z]+(?![\w@-])")  # a word of letters only, not part of an address or code
 # What a visitor has with some company: "my uber account", "my gym membership". Such a thing of
 # a company the help center never names that way is someone else's, whatever else matches.
 _OWNED = frozenset(
@@ -300,6 +305,7 @@ class Assistant:
         max_concurrent_generations: int | None = None,
         first_text_deadline_s: float | None = None,
         company: str = "Brewlo",
+        fix_typos: bool = True,
     ) -> None:
         if not 0 <= confidence_threshold <= 1:
             raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
@@ -316,6 +322,7 @@ class Assistant:
             else PromptBuilder(len, company=company)  # extractive: only its injection filter is used
         )
         self._threshold = confidence_threshold
+        self.fix_typos = fix_typos  # the visitor's typos of the help center's words, fixed before the search (`spelled`)
         self.relevance_threshold = relevance_threshold
         # From this score up to relevance_threshold: not sure, with the closest passage quoted (None: never).
         self.suggestion_threshold = suggestion_threshold
@@ -326,6 +333,7 @@ class Assistant:
         self._vocabulary: tuple[str, frozenset[str]] = ("", frozenset())  # (index version, words of its public text)
         self._joined: tuple[str, frozenset[str]] = ("", frozenset())
         self._codes: tuple[str, dict[tuple[str, int], frozenset[str]]] = ("", {})
+        self._surface: tuple[str, dict[str, int]] = ("", {})
         self._company = company.lower()
         self._top_k = top_k
         self._max_new_tokens = max_new_tokens
@@ -345,6 +353,7 @@ class Assistant:
         public = [c.text for c in snapshot.chunks if c.visibility is Visibility.PUBLIC]
         self._composer.warm_up(public, store=snapshot.version_dir / VECTORS_FILE)
         self._public_vocabulary()
+        self._surface_words()
 
     @property
     def model_id(self) -> str:
@@ -411,6 +420,8 @@ class Assistant:
         """Retrieval, the sentences that answer the message itself, and what of the message the
         help center does not speak of (one worker-thread hop). `topic`: for a follow-up, the
         titles of the articles the answer before it quoted."""
+        if self.fix_typos:
+            message, query = self.spelled(message), self.spelled(query)
         message, query = self.written_codes(message), self.written_codes(query)
         search = self._retriever.search(query, self._top_k)
         # Retrieval embedded the message already unless a follow-up was joined to the one before it.
@@ -544,6 +555,47 @@ class Assistant:
         """The message's words that name a topic: no addresses, links, numbers or codes, which
         a visitor adds to an in-scope question ("I'm ana@example.com, order 4411")."""
         return {w for w in self._composer.words(_ADDRESS.sub(" ", message)) if w.isalpha()}
+
+    def spelled(self, text: str) -> str:
+        """`text` with the visitor's typos of the help center's words fixed: "descal my kettel"
+        is "descale my kettle". A word is fixed only when neither the help center (as it is or
+        inflected) nor everyday English has it, and one help-center word is a single edit
+        away (two from nine letters on; a swap of neighbours is one), with the same first
+        letter (names rarely differ from our words there only: "nespresso" is not
+        "espresso"), five letters at least ("ikea" is not "idea"). Ties go to the word the
+        help center uses most."""
+        counts = self._surface_words()
+        vocabulary = self._public_vocabulary()
+
+        def fixed(match: re.Match[str]) -> str:
+            word = match.group(0)
+            lower = word.lower()
+            if len(lower) < 5 or lower in counts or self._composer.words(lower) <= vocabulary:
+                return word
+            if self._composer.is_everyday_word(lower):
+                return word
+            limit = 1 if len(lower) < 9 else 2
+            found = [
+                (distance, -counts[candidate], candidate)
+                for candidate, distance, _ in process.extract(
+                    lower, counts.keys(), scorer=OSA.distance, score_cutoff=limit, limit=None
+                )
+                if candidate[0] == lower[0]
+            ]
+            return min(found)[2] if found else word
+
+        return _LETTERS_ANY_CASE.sub(fixed, text)
+
+    def _surface_words(self) -> dict[str, int]:
+        """The help center's public words as written (lower case letters), with how often each occurs."""
+        snapshot = self._retriever.snapshot
+        if self._surface[0] != snapshot.version:
+            counts: Counter[str] = Counter()
+            for chunk in snapshot.chunks:
+                if chunk.visibility is Visibility.PUBLIC:
+                    counts.update(_LETTERS.findall(f"{chunk.title} {chunk.heading} {chunk.text}".lower()))
+            self._surface = (snapshot.version, dict(counts))
+        return self._surface[1]
 
     def _public_vocabulary(self) -> frozenset[str]:
         snapshot = self._retriever.snapshot

@@ -74,6 +74,7 @@ def build_assistant(
         checker=GroundednessChecker(embedder) if generative else None,
         mode=mode,
         company=settings.company_name,
+        fix_typos=settings.answer_fix_typos,
         confidence_threshold=settings.answer_confidence_threshold,
         relevance_threshold=settings.answer_relevance_threshold,
         suggestion_threshold=settings.answer_suggestion_threshold,

@@ -271,6 +271,11 @@ class Settings(BaseSettings):
         description="Taken off the best sentence's score for each word of the question that neither the help center "
         "nor everyday English uses (names of other companies' products; fitted on the tuning split).",
     )
+    answer_fix_typos: bool = Field(
+        True,
+        description="Fix a visitor's typos of the help center's own words before searching ('kettel' -> 'kettle'): "
+        "one edit away, same first letter, five letters or more, and not an everyday English word.",
+    )
     company_name: str = Field(
         "Brewlo", min_length=1, max_length=100, description="Whose help center this is (prompts, greeting)."
     )

@@ -163,6 +163,19 @@ def test_a_visitor_told_the_same_thing_twice_is_offered_a_person(extractive: Ass
     )
 
 
+def test_a_visitors_typos_of_the_help_centers_words_are_fixed_and_names_are_not(extractive: Assistant) -> None:
+    """ "my ketle wont conect to wifi" and "how do i cancle my club membership" were "not sure":
+    each typo was a word the help center never uses. Names stay as typed: "nespresso" is one
+    letter from "espresso" (but not at the start), "ikea" from "idea" (too short to tell)."""
+    assert extractive.spelled("my ketle wont conect to wifi") == "my kettle wont connect to wifi"
+    assert extractive.spelled("how do i cancle my Club membersihp") == "how do i cancel my Club membership"
+    assert extractive.spelled("which nespresso pod, and my ikea order") == "which nespresso pod, and my ikea order"
+    assert extractive.spelled("ana.lopez@example.com, error E-101, spotify") == "ana.lopez@example.com, error E-101, spotify"
+    _, result = turn(extractive, "how long is the pasword reset link valid")
+    assert result.path is AnswerPath.COMPOSED and "1 hour" in result.answer
+    assert result.question == "how long is the pasword reset link valid"  # the visitor's words are stored as typed
+
+
 def test_an_email_address_or_an_order_number_does_not_make_a_question_unknown(extractive: Assistant) -> None:
     _, result = turn(extractive, "I'm ana.lopez@example.com, phone +44 7700 900123, order 88412. How do I reset my password?")
     assert result.path is AnswerPath.COMPOSED and result.sources[0].document_id == "accounts/reset-password"
