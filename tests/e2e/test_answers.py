@@ -62,6 +62,12 @@ def test_the_default_server_answers_without_loading_a_model(composer_server: tup
             r"(?i)(?<!never )(?<!not )\b(can|may) (be placed|go|put)[^.]{0,30}dishwasher",
         ),
         ("Are returns from Canada free?", "shipping/returns", r"\$9\.95", r"(?i)returns from canada are free"),
+        (  # as a visitor types it: both typos are fixed before the search
+            "can i put my ketle in the dishwashr",
+            "usage/descaling",
+            r"(?i)\bnever\b[^.]*dishwasher",
+            r"(?i)(?<!never )(?<!not )\b(can|may) (be placed|go|put)[^.]{0,30}dishwasher",
+        ),
     ],
 )
 def test_a_contradiction_trap_gets_the_articles_own_words(
