@@ -53,6 +53,15 @@ QUOTE_FRAMING = re.compile(r'(?:From our article|And from) "([^"\n]*)"(?:, under
 _PAGE_HEADING = re.compile(r"(?i)^page \d+$")
 HUMAN_ANSWER = "I'm asking a person from our support team to join this chat. They will reply here."
 OFFER_PERSON = "If that doesn't solve it, I can connect you with a person from our support team."
+# The answer to "Would you like me to connect you with a person?": "yes please" asks for one
+# (it got "I'm not sure about that" again), "no thanks" does not.
+_ACCEPTED = re.compile(
+    r"(?i)^\W*(?:(?:yes|yeah|yea|yep|yup|sure|please|ok(?:ay)?\W+please)\W*(?:please|do|thanks?|thank you|"
+    r"that would (?:be great|help)|go ahead|connect me|ok)?|y|please do|go ahead|do it|connect me)\W*$"
+)
+_OK = re.compile(r"(?i)^\W*ok(?:ay)?\W*$")
+_DECLINED = re.compile(r"(?i)^\W*(?:no|nope|nah|not now|no need|i'?m good|i'?m fine)\W*(?:thanks?|thank you|thx)?\W*$")
+DECLINED_REPLY = "Alright. If there is anything else, just ask here."
 # A message that asks something: a question mark, or a question's first word.
 _ASKS = re.compile(
     r"(?i)\?|^\s*(?:(?:and|but|so|ok|okay)\s+)?(?:what|how|when|where|which|who|whom|whose|why|can|could|do|does|did|is|are|"
@@ -241,6 +250,20 @@ def answered_before(message: str, quote: str, history: Sequence[HistoryTurn]) ->
     return False
 
 
+def accepts_person(message: str, history: Sequence[HistoryTurn]) -> bool | None:
+    """The visitor's answer to the last answer's offer of a person: True for "yes please" (which
+    got "I'm not sure about that" again), False for "no thanks", None when the last answer
+    offered none or the message is something else. A bare "ok" accepts only an offer put as a
+    question ("Would you like me to connect you ...?"), not "I can connect you ..."."""
+    last = next((t.text.rstrip() for t in reversed(history) if t.role == "assistant"), "")
+    asked = last.endswith((NOT_SURE_ANSWER, SUGGESTION_OFFER))
+    if not (asked or last.endswith(OFFER_PERSON)):
+        return None
+    if _ACCEPTED.match(message) or (asked and _OK.match(message)):
+        return True
+    return False if _DECLINED.match(message) else None
+
+
 def is_follow_up(message: str) -> bool:
     """Whether a message leans on the one before it: "and to canada?", "is that free?"."""
     return bool(_FOLLOW_UP.search(message)) or len(message.split()) <= 4
@@ -369,13 +392,16 @@ class Assistant:
             raise ValueError(f"message is {len(message)} characters; the limit is {self.max_message_chars}")
         started = time.perf_counter()
         reply = small_talk_reply(message)
-        if reply is not None:
+        accepted = accepts_person(message, history)
+        if accepted is False:
+            reply = DECLINED_REPLY
+        if reply is not None and not accepted:
             result = TurnResult(message, message, reply, path=AnswerPath.SMALL_TALK, confidence=1.0, model_id="composer")
             result.total_s = result.time_to_first_token_s = time.perf_counter() - started
             yield AnswerDelta(reply)
             yield TurnDone(result)
             return
-        if wants_human(message):
+        if wants_human(message) or accepted:
             result = TurnResult(message, message, HUMAN_ANSWER, path=AnswerPath.HUMAN, handoff=True, confidence=1.0)
             result.handoff_reason = "requested"
             result.total_s = result.time_to_first_token_s = time.perf_counter() - started

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from bot.assistant import (
+    DECLINED_REPLY,
     NOT_SURE_ANSWER,
+    OFFER_PERSON,
     QUOTE_FRAMING,
     SUGGESTION_LEAD,
     SUGGESTION_OFFER,
@@ -20,6 +22,7 @@ from bot.assistant import (
     Assistant,
     TurnDone,
     TurnResult,
+    accepts_person,
     answered_before,
     frustration,
     quoted_titles,
@@ -174,6 +177,26 @@ def test_a_visitors_typos_of_the_help_centers_words_are_fixed_and_names_are_not(
     _, result = turn(extractive, "how long is the pasword reset link valid")
     assert result.path is AnswerPath.COMPOSED and "1 hour" in result.answer
     assert result.question == "how long is the pasword reset link valid"  # the visitor's words are stored as typed
+
+
+def test_yes_to_the_offer_of_a_person_asks_for_one_and_no_thanks_is_respected(extractive: Assistant) -> None:
+    """ "yes please" after "Would you like me to connect you with a person ...?" got the same "I'm
+    not sure about that" again, as if it were a question about the help center."""
+    _, declined = turn(extractive, "which nespresso pod is best for a strong lungo")
+    asked = [HistoryTurn("user", "which nespresso pod is best for a strong lungo"), HistoryTurn("assistant", declined.answer)]
+    assert declined.answer == NOT_SURE_ANSWER
+    for yes in ("yes please", "Yes!", "sure", "ok", "please do"):
+        _, result = turn(extractive, yes, asked)
+        assert result.path is AnswerPath.HUMAN and result.handoff_reason == "requested", (yes, result.answer)
+    _, result = turn(extractive, "no thanks", asked)
+    assert result.path is AnswerPath.SMALL_TALK and not result.handoff and result.answer == DECLINED_REPLY
+    # "ok" after an answer that only says a person could help is a thank-you, not a request.
+    offered = [
+        HistoryTurn("user", "my kettle still won't heat!!"),
+        HistoryTurn("assistant", f"From our article ...\n\n{OFFER_PERSON}"),
+    ]
+    assert accepts_person("ok", offered) is None and accepts_person("yes please", offered) is True
+    assert accepts_person("yes", [HistoryTurn("assistant", "From our article ...")]) is None
 
 
 def test_an_email_address_or_an_order_number_does_not_make_a_question_unknown(extractive: Assistant) -> None:
