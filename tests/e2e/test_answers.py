@@ -121,6 +121,24 @@ def test_a_greeting_and_thanks_get_a_friendly_line_not_the_offer_of_a_person(com
     assert question[-1]["path"] == "composed"  # the greeting before it changed nothing
 
 
+def test_yes_to_the_offer_of_a_person_puts_the_conversation_in_the_queue(composer_server: tuple[str, float, int]) -> None:
+    async def say_yes() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+        client = await Client.open(composer_server[0])
+        try:
+            assert (await client.start())["type"] == "ready"
+            await client.send({"type": "message", "client_message_id": "1", "text": "which nespresso pod is best for a lungo"})
+            offer = await client.until("done")
+            await client.send({"type": "message", "client_message_id": "2", "text": "yes please"})
+            return offer, await client.until("status")
+        finally:
+            await client.close()
+
+    offer, accepted = run(say_yes())
+    assert offer[-1]["path"] == "not_sure"
+    assert [f["path"] for f in accepted if f["type"] == "done"] == ["human_requested"], accepted
+    assert accepted[-1]["status"] == "handoff" and accepted[-1]["reason"] == "asked for a person", accepted[-1]
+
+
 def test_a_visitor_who_asks_again_the_moment_an_answer_is_done_is_answered(composer_server: tuple[str, float, int]) -> None:
     """A composed answer takes milliseconds; the next question sent on its `done` must not meet
     the lock the last answer is still releasing."""
