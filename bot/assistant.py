@@ -663,11 +663,14 @@ class Assistant:
         return composition.relevance - self.unknown_word_penalty * lookup.unknown - self.name_word_penalty * lookup.names
 
     def _may_be_sure(self, lookup: Lookup) -> bool:
-        """Whether the gate may call the answer sure at all: not when more of the question's words
-        than `max_unknown_words` are ones the help center never uses. Such a question is still
-        quoted the closest passage as a suggestion when it scores well enough: "is the kettle
-        dishwasher safe? would love to just throw it in with the plates" has five, and the
-        descaling article's "never put the kettle or its base in a dishwasher" is what it needs."""
+        """Whether the gate may call the answer sure at all: not when the quote lacks the kind of
+        answer asked for (an amount, a price, the thing "how many" counts), not when the
+        question names a listed code the quoted passage does not, and not when more of the
+        question's words than `max_unknown_words` are ones the help center never uses. Such a
+        question is still quoted the closest passage as a suggestion when it scores well
+        enough: "is the kettle dishwasher safe? would love to just throw it in with the plates"
+        has five, and the descaling article's "never put the kettle or its base in a
+        dishwasher" is what it needs."""
         if lookup.wrong_kind or lookup.other_code:
             return False
         return self.max_unknown_words is None or lookup.unknown <= self.max_unknown_words

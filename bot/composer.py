@@ -75,12 +75,12 @@ _HOW_MANY = re.compile(r"(?i)\bhow\s+many\s+([a-z]+)")
 # An amount written without digits: what answers "how much", "how long" or "how often" too.
 _AMOUNT_WORDS = re.compile(
     r"(?i)\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|sixty|"
-    r"hundred|thousand|dozen|half|once|twice|few|several|free|nothing|no\s+(?:cost|charge|fee)|unlimited|every|"
+    r"hundred|thousand|dozen|half|once|twice|few|several|free|nothing|unlimited|every|"
     r"each|daily|weekly|monthly|yearly|annually|hourly|immediately|instantly|right\s+away|at\s+once|same\s+day|"
     r"minute|hour|day|week|month|year|no\s+(?:\w+\s+)?(?:cost|charge|fee))s?\b"
 )
-# "How much does it cost", "how much do I pay", "how much is a K1": a price, which a count is not ("how much does the
-# kettle cost" was answered sure with "Up to 8 kettles per account").
+# "How much does it cost", "how much do I pay", "how much is a K1": a price, which a count is
+# not ("how much does the kettle cost" was answered sure with "Up to 8 kettles per account").
 _PRICE_ASKED = re.compile(
     r"(?i)\bhow\s+much\b(?:\s+(?:is|are|was|were|will|would)\b|.*\b(?:costs?|price[ds]?|pay|paid|charged?|fees?)\b)"
 )
@@ -388,9 +388,10 @@ class AnswerComposer:
         the same text), saves embedding it again. `topic`: titles of the articles the answer
         before a follow-up quoted; their passages get `topic_weight` when the best is chosen,
         which `relevance` leaves out (`topic_bonus` says what it was). `context_vector`: for a
-        follow-up, the embedding of the question it was searched with (`context_weight`). `codes`: codes the help
-        center lists that the question names ("e-410"); when some passages name one, only they
-        are quoted ("my kettle shows E-410 what now" got the E-205 section of the error codes).
+        follow-up, the embedding of the question it was searched with (`context_weight`).
+        `codes`: codes the help center lists that the question names, without their hyphen
+        ("e410"); when some passages name one, only they are quoted ("my kettle shows E-410
+        what now" got the E-205 section of the error codes).
         """
         candidates = [(p, [u for u in passage_units(p.text) if not drop(u.text)]) for p in passages]
         candidates = [(p, units) for p, units in candidates if units]
