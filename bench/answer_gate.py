@@ -2,9 +2,10 @@
 
     HF_HUB_OFFLINE=1 SUPPORTBOT_DATA_DIR=... .venv/bin/python -m bench.answer_gate --split tune
 
-Every turn of the split is searched and composed once, as the server would (the settings'
-composer and vetoes: retrieval confidence, another company's account, the unknown-word
-limit, which leaves a suggestion at most); then, without searching again, it reports:
+Every turn of the split is searched and composed once, as the server would (a follow-up
+after its conversation is played out; the settings' composer and vetoes: retrieval
+confidence, another company's account, the unknown-word limit, which leaves a suggestion at
+most); then, without searching again, it reports:
 
 - the settings' own gate: in-scope turns answered with their key facts, out-of-scope
   turns answered, turns whose answer or quoted suggestion matches a false claim;
@@ -24,6 +25,7 @@ It is for fitting the gate, so use it on the tuning split (docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import random
 import re
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.assistant import AnswerMode, TurnResult
-from bot.evaluation import has_key_facts, load_turns
+from bot.evaluation import has_key_facts, load_turns, played_out
 from knowledge_base.components import build_embedder, build_retriever
 from server.components import build_assistant
 from server.settings import Settings
@@ -69,7 +71,8 @@ def measure(split: str, questions: Path) -> tuple[list[Row], Settings]:
     for turn in load_turns(questions):
         if split != "all" and turn.split != split:
             continue
-        lookup = bot._search_and_compose(turn.question, turn.search_query)
+        # A follow-up is asked after the conversation before it, the bot's own answers included.
+        _, lookup = bot.look_up(turn.question, asyncio.run(played_out(bot, turn.before)))
         composition, unknown, names = lookup.composition, lookup.unknown, lookup.names
         # The vetoes, with no penalty and no cut-off: None exactly when nothing may be quoted.
         vetoed = bot._gate_score(lookup) is None

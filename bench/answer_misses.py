@@ -18,6 +18,7 @@ for choosing what to fix, and the thresholds it reflects were fitted there.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from collections import Counter
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bot.assistant import AnswerMode, TurnResult  # noqa: E402
-from bot.evaluation import has_key_facts, load_turns  # noqa: E402
+from bot.evaluation import has_key_facts, load_turns, played_out  # noqa: E402
 from knowledge_base.components import build_embedder, build_retriever  # noqa: E402
 from server.components import build_assistant  # noqa: E402
 from server.settings import Settings  # noqa: E402
@@ -54,7 +55,8 @@ def main() -> None:
         if args.split != "all" and turn.split != args.split:
             continue
         wide = retriever.search(turn.search_query, max(10, k))
-        lookup = bot._search_and_compose(turn.question, turn.search_query)
+        # A follow-up is asked after the conversation before it, the bot's own answers included.
+        _, lookup = bot.look_up(turn.question, asyncio.run(played_out(bot, turn.before)))
         search, composition = lookup.search, lookup.composition
         answered = bot._answerable(lookup, bot._gate_score(lookup))
         result = TurnResult(turn.question, turn.search_query)

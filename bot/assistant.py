@@ -408,10 +408,9 @@ class Assistant:
             yield AnswerDelta(HUMAN_ANSWER)
             yield TurnDone(result)
             return
-        result = TurnResult(question=message, search_query=standalone_query(message, history), model_id=self.model_id)
+        result = TurnResult(question=message, search_query=message, model_id=self.model_id)
         upset = frustration(message, history)
-        topic = quoted_titles(history) if result.search_query != message else ()
-        lookup = await asyncio.to_thread(self._search_and_compose, message, result.search_query, topic)
+        result.search_query, lookup = await asyncio.to_thread(self.look_up, message, history)
         search, composition = lookup.search, lookup.composition
         result.retrieval_s = time.perf_counter() - started
         result.confidence = search.confidence
@@ -441,6 +440,14 @@ class Assistant:
             return
         async for event in self._generate(message, history, search.passages, composition, result, upset, started):
             yield event
+
+    def look_up(self, message: str, history: Sequence[HistoryTurn] = ()) -> tuple[str, Lookup]:
+        """What the gate weighs for `message` after `history`, and the query it was searched
+        with: a follow-up joined to the questions before it, its quotes chosen with the
+        articles the last answer quoted. Blocking (retrieval and embedding)."""
+        query = standalone_query(message, history)
+        topic = quoted_titles(history) if query != message else ()
+        return query, self._search_and_compose(message, query, topic)
 
     def _search_and_compose(self, message: str, query: str, topic: Collection[str] = ()) -> Lookup:
         """Retrieval, the sentences that answer the message itself, and what of the message the

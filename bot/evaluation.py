@@ -232,6 +232,25 @@ class BotEvalReport:
         ]
 
 
+async def answer_once(assistant: Assistant, message: str, history: Sequence[HistoryTurn] = ()) -> TurnResult:
+    """The assistant's finished turn for `message` after `history`."""
+    started = time.perf_counter()
+    async for event in assistant.respond(message, history):
+        if isinstance(event, TurnDone):
+            return event.result
+    raise AssertionError(f"no TurnDone for {message!r} after {time.perf_counter() - started:.1f} s")
+
+
+async def played_out(assistant: Assistant, earlier: Sequence[str]) -> list[HistoryTurn]:
+    """The conversation a follow-up is asked in: the visitor's `earlier` messages, each with
+    the bot's own answer, as the visitor would have had them."""
+    history: list[HistoryTurn] = []
+    for message in earlier:
+        reply = await answer_once(assistant, message, history)
+        history += [HistoryTurn("user", message), HistoryTurn("assistant", reply.answer)]
+    return history
+
+
 async def evaluate_turns(
     assistant: Assistant, items: Sequence[LabelledTurn], evidence_for: dict[str, str], concurrency: int = 8
 ) -> BotEvalReport:
@@ -239,20 +258,10 @@ async def evaluate_turns(
     report = BotEvalReport(assistant.mode.value)
     gate = asyncio.Semaphore(concurrency)
 
-    async def answer(message: str, history: Sequence[HistoryTurn]) -> TurnResult:
-        started = time.perf_counter()
-        async for event in assistant.respond(message, history):
-            if isinstance(event, TurnDone):
-                return event.result
-        raise AssertionError(f"no TurnDone for {message!r} after {time.perf_counter() - started:.1f} s")
-
     async def one(item: LabelledTurn) -> TurnScore:
         async with gate:
-            history: list[HistoryTurn] = []
-            for earlier in item.before:  # played out as the visitor would: the bot's own answers in between
-                reply = await answer(earlier, history)
-                history += [HistoryTurn("user", earlier), HistoryTurn("assistant", reply.answer)]
-            return score_turn(item, await answer(item.question, history), evidence_for)
+            history = await played_out(assistant, item.before)
+            return score_turn(item, await answer_once(assistant, item.question, history), evidence_for)
 
     report.scores = list(await asyncio.gather(*(one(i) for i in items)))
     return report
