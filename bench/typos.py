@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.assistant import AnswerMode
-from bot.evaluation import LabelledTurn, evaluate_turns, load_turns
+from bot.evaluation import LabelledTurn, evaluate_turns, evidence_by_document, load_turns
 from knowledge_base.components import build_embedder, build_retriever
 from server.components import build_assistant
 from server.settings import Settings
@@ -73,9 +73,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     clean = [t for t in load_turns(args.questions) if (args.split == "all" or t.split == args.split) and not t.before]
     misspelt = [dataclasses.replace(t, question=typed(t.question, rng, args.words)) for t in clean]
-    evidence: dict[str, str] = {}
-    for chunk in retriever.snapshot.chunks:
-        evidence[chunk.document_id] = evidence.get(chunk.document_id, "") + " " + chunk.text
+    evidence = evidence_by_document(retriever.snapshot.chunks)
 
     async def run(turns: list[LabelledTurn], fix: bool) -> dict[str, Any]:
         assistant = build_assistant(

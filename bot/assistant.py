@@ -18,7 +18,7 @@ import itertools
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Collection, Sequence
+from collections.abc import AsyncGenerator, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -391,11 +391,9 @@ class Assistant:
         if len(message) > self.max_message_chars:
             raise ValueError(f"message is {len(message)} characters; the limit is {self.max_message_chars}")
         started = time.perf_counter()
-        reply = small_talk_reply(message)
         accepted = accepts_person(message, history)
-        if accepted is False:
-            reply = DECLINED_REPLY
-        if reply is not None and not accepted:
+        reply = None if accepted else DECLINED_REPLY if accepted is False else small_talk_reply(message)
+        if reply is not None:
             result = TurnResult(message, message, reply, path=AnswerPath.SMALL_TALK, confidence=1.0, model_id="composer")
             result.total_s = result.time_to_first_token_s = time.perf_counter() - started
             yield AnswerDelta(reply)
@@ -453,9 +451,12 @@ class Assistant:
         """Retrieval, the sentences that answer the message itself, and what of the message the
         help center does not speak of (one worker-thread hop). `topic`: for a follow-up, the
         titles of the articles the answer before it quoted."""
+        joined = query != message  # a follow-up joined to the questions before it; else the same text
         if self.fix_typos:
-            message, query = self.spelled(message), self.spelled(query)
-        message, query = self.written_codes(message), self.written_codes(query)
+            message = self.spelled(message)
+            query = self.spelled(query) if joined else message
+        message = self.written_codes(message)
+        query = self.written_codes(query) if joined else message
         search = self._retriever.search(query, self._top_k)
         # Retrieval embedded the message already unless a follow-up was joined to the one before it.
         vector = search.query_vector if search.query == message.strip() else None
@@ -505,32 +506,28 @@ class Assistant:
         (an error, a status); a model name ("K1", "K2") runs through many articles that do not
         repeat it, and restricting the quote to those that do lost the voltage and warranty
         answers for "my K1" questions."""
-        known = self._known_codes()
         vocabulary = self._public_vocabulary()
-        found = set()
-        for word in self._composer.words(_ADDRESS.sub(" ", message)):
-            code = _CODE.match(word)
-            if code is None or code.group(2) not in known.get((code.group(1), len(code.group(2))), ()):
-                continue
-            if f"{code.group(1)}-{code.group(2)}" in vocabulary:
-                found.add(code.group(1) + code.group(2))
-        return found
+        return {p + n for _, p, n, listed in self._codes_of_listed_kinds(message) if listed and f"{p}-{n}" in vocabulary}
 
     def unknown_codes(self, message: str) -> set[str]:
         """Codes in the message of a kind the help center lists, that it does not list: "E-203"
         when it explains E-101, E-102, E-205 ... Quoting E-101's article to it would answer
         another code. A kind is a prefix and a number of digits that the help center uses for
         at least two codes (one example, like an order number, is not a list)."""
+        return {word for word, _, _, listed in self._codes_of_listed_kinds(message) if not listed}
+
+    def _codes_of_listed_kinds(self, message: str) -> Iterator[tuple[str, str, str, bool]]:
+        """(word, prefix, number, listed) for each code in the message of a kind the help center
+        lists (`_known_codes`), and whether it lists that code itself."""
         known = self._known_codes()
-        found = set()
         for word in self._composer.words(_ADDRESS.sub(" ", message)):
             code = _CODE.match(word)
             if code is None:
                 continue
-            kind, number = (code.group(1), len(code.group(2))), code.group(2)
-            if kind in known and number not in known[kind]:
-                found.add(word)
-        return found
+            prefix, number = code.group(1), code.group(2)
+            numbers = known.get((prefix, len(number)))
+            if numbers is not None:
+                yield word, prefix, number, number in numbers
 
     def _known_codes(self) -> dict[tuple[str, int], frozenset[str]]:
         """The help center's codes by kind (prefix, digits), kinds with at least two codes."""

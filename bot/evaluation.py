@@ -22,7 +22,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from bot.assistant import QUOTE_FRAMING, AnswerPath, Assistant, TurnDone, TurnRe
 from bot.grounding import split_sentences
 from bot.prompt import HistoryTurn
 from retrieval.lexical import STOPWORDS
+from retrieval.types import ChunkRecord
 
 _WORD = re.compile(r"[a-z0-9][a-z0-9'-]*")
 _CITATION = re.compile(r"\s*\[\d+\]")
@@ -230,6 +231,14 @@ class BotEvalReport:
             }
             for s in self.scores
         ]
+
+
+def evidence_by_document(chunks: Iterable[ChunkRecord]) -> dict[str, str]:
+    """Each document's text, its chunks joined: what a claim is checked against (`score_turn`)."""
+    evidence: dict[str, str] = {}
+    for chunk in chunks:
+        evidence[chunk.document_id] = evidence.get(chunk.document_id, "") + " " + chunk.text
+    return evidence
 
 
 async def answer_once(assistant: Assistant, message: str, history: Sequence[HistoryTurn] = ()) -> TurnResult:

@@ -348,7 +348,7 @@ def bot_eval(
 
     from bot.answer_policy import write_record
     from bot.assistant import AnswerMode
-    from bot.evaluation import BotEvalReport, evaluate_turns, load_turns, write_report
+    from bot.evaluation import BotEvalReport, evaluate_turns, evidence_by_document, load_turns, write_report
     from bot.generation.generator import Generator, TransformersGenerator
     from bot.generation.remote import OpenAICompatibleGenerator
     from knowledge_base.components import build_embedder, build_retriever
@@ -378,9 +378,7 @@ def bot_eval(
     generator: Generator | None = build_generator(settings) if AnswerMode.GENERATIVE in modes else None
     if isinstance(generator, TransformersGenerator):
         generator.warm_up()
-    evidence: dict[str, str] = {}
-    for chunk in retriever.snapshot.chunks:
-        evidence[chunk.document_id] = evidence.get(chunk.document_id, "") + " " + chunk.text
+    evidence = evidence_by_document(retriever.snapshot.chunks)
 
     async def run() -> list[BotEvalReport]:
         try:

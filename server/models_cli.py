@@ -263,7 +263,7 @@ def evaluate_systems(
     import asyncio
 
     from bot.assistant import AnswerMode, Assistant
-    from bot.evaluation import BotEvalReport, evaluate_turns
+    from bot.evaluation import BotEvalReport, evaluate_turns, evidence_by_document
     from bot.generation.generator import Generator, TransformersGenerator
     from bot.generation.remote import OpenAICompatibleGenerator
     from knowledge_base.components import build_embedder, build_retriever
@@ -271,9 +271,7 @@ def evaluate_systems(
 
     embedder = build_embedder(settings)
     retriever = build_retriever(settings, embedder)
-    evidence: dict[str, str] = {}
-    for chunk in retriever.snapshot.chunks:
-        evidence[chunk.document_id] = evidence.get(chunk.document_id, "") + " " + chunk.text
+    evidence = evidence_by_document(retriever.snapshot.chunks)
     summaries: dict[str, dict[str, Any]] = {}
 
     async def evaluate(assistant: Assistant, generator: Generator | None) -> BotEvalReport:
