@@ -102,6 +102,9 @@ _UNIT_SYMBOLS = {
     "hour": r"h|hrs?",
     "gram": r"k?g",
 }
+# A sentence that sends the reader to another article ("See the returns article for how to send
+# it back.") names that article's topic, so it matches the question well, but it answers nothing.
+_POINTER = re.compile(r"(?i)\b(?:see|follow|read)\s+(?:the|our)\b[^.]*?\barticles?\b")
 _CONTINUATION = re.compile(r"(?i)^(it|this|that|they|these|those|then|the link|the code|if so)\b")
 
 
@@ -228,6 +231,7 @@ class AnswerComposer:
         faq_question_margin: float | None = 0.2,
         topic_weight: float = 0.5,
         context_weight: float = 0.4,
+        pointer_penalty: float = 0.3,
         cache_size: int = 20_000,
     ) -> None:
         if max_units < 1 or max_chars < 40:
@@ -252,6 +256,10 @@ class AnswerComposer:
         # the follow-up alone. "how long is it valid?" after "how do i change my email" and "the
         # link expired" got the data export's "The link is valid for 7 days" (email: 24 hours).
         self.context_weight = context_weight
+        # Taken off a sentence that points to another article: "how do i export my data" got
+        # the account deletion's "Download your data if you want a copy (see the article on
+        # exporting your data)" while the export article, ranked first, says how.
+        self.pointer_penalty = pointer_penalty
         # Unit vectors by text: the same passages come back for many questions.
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
@@ -444,6 +452,8 @@ class AnswerComposer:
                 if pi in entry_cosines:
                     cosine = max(cosine, entry_cosines[pi])
                 score = cosine + self.lexical_weight * shared + prior
+                if _POINTER.search(unit.text):
+                    score -= self.pointer_penalty
                 row.append(score)
                 if best is None or score > best[0]:
                     best = (score, pi, ui)

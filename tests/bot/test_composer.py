@@ -120,6 +120,14 @@ def test_the_answer_is_the_sentence_that_holds_the_fact_not_the_first_lines(extr
     assert result.model_id == "composer" and result.completion_tokens == 0
 
 
+def test_a_sentence_that_points_to_another_article_is_not_the_answer(extractive: Assistant) -> None:
+    """ "how do i export my data" got the account deletion's "Download your data if you want a copy
+    (see the article on exporting your data)", though the export article ranked first says how."""
+    _, result = turn(extractive, "how do i export my data")
+    assert result.path is AnswerPath.COMPOSED and result.sources[0].document_id == "security/export-your-data"
+    assert "Download my data" in result.answer and "see the article" not in result.answer
+
+
 @pytest.mark.parametrize(
     ("question", "truth", "false"),
     [
