@@ -88,6 +88,8 @@ _SAFETY = re.compile(r"(?i)\b(safe|safely|safety|unsafe|dangerous|danger|hazard\
 _CODE = re.compile(r"^([a-z]{1,4})-?([0-9]{1,6})$")
 _CODE_IN_TEXT = re.compile(r"(?i)\b([a-z]{1,4})-?([0-9]{1,6})\b")
 _RAW_WORD = re.compile(r"[A-Za-z][A-Za-z0-9&']*")
+# What a visitor has with a company: "my amazon order", "my apple id password".
+_HELD = frozenset({"account", "accounts", "membership", "subscription", "order", "orders", "password", "login", "username"})
 # Contractions typed without the apostrophe ("cant", "whats"): chat English, not a topic.
 _BARE_CONTRACTIONS = frozenset(
     [
@@ -199,6 +201,7 @@ class Lookup:
     unsafe: int = 0  # topic words it never uses in a sentence that asks whether something is safe or dangerous
     wrong_kind: bool = False  # the quote has no amount for "how long/much/many", or not the thing "how many" counts
     other_code: bool = False  # the question names a code the help center lists, and the quoted passage does not
+    partners: int = 0  # accounts or orders with a company the help center names ("my amazon order", "my paypal account")
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +360,7 @@ class Assistant:
         self._joined: tuple[str, frozenset[str]] = ("", frozenset())
         self._codes: tuple[str, dict[tuple[str, int], frozenset[str]]] = ("", {})
         self._surface: tuple[str, dict[str, int]] = ("", {})
+        self._names: tuple[str, tuple[frozenset[str], frozenset[str]]] = ("", (frozenset(), frozenset()))
         self._company = company.lower()
         self._top_k = top_k
         self._max_new_tokens = max_new_tokens
@@ -377,6 +381,7 @@ class Assistant:
         self._composer.warm_up(public, store=snapshot.version_dir / VECTORS_FILE)
         self._public_vocabulary()
         self._surface_words()
+        self._names_and_pairs()
 
     @property
     def model_id(self) -> str:
@@ -481,7 +486,8 @@ class Assistant:
         owners, codes = len(self.foreign_owners(message)), len(self.unknown_codes(message))
         wrong_kind = composition is not None and not self._composer.answers_kind(message, composition.quoted)
         other_code = bool(listed) and composition is not None and not self._composer.names_code(composition.passage, listed)
-        return Lookup(search, composition, unknown, names, owners, codes, unsafe, wrong_kind, other_code)
+        partners = len(self.partner_owners(message))
+        return Lookup(search, composition, unknown, names, owners, codes, unsafe, wrong_kind, other_code, partners)
 
     def written_codes(self, text: str) -> str:
         """`text` with the codes the help center lists written as it writes them: "e410" is
@@ -562,7 +568,7 @@ class Assistant:
         "my uber account", "my gym membership", "my spotify account". The word before such a
         thing is someone else's when the help center never uses it at all. A person's ("my
         sister's account") is not a company's; a name the help center does use ("my PayPal
-        account") may be about paying us, and is left to the other checks."""
+        account") may be about paying us, and is `partner_owners`'s."""
         vocabulary = self._public_vocabulary()
         words = [w.lower() for w in _RAW_WORD.findall(_ADDRESS.sub(" ", message))]
         owners = set()
@@ -573,6 +579,42 @@ class Assistant:
             if stems and not stems <= vocabulary:
                 owners.add(owner)
         return owners
+
+    def partner_owners(self, message: str) -> set[str]:
+        """Companies the help center names (always capitalised there: "PayPal", "Amazon", "Apple")
+        whose account, order or password the message speaks of, in words the help center never
+        puts together: "my amazon order", "my apple id password", "my paypal account got hacked".
+        Often about another company ("reset my amazon account password" got our password
+        reset), as often about us ("will the refund go back to my paypal account"): such an
+        answer may be quoted, never as sure. "my alexa app" is the help center's own words."""
+        names, pairs = self._names_and_pairs()
+        words = [w.lower() for w in _RAW_WORD.findall(_ADDRESS.sub(" ", message))]
+        return {
+            owner
+            for owner, thing in itertools.pairwise(words)
+            if thing in _HELD
+            and owner in names
+            and owner not in STOPWORDS  # "I" is always capitalised too
+            and owner != self._company
+            and f"{owner} {thing}" not in pairs
+        }
+
+    def _names_and_pairs(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The help center's public words that it always capitalises (names: "paypal", "amazon"),
+        and every pair of neighbouring words it writes ("alexa app"), in lower case."""
+        snapshot = self._retriever.snapshot
+        if self._names[0] != snapshot.version:
+            capitalised: set[str] = set()
+            lower: set[str] = set()
+            pairs: set[str] = set()
+            for chunk in snapshot.chunks:
+                if chunk.visibility is Visibility.PUBLIC:
+                    raw = _RAW_WORD.findall(f"{chunk.title} {chunk.heading} {chunk.text}")
+                    for word in raw:
+                        (capitalised if word[0].isupper() else lower).add(word.lower())
+                    pairs.update(f"{a} {b}".lower() for a, b in itertools.pairwise(raw))
+            self._names = (snapshot.version, (frozenset(capitalised - lower), frozenset(pairs)))
+        return self._names[1]
 
     def _joined_vocabulary(self) -> frozenset[str]:
         """The help center's hyphenated words written together ("wi-fi" -> "wifi")."""
@@ -675,7 +717,7 @@ class Assistant:
         enough: "is the kettle dishwasher safe? would love to just throw it in with the plates"
         has five, and the descaling article's "never put the kettle or its base in a
         dishwasher" is what it needs."""
-        if lookup.wrong_kind or lookup.other_code:
+        if lookup.wrong_kind or lookup.other_code or lookup.partners:
             return False
         return self.max_unknown_words is None or lookup.unknown <= self.max_unknown_words
 

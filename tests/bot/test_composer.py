@@ -272,6 +272,25 @@ def test_a_question_about_another_companys_account_is_not_sure_though_ours_match
     assert deltas == [NOT_SURE_ANSWER] and theirs.path is AnswerPath.NOT_SURE
 
 
+def test_an_account_or_order_with_a_company_the_help_center_names_is_never_a_sure_answer(extractive: Assistant) -> None:
+    """ "how do i reset my amazon account password" got our password reset as a sure answer: the
+    help center names Amazon (Alexa), so the word is no stranger. Such a question may be ours
+    ("will the refund go back to my paypal account"), so the closest passage is still quoted."""
+    assert extractive.partner_owners("how do i track my amazon order") == {"amazon"}
+    assert extractive.partner_owners("how do i change my apple id password") == {"id"}
+    # The help center's own pairs ("Alexa app"), ours, and "I" (always capitalised) are not partners.
+    for question in ("my alexa app can't find the kettle", "how do i delete my brewlo account", "if i order today"):
+        assert extractive.partner_owners(question) == set(), question
+    for question in ("how do i reset my amazon account password", "my paypal account got hacked what do i do"):
+        _, result = turn(extractive, question)
+        assert result.path is AnswerPath.NOT_SURE, result.answer
+    _, ours = turn(extractive, "will the refund go back to my paypal account")
+    assert ours.path is AnswerPath.NOT_SURE and ours.answer.startswith(SUGGESTION_LEAD), ours.answer
+    assert "PayPal refunds arrive within 3 business days" in ours.answer
+    _, alexa = turn(extractive, "my alexa app can't find the kettle")
+    assert alexa.path is AnswerPath.COMPOSED, alexa.answer
+
+
 def test_close_but_not_sure_says_so_quotes_the_closest_passage_and_offers_a_person(
     extractive: Assistant, sample_retriever: Retriever, embedder: SentenceEmbedder
 ) -> None:
