@@ -99,6 +99,11 @@ def normalise(text: str) -> str:
     return " ".join(_MARKUP.sub("", text).lower().split())
 
 
+def first_quote(answer: str) -> str:
+    """An answer up to the quote from a second article, which starts a paragraph with "And from"."""
+    return re.split(r"\n\nAnd from ", answer, maxsplit=1)[0]
+
+
 def has_key_facts(answer: str, groups: Sequence[Sequence[str]]) -> bool:
     text = normalise(answer)
     return bool(groups) and all(any(normalise(alt) in text for alt in group) for group in groups)
@@ -133,6 +138,12 @@ class TurnScore:
     false_statement: bool
     not_sure: bool
     why_false: list[str] = field(default_factory=list)
+
+    @property
+    def key_facts_first(self) -> bool:
+        """The key facts are in what the visitor reads first: the answer up to a second article's
+        quote ("And from ..."), if it has one."""
+        return self.key_facts and has_key_facts(first_quote(self.result.answer), self.turn.key_facts)
 
     @property
     def suggested(self) -> bool:
@@ -191,6 +202,8 @@ class BotEvalReport:
             "key_facts_present": _share(sum(s.key_facts for s in in_scope), len(in_scope)),
             # The same, counting only answers the bot was sure of (no "not sure" before the quote).
             "key_facts_sure": _share(sum(s.key_facts and not s.not_sure for s in in_scope), len(in_scope)),
+            # The same, counting only the first article quoted: what a visitor reads first.
+            "key_facts_first": _share(sum(s.key_facts_first for s in in_scope), len(in_scope)),
             "answers": len(answered),
             "suggestions": len(speaking) - len(answered),
             "in_scope_suggested": _share(sum(s.suggested for s in in_scope), len(in_scope)),
@@ -221,6 +234,7 @@ class BotEvalReport:
                 "before": list(s.turn.before),
                 "path": s.result.path.value,
                 "key_facts": s.key_facts,
+                "key_facts_first": s.key_facts_first,
                 "false_statement": s.false_statement,
                 "not_sure": s.not_sure,
                 "suggested": s.suggested,

@@ -411,6 +411,7 @@ def bot_eval(
     rows = [
         ("key facts present (in scope)", "key_facts_present", "{:.3f}"),
         ("  of which in sure answers", "key_facts_sure", "{:.3f}"),
+        ("  of which in the first quote", "key_facts_first", "{:.3f}"),
         ("false statements", "false_statements", "{}"),
         ("false statements per answer", "false_statement_rate", "{:.3f}"),
         ("contradiction traps failed", "trap_failures", "{}"),

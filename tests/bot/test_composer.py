@@ -364,6 +364,37 @@ def test_the_second_article_is_quoted_only_when_its_best_sentence_is_close(embed
     assert loose.quoted == f"{loose.text}\n{loose.also[0].text}" and loose.also[0].text in loose.also[0].passage.text
 
 
+def test_of_two_articles_quoted_the_one_retrieval_trusts_more_comes_first(embedder: SentenceEmbedder) -> None:
+    """The visitor reads the first quote: "the kettle doesn't heat at all" led with the safety
+    instructions' sentence on heating, ahead of the won't-heat article retrieval ranked first."""
+    heat = _passage(
+        "troubleshooting/wont-heat", "Kettle won't heat", "Check that the base is plugged in and the wall socket works.", 0.87
+    )
+    safety = _passage(
+        "usage/safety", "Safety instructions", "The body of the kettle gets hot while heating. Hold it only by the handle.", 0.8
+    )
+    question = "the kettle doesn't heat at all"
+    by_score = AnswerComposer(embedder, second_margin=1.0, lead_margin=None).compose(question, [heat, safety])
+    by_retrieval = AnswerComposer(embedder, second_margin=1.0).compose(question, [heat, safety])
+    assert by_score is not None and by_retrieval is not None
+    assert [p.document_id for p in by_score.passages] == ["usage/safety", "troubleshooting/wont-heat"]
+    assert [p.document_id for p in by_retrieval.passages] == ["troubleshooting/wont-heat", "usage/safety"]
+    assert by_retrieval.text in heat.text and by_retrieval.also[0].text in safety.text
+    # Only the order changes: the gate still weighs the best sentence, whichever article leads.
+    assert by_retrieval.relevance == by_score.relevance and by_retrieval.quoted != by_score.quoted
+    close = AnswerComposer(embedder, second_margin=1.0, lead_margin=0.1).compose(question, [heat, safety])
+    assert close is not None and close.passage is safety  # 0.87 is not more than 0.1 above 0.8
+    # In a follow-up the article just quoted keeps the lead.
+    follow = AnswerComposer(embedder, second_margin=1.0).compose(question, [heat, safety], topic=["Safety instructions"])
+    assert follow is not None and follow.passage is safety
+
+
+def test_the_kettle_that_does_not_heat_gets_the_troubleshooting_article_first(extractive: Assistant) -> None:
+    _, result = turn(extractive, "the kettle doesn't heat at all")
+    assert result.path is AnswerPath.COMPOSED and result.sources[0].document_id == "troubleshooting/wont-heat", result.answer
+    assert result.answer.startswith("From our article \"Kettle won't heat"), result.answer
+
+
 def test_a_turn_embeds_the_question_once(
     extractive: Assistant, embedder: SentenceEmbedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -81,6 +81,13 @@ def test_a_not_sure_that_quotes_a_passage_is_checked_like_an_answer() -> None:
     report = BotEvalReport("extractive", [score_turn(fact, hedged, {})])
     summary = report.summary()
     assert summary["key_facts_present"] == 1.0 and summary["key_facts_sure"] == 0.0
+    assert summary["key_facts_first"] == 1.0
+    # What the visitor reads first: facts only in a second article's quote are not in it.
+    second = TurnResult(
+        fact.question, fact.question, answer=f'From our article "A": Hello.\n\nAnd from "B": {text}', path=AnswerPath.COMPOSED
+    )
+    late = score_turn(fact, second, {})
+    assert late.key_facts and not late.key_facts_first
     assert summary["in_scope_suggested"] == 1.0 and summary["suggestions"] == 1 and summary["answers"] == 0
 
 
