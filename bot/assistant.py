@@ -125,6 +125,9 @@ _BARE_CONTRACTIONS = frozenset(
 _FOLLOW_UP = re.compile(
     r"(?i)^(and|also|or|what about|how about|what if|but|then|so)\b|\b(it|that|this|those|these|they|them|its|one)\b"
 )
+# A follow-up-like message with fewer words of its own than this is never looked up alone:
+# "how often?" after the descaling steps found the filter FAQ's "Every 3 months" on its own.
+_OWN_TOPIC_WORDS = 2
 FOLLOW_UP_CHAIN = 3  # at most this many user messages searched as one: a follow-up of a follow-up and its question
 
 
@@ -447,10 +450,33 @@ class Assistant:
     def look_up(self, message: str, history: Sequence[HistoryTurn] = ()) -> tuple[str, Lookup]:
         """What the gate weighs for `message` after `history`, and the query it was searched
         with: a follow-up joined to the questions before it, its quotes chosen with the
-        articles the last answer quoted. Blocking (retrieval and embedding)."""
+        articles the last answer quoted. Blocking (retrieval and embedding).
+
+        A message that only reads like a follow-up (a pronoun, four words or fewer) is also
+        looked up alone, and answered alone when that reading is the better one: sure where
+        the joined one is not, or sure with a higher score; or, when neither is sure, the one
+        that scores higher. Joined to the question before it, "theres a little lock symbol on
+        the kettle and it wont do anything" after "can i buy just a new lid for my K1" found
+        the spare parts FAQ, not the child lock: a visitor's second, unrelated question was
+        answered worse than their first (tune: key facts 77 -> 63 of 90)."""
         query = standalone_query(message, history)
-        topic = quoted_titles(history) if query != message else ()
-        return query, self._search_and_compose(message, query, topic)
+        if query == message:
+            return query, self._search_and_compose(message, query)
+        if len(self._composer.asked_words(message)) < _OWN_TOPIC_WORDS:  # "how often?", "is that free?"
+            return query, self._search_and_compose(message, query, quoted_titles(history))
+        joined = self._search_and_compose(message, query, quoted_titles(history))
+        alone = self._search_and_compose(message, message)
+        return (message, alone) if self._reads_alone(alone, joined) else (query, joined)
+
+    def _reads_alone(self, alone: Lookup, joined: Lookup) -> bool:
+        """Whether a message that reads like a follow-up is better answered on its own."""
+        alone_score, joined_score = self._gate_score(alone), self._gate_score(joined)
+        alone_sure, joined_sure = self._answerable(alone, alone_score), self._answerable(joined, joined_score)
+        if alone_sure != joined_sure:
+            return alone_sure
+        if alone_score is None:
+            return False
+        return joined_score is None or alone_score > joined_score or (alone_sure and alone_score == joined_score)
 
     def _search_and_compose(self, message: str, query: str, topic: Collection[str] = ()) -> Lookup:
         """Retrieval, the sentences that answer the message itself, and what of the message the

@@ -342,6 +342,11 @@ class AnswerComposer:
     def words(self, text: str) -> set[str]:
         return set(self._tokenizer.tokenize(text)) - self._ignored
 
+    def asked_words(self, question: str) -> set[str]:
+        """The question's own words that a sentence may share: not "how long" or "how much" (the
+        kind of answer asked for) nor the amounts it names (claims to check)."""
+        return self.words(_ANSWER_KIND.sub(" ", question)) - self.words(" ".join(_amounts(question)))
+
     def names_code(self, passage: Passage, codes: Collection[str]) -> bool:
         """Whether the passage (its title, heading or text) names one of `codes`, written without
         a hyphen ("e410" for "E-410" and "e410")."""
@@ -430,7 +435,7 @@ class AnswerComposer:
         document_confidence: dict[str, float] = {}
         for passage, _ in candidates:
             document_confidence[passage.document_id] = max(document_confidence.get(passage.document_id, 0.0), passage.confidence)
-        asked = self.words(_ANSWER_KIND.sub(" ", question)) - self.words(" ".join(_amounts(question)))
+        asked = self.asked_words(question)
         # An FAQ entry's sentences answer its question: they count at least as well as that
         # question matches the visitor's, less a margin. "what's the maximum capacity of the
         # kettle?" is "What is the capacity of the kettle?", whose answer ("The K1 holds 1.2
