@@ -29,7 +29,7 @@ from bot.composer import VECTORS_FILE, AnswerComposer, Composition
 from bot.generation.generator import GenerationError, GenerationRequest, GenerationStats, Generator
 from bot.grounding import GroundednessChecker, complete_sentences, split_sentences
 from bot.prompt import PROMPT_VERSION, HistoryTurn, PromptBuilder
-from bot.small_talk import small_talk_reply
+from bot.small_talk import small_talk_reply, without_small_talk
 from knowledge_base.chunking import HEADING_PATH_SEPARATOR
 from retrieval.lexical import STOPWORDS
 from retrieval.retriever import Retriever
@@ -458,7 +458,14 @@ class Assistant:
         that scores higher. Joined to the question before it, "theres a little lock symbol on
         the kettle and it wont do anything" after "can i buy just a new lid for my K1" found
         the spare parts FAQ, not the child lock: a visitor's second, unrelated question was
-        answered worse than their first (tune: key facts 77 -> 63 of 90)."""
+        answered worse than their first (tune: key facts 77 -> 63 of 90).
+
+        Small talk around the question ("Hi! ...", "... Thanks!") is not searched for, and the
+        sentences before a question that stands on its own are read like a message before it
+        (`asked_and_context`)."""
+        message, context = self.asked_and_context(without_small_talk(message))
+        if context:
+            history = [*history, HistoryTurn("user", context)]
         query = standalone_query(message, history)
         if query == message:
             return query, self._search_and_compose(message, query)
@@ -467,6 +474,20 @@ class Assistant:
         joined = self._search_and_compose(message, query, quoted_titles(history))
         alone = self._search_and_compose(message, message)
         return (message, alone) if self._reads_alone(alone, joined) else (query, joined)
+
+    def asked_and_context(self, message: str) -> tuple[str, str]:
+        """What a message of several sentences asks, and the sentences around it ("" when it is
+        all question): its asking sentences (a question mark or a question's first word), or
+        else its last one, when they have two words of their own or more. "I bought a Brewlo
+        kettle last month. my microwave turns on but doesn't heat food" was searched whole and
+        answered from our articles (tune: out of scope "not sure" 0.969 -> 0.786 with that
+        sentence before each question); "... unless i click a link. legit??" asks about the
+        story, and is kept whole."""
+        sentences = split_sentences(message)
+        asking = [s for s in sentences if _ASKS.search(s)] or sentences[-1:]
+        if len(asking) == len(sentences) or len(self._composer.asked_words(" ".join(asking))) < _OWN_TOPIC_WORDS:
+            return message, ""
+        return " ".join(asking), " ".join(s for s in sentences if s not in asking)
 
     def _reads_alone(self, alone: Lookup, joined: Lookup) -> bool:
         """Whether a message that reads like a follow-up is better answered on its own."""

@@ -28,6 +28,14 @@ def _whole(*parts: str) -> re.Pattern[str]:
 _GREETING = _whole(_OPENERS)
 _CLOSING = _whole(_THANKS, _FINE, _BYE)
 
+# Small talk around a question: "Hi! how do i descale", "hey quick question - ...", "... Thanks!".
+# Searched with it, the greeting's words counted as the question's: "Hi! " before each tune
+# question took its sure answers with the key facts from 0.711 to 0.633.
+_LEADING = re.compile(
+    rf"(?i)^(?:{_FILLER}(?:{_OPENERS}|quick question|one more question|another question|sorry|excuse me|please)\b)+{_FILLER}(?=\w)"
+)
+_TRAILING = re.compile(rf"(?i)(?<![\w'])(?:(?:{_THANKS})(?: in advance)?|please|pls|plz)(?:{_FILLER}(?:{_THANKS}|please))*\W*$")
+
 GREETING_REPLY = "Hello! What can I help you with today?"
 CLOSING_REPLY = "Glad I could help! If there is anything else, just ask here."
 
@@ -42,3 +50,14 @@ def small_talk_reply(message: str) -> str | None:
     if _CLOSING.match(text):
         return CLOSING_REPLY
     return None
+
+
+def without_small_talk(message: str) -> str:
+    """The question without the greeting before it or the thanks after it ("Hi! How do I descale?
+    Thanks!" -> "How do I descale?"); the message as it is when nothing else is left."""
+    question = _LEADING.sub("", message)
+    trailing = _TRAILING.search(question)
+    if trailing is not None:
+        # "... right please?" is still a question: its question mark stays.
+        question = question[: trailing.start()].rstrip() + ("?" if "?" in trailing.group(0) else "")
+    return question.strip() or message.strip()

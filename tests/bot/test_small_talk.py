@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.small_talk import CLOSING_REPLY, GREETING_REPLY, small_talk_reply
+from bot.small_talk import CLOSING_REPLY, GREETING_REPLY, small_talk_reply, without_small_talk
 
 
 @pytest.mark.parametrize("message", ["hi", "Hello!", "hey there", "Good morning :)", "hi hi", "  Hiya!! "])
@@ -33,3 +33,27 @@ def test_thanks_and_goodbyes_get_a_closing_line(message: str) -> None:
 )
 def test_a_question_with_small_talk_in_it_is_a_question(message: str) -> None:
     assert small_talk_reply(message) is None
+
+
+@pytest.mark.parametrize(
+    ("message", "question"),
+    [
+        ("Hi! how do i descale?", "how do i descale?"),
+        ("Hello there, how do i descale", "how do i descale"),
+        ("hey quick question - can i return it?", "can i return it?"),
+        ("sorry, where is my order?", "where is my order?"),
+        ("how do i descale? Thanks!", "how do i descale?"),
+        ("does the warranty cover it thank you so much!!", "does the warranty cover it"),
+        ("Good morning team! My kettle is leaking. Thanks in advance", "My kettle is leaking."),
+        ("hiya can i pay with paypal pls", "can i pay with paypal"),
+        ("it boils for an hour, right please?", "it boils for an hour, right?"),
+        # Words that only begin or end like small talk stay.
+        ("is the hidden fee real", "is the hidden fee real"),
+        ("can i pay in advance", "can i pay in advance"),
+        ("is my warranty valid", "is my warranty valid"),
+        # Nothing but small talk: the message as it is (small_talk_reply answers it).
+        ("thanks!", "thanks!"),
+    ],
+)
+def test_small_talk_around_a_question_is_not_part_of_it(message: str, question: str) -> None:
+    assert without_small_talk(message) == question
