@@ -6,7 +6,10 @@ visitor wraps a question, in one run on one index:
 
 - a greeting before it ("Hi! "), or "hey quick question - ";
 - thanks after it (" Thanks!"), or "please" at its end;
-- a sentence of context before it ("I bought a Brewlo kettle last month. ");
+- "can you help me? " before it;
+- a sentence of context before it ("I bought a Brewlo kettle last month. "), or a lead-in with
+  a colon ("I have a question about my kettle: "), or thanks for the last answer and "One more
+  thing: ";
 - asked second: after another in-scope question of the split, drawn at random (seeded, so
   every run asks the same pairs), with the bot's answer to it in between. The labelled
   follow-ups (which need the question before them) are `bot eval`'s; this is the question
@@ -62,7 +65,10 @@ WRAPPINGS: dict[str, Callable[[list[LabelledTurn], random.Random], list[Labelled
     "'hey quick question - '": worded(lambda q: f"hey quick question - {q}"),
     "thanks after": worded(lambda q: f"{q} Thanks!"),
     "'please' at the end": worded(lambda q: f"{q.rstrip('?')} please?"),
+    "'can you help me? ' before": worded(lambda q: f"can you help me? {q}"),
     "context sentence before": worded(lambda q: f"I bought a Brewlo kettle last month. {q}"),
+    "lead-in with a colon": worded(lambda q: f"I have a question about my kettle: {q}"),
+    "after thanks, 'one more thing'": worded(lambda q: f"Thanks, that worked. One more thing: {q}"),
     "asked second": after_another,
 }
 

@@ -128,6 +128,8 @@ _FOLLOW_UP = re.compile(
 # A follow-up-like message with fewer words of its own than this is never looked up alone:
 # "how often?" after the descaling steps found the filter FAQ's "Every 3 months" on its own.
 _OWN_TOPIC_WORDS = 2
+# A lead-in's end: "I have a question about my kettle: what's its capacity?" is two parts.
+_LEAD_IN_END = re.compile(r"(?<=\w):\s+")
 FOLLOW_UP_CHAIN = 3  # at most this many user messages searched as one: a follow-up of a follow-up and its question
 
 
@@ -483,7 +485,7 @@ class Assistant:
         answered from our articles (tune: out of scope "not sure" 0.969 -> 0.786 with that
         sentence before each question); "... unless i click a link. legit??" asks about the
         story, and is kept whole."""
-        sentences = split_sentences(message)
+        sentences = [clause for sentence in split_sentences(message) for clause in _LEAD_IN_END.split(sentence) if clause]
         asking = [s for s in sentences if _ASKS.search(s)] or sentences[-1:]
         if len(asking) == len(sentences) or len(self._composer.asked_words(" ".join(asking))) < _OWN_TOPIC_WORDS:
             return message, ""

@@ -15,7 +15,10 @@ _THANKS = (
     r"(thanks?|thank you|thank u|thx|ty|cheers|many thanks|much appreciated|appreciated)"
     r"( (so|very) much| a lot| a bunch| again| for (the|your) help| for helping)?"
 )
-_FINE = r"(ok(ay)?|great|perfect|awesome|cool|nice|brilliant|got it|understood|all good|that helped|that'?s? (helpful|great|perfect|all|it))"
+_FINE = (
+    r"(ok(ay)?|great|perfect|awesome|cool|nice|brilliant|got it|understood|all good|that helped|that'?s? (helpful|great|perfect|all|it)"
+    r"|(that|it) (worked|did it|fixed it)|(that )?solved it)"
+)
 _BYE = r"(bye|goodbye|bye bye|see (you|ya)|have a (nice|good|great) (day|one|evening)|take care)"
 _FILLER = r"[\s!.,:;)(*~-]*"
 
@@ -31,9 +34,14 @@ _CLOSING = _whole(_THANKS, _FINE, _BYE)
 # Small talk around a question: "Hi! how do i descale", "hey quick question - ...", "... Thanks!".
 # Searched with it, the greeting's words counted as the question's: "Hi! " before each tune
 # question took its sure answers with the key facts from 0.711 to 0.633.
-_LEADING = re.compile(
-    rf"(?i)^(?:{_FILLER}(?:{_OPENERS}|quick question|one more question|another question|sorry|excuse me|please)\b)+{_FILLER}(?=\w)"
+_LEAD_INS = (
+    r"(one more|another|a quick|quick|one last|a) (question|thing)|by the way|btw|sorry|excuse me|please"
+    r"|(can|could) (you|u) (please )?help( me)?( out)?( please)?|i need (some |a little )?help( please)?"
+    r"|i('ve| have)( got)? (a |one |another )?(quick |small )?question"
 )
+_LEAD_FILLER = r"[\s!?.,:;)(*~-]*"
+_LEADING = re.compile(rf"(?i)^(?:{_LEAD_FILLER}(?:{_OPENERS}|{_LEAD_INS})\b)+{_LEAD_FILLER}(?=\w)")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _TRAILING = re.compile(rf"(?i)(?<![\w'])(?:(?:{_THANKS})(?: in advance)?|please|pls|plz)(?:{_FILLER}(?:{_THANKS}|please))*\W*$")
 
 GREETING_REPLY = "Hello! What can I help you with today?"
@@ -53,9 +61,12 @@ def small_talk_reply(message: str) -> str | None:
 
 
 def without_small_talk(message: str) -> str:
-    """The question without the greeting before it or the thanks after it ("Hi! How do I descale?
-    Thanks!" -> "How do I descale?"); the message as it is when nothing else is left."""
-    question = _LEADING.sub("", message)
+    """The question without the greeting or lead-in before it or the thanks after it ("Hi! How do
+    I descale? Thanks!" -> "How do I descale?", "Thanks, that worked. One more thing: ..."); the
+    message as it is when nothing else is left."""
+    # Whole sentences of small talk go first: "Thanks, that worked. One more thing: ..."
+    sentences = [s for s in _SENTENCE_END.split(message.strip()) if s and small_talk_reply(s) is None]
+    question = _LEADING.sub("", " ".join(sentences))
     trailing = _TRAILING.search(question)
     if trailing is not None:
         # "... right please?" is still a question: its question mark stays.

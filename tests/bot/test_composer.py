@@ -575,6 +575,8 @@ def test_what_a_message_asks_is_answered_not_the_greeting_or_the_story_before_it
     story = "I bought a Brewlo kettle last month. "
     _, result = turn(extractive, story + "my microwave turns on but doesn't heat food")
     assert result.path is AnswerPath.NOT_SURE
+    _, result = turn(extractive, "I have a question about my kettle: my microwave turns on but doesn't heat food")
+    assert result.path is AnswerPath.NOT_SURE
     _, result = turn(extractive, story + "does it shut itself off if i forget about it?")
     assert result.path is AnswerPath.COMPOSED and "switches off" in result.answer
     # A short question after a story is the story's: the whole message is what is asked.

@@ -47,6 +47,9 @@ def test_a_question_with_small_talk_in_it_is_a_question(message: str) -> None:
         ("Good morning team! My kettle is leaking. Thanks in advance", "My kettle is leaking."),
         ("hiya can i pay with paypal pls", "can i pay with paypal"),
         ("it boils for an hour, right please?", "it boils for an hour, right?"),
+        ("Thanks, that worked. One more thing: how do i descale?", "how do i descale?"),
+        ("can you help me? how do i descale", "how do i descale"),
+        ("btw can i pay in advance", "can i pay in advance"),
         # Words that only begin or end like small talk stay.
         ("is the hidden fee real", "is the hidden fee real"),
         ("can i pay in advance", "can i pay in advance"),
