@@ -82,6 +82,52 @@ _OWNED = frozenset(
     {"account", "accounts", "membership", "memberships", "subscription", "subscriptions", "rewards", "order", "orders"}
     | {"delivery", "deliveries", "package", "parcel", "password", "login", "profile", "username", "app"}
 )
+# A person's, typed without the apostrophe ("my sisters account"): not a company's.
+_PEOPLES = frozenset(
+    f"{person}s"
+    for person in [
+        "mom",
+        "mum",
+        "mam",
+        "dad",
+        "mother",
+        "father",
+        "parent",
+        "sister",
+        "brother",
+        "sibling",
+        "son",
+        "daughter",
+        "kid",
+        "child",
+        "wife",
+        "husband",
+        "partner",
+        "girlfriend",
+        "boyfriend",
+        "fiance",
+        "fiancee",
+        "friend",
+        "roommate",
+        "flatmate",
+        "housemate",
+        "neighbor",
+        "neighbour",
+        "boss",
+        "colleague",
+        "grandma",
+        "grandpa",
+        "grandmother",
+        "grandfather",
+        "aunt",
+        "uncle",
+        "cousin",
+        "niece",
+        "nephew",
+        "nan",
+        "gran",
+    ]
+) | {"childrens"}
 # Whether something is safe: answered only from a passage about all of what the question names.
 _SAFETY = re.compile(r"(?i)\b(safe|safely|safety|unsafe|dangerous|danger|hazard\w*|toxic|harmful|risky)\b")
 # A code: letters, an optional hyphen, digits ("e-101", "pay-409", "e203").
@@ -616,7 +662,7 @@ class Assistant:
         """Companies other than ours whose account, membership or order the message asks about:
         "my uber account", "my gym membership", "my spotify account". The word before such a
         thing is someone else's when the help center never uses it at all. A person's ("my
-        sister's account") is not a company's; a name the help center does use ("my PayPal
+        sister's account", "my sisters account") is not a company's; a name the help center does use ("my PayPal
         account") may be about paying us, and is `partner_owners`'s."""
         vocabulary = self._public_vocabulary()
         words = [w.lower() for w in _RAW_WORD.findall(_ADDRESS.sub(" ", message))]
@@ -624,6 +670,8 @@ class Assistant:
         for owner, thing in itertools.pairwise(words):
             if thing not in _OWNED or owner.endswith("'s") or owner in STOPWORDS or owner == self._company:
                 continue
+            if owner in _PEOPLES:
+                continue  # a person's, typed without the apostrophe: "my sisters account"
             stems = self._composer.words(owner)
             if stems and not stems <= vocabulary:
                 owners.add(owner)
