@@ -253,6 +253,7 @@ class Lookup:
     wrong_kind: bool = False  # the quote has no amount for "how long/much/many", or not the thing "how many" counts
     other_code: bool = False  # the question names a code the help center lists, and the quoted passage does not
     partners: int = 0  # accounts or orders with a company the help center names ("my amazon order", "my paypal account")
+    brands: int = 0  # things of a name the help center never uses ("a smeg kettle", "my xfinity router")
 
 
 @dataclass(frozen=True, slots=True)
@@ -582,7 +583,8 @@ class Assistant:
         wrong_kind = composition is not None and not self._composer.answers_kind(message, composition.quoted)
         other_code = bool(listed) and composition is not None and not self._composer.names_code(composition.passage, listed)
         partners = len(self.partner_owners(message))
-        return Lookup(search, composition, unknown, names, owners, codes, unsafe, wrong_kind, other_code, partners)
+        brands = len(self.branded_things(message)) if counts_names else 0
+        return Lookup(search, composition, unknown, names, owners, codes, unsafe, wrong_kind, other_code, partners, brands)
 
     def written_codes(self, text: str) -> str:
         """`text` with the codes the help center lists written as it writes them: "e410" is
@@ -676,6 +678,22 @@ class Assistant:
             if stems and not stems <= vocabulary:
                 owners.add(owner)
         return owners
+
+    def branded_things(self, message: str) -> set[str]:
+        """Things the message names by a brand the help center never uses (a `name_words` word
+        right before one of the help center's words): "how do i descale a smeg kettle" is about
+        someone else's kettle, however well our descaling steps match it. Such an answer may be
+        quoted, never as sure: "oat milk" reads the same way."""
+        names = self.name_words(message)
+        if not names:
+            return set()
+        vocabulary = self._public_vocabulary()
+        words = [w.lower() for w in _RAW_WORD.findall(_ADDRESS.sub(" ", message))]
+        return {
+            f"{name} {thing}"
+            for name, thing in itertools.pairwise(words)
+            if name in names and (stems := self._composer.words(thing)) and stems <= vocabulary
+        }
 
     def partner_owners(self, message: str) -> set[str]:
         """Companies the help center names (always capitalised there: "PayPal", "Amazon", "Apple")
@@ -808,13 +826,14 @@ class Assistant:
     def _may_be_sure(self, lookup: Lookup) -> bool:
         """Whether the gate may call the answer sure at all: not when the quote lacks the kind of
         answer asked for (an amount, a price, the thing "how many" counts), not when the
-        question names a listed code the quoted passage does not, and not when more of the
+        question names a listed code the quoted passage does not, nor another company's account
+        or a thing of a brand the help center never names, and not when more of the
         question's words than `max_unknown_words` are ones the help center never uses. Such a
         question is still quoted the closest passage as a suggestion when it scores well
         enough: "is the kettle dishwasher safe? would love to just throw it in with the plates"
         has five, and the descaling article's "never put the kettle or its base in a
         dishwasher" is what it needs."""
-        if lookup.wrong_kind or lookup.other_code or lookup.partners:
+        if lookup.wrong_kind or lookup.other_code or lookup.partners or lookup.brands:
             return False
         return self.max_unknown_words is None or lookup.unknown <= self.max_unknown_words
 

@@ -274,6 +274,16 @@ def test_a_question_about_another_companys_account_is_not_sure_though_ours_match
     assert deltas == [NOT_SURE_ANSWER] and theirs.path is AnswerPath.NOT_SURE
 
 
+def test_a_thing_of_a_brand_the_help_center_never_names_is_never_a_sure_answer(extractive: Assistant) -> None:
+    """ "how do i descale a smeg kettle" got our descaling steps (the app's Maintenance menu) as a sure answer."""
+    assert extractive.branded_things("how do i descale a smeg kettle") == {"smeg kettle"}
+    assert extractive.branded_things("how do i descale my kettle") == set()
+    _, theirs = turn(extractive, "how do i descale a smeg kettle")
+    assert theirs.path is AnswerPath.NOT_SURE and theirs.handoff
+    _, ours = turn(extractive, "how do i descale my kettle")
+    assert ours.path is AnswerPath.COMPOSED
+
+
 def test_an_account_or_order_with_a_company_the_help_center_names_is_never_a_sure_answer(extractive: Assistant) -> None:
     """ "how do i reset my amazon account password" got our password reset as a sure answer: the
     help center names Amazon (Alexa), so the word is no stranger. Such a question may be ours
