@@ -39,8 +39,12 @@ NOT_SURE_ANSWER = "I'm not sure about that: I couldn't find it in our help cente
 # "talk to a person", "can I speak with a human agent?", "I want a real person": the visitor
 # asks for a human, so the bot does not try to answer.
 _WANTS_HUMAN = re.compile(
-    r"(?i)\b(talk|speak|chat|connect|transfer|put)\b.{0,30}\b(person|human|agent|representative|someone|somebody|staff)\b"
-    r"|\b(real|live|actual)\s+(person|human|agent)\b|^\s*(human|agent|operator|representative)\W*$"
+    r"(?i)\b(talk|speak|chat|connect|transfer|put)\b.{0,30}\b(person|human|agent|representative|someone|somebody|staff"
+    r"|manager|supervisor)\b"
+    r"|\b(real|live|actual)\s+(person|human|agent)\b|^\s*(human|agent|operator|representative|manager)\W*$"
+    # "how do i contact support", "can i speak with customer service": in this chat, a person is the way.
+    r"|\b(talk|speak|chat|contact|reach|call|email)\s+(to\s+|with\s+)?(your\s+|the\s+)?(customer\s+)?"
+    r"(support|service|care|team)\b(?!\s+(article|page|site))"
 )
 # Not sure, but the help center has something close: said before and after its quote.
 SUGGESTION_LEAD = "I'm not sure this answers your question. The closest I found in our help center:"
@@ -413,6 +417,7 @@ class Assistant:
         self._codes: tuple[str, dict[tuple[str, int], frozenset[str]]] = ("", {})
         self._surface: tuple[str, dict[str, int]] = ("", {})
         self._names: tuple[str, tuple[frozenset[str], frozenset[str]]] = ("", (frozenset(), frozenset()))
+        self.company_name = company
         self._company = company.lower()
         self._top_k = top_k
         self._max_new_tokens = max_new_tokens
@@ -449,7 +454,7 @@ class Assistant:
             raise ValueError(f"message is {len(message)} characters; the limit is {self.max_message_chars}")
         started = time.perf_counter()
         accepted = accepts_person(message, history)
-        reply = None if accepted else DECLINED_REPLY if accepted is False else small_talk_reply(message)
+        reply = None if accepted else DECLINED_REPLY if accepted is False else small_talk_reply(message, self.company_name)
         if reply is not None:
             result = TurnResult(message, message, reply, path=AnswerPath.SMALL_TALK, confidence=1.0, model_id="composer")
             result.total_s = result.time_to_first_token_s = time.perf_counter() - started

@@ -1,6 +1,7 @@
 """Greetings, thanks and goodbyes: a friendly line, not a search of the help center.
 
-Only a message that is nothing but small talk ("hi", "thanks, that helped!", "bye") gets one;
+Only a message that is nothing but small talk ("hi", "thanks, that helped!", "bye", "are you a
+bot?") gets one;
 "hi, how do I descale my kettle?" is a question and is answered as one. Without this, "hi"
 got "I'm not sure about that" and the offer of a person, and "thanks" counted as a question
 the help center could not answer.
@@ -44,12 +45,31 @@ _LEADING = re.compile(rf"(?i)^(?:{_LEAD_FILLER}(?:{_OPENERS}|{_LEAD_INS})\b)+{_L
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _TRAILING = re.compile(rf"(?i)(?<![\w'])(?:(?:{_THANKS})(?: in advance)?|please|pls|plz)(?:{_FILLER}(?:{_THANKS}|please))*\W*$")
 
+# Who or what the visitor is talking to, and what it can do: "are you a bot?" got "I'm not sure
+# about that: I couldn't find it in our help center", and "are you a real person?" was taken
+# for a request for one.
+_ABOUT_YOU = re.compile(
+    r"(?i)^\W*(?:(?:hi|hello|hey)\W+)?(?:"
+    r"(?:are|r) (?:you|u) (?:an? |the )?(?:real |actual |live )?(?:bot|robot|chat ?bot|ai|human|person|machine|computer|agent)"
+    r"|(?:am i|are we) (?:talking|chatting|speaking) (?:to|with) (?:an? )?(?:real |actual |live )?(?:bot|robot|chat ?bot|ai|human|person|machine)"
+    r"|who (?:am i (?:talking|chatting|speaking) (?:to|with)|is this|are you)"
+    r"|what (?:are you|is this|can you (?:do|help(?: me)?(?: with)?)|do you do)"
+    r"|how (?:can|do) you help(?: me)?|what can i ask(?: you)?"
+    r")\W*$"
+)
+
 GREETING_REPLY = "Hello! What can I help you with today?"
 CLOSING_REPLY = "Glad I could help! If there is anything else, just ask here."
+ABOUT_ME_REPLY = (
+    "I'm {company}'s virtual assistant. I answer from {company}'s help center and show you the articles I quote; "
+    "when it doesn't answer your question, I say so. Ask me anything about our products, orders, billing or "
+    "your account, or ask for a person at any time and I'll bring one from our support team into this chat."
+)
 
 
-def small_talk_reply(message: str) -> str | None:
-    """The reply to a message that is only a greeting, thanks or goodbye; None for anything else."""
+def small_talk_reply(message: str, company: str = "our company") -> str | None:
+    """The reply to a message that is only a greeting, thanks or goodbye, or asks who or what the
+    assistant is (answered for `company`); None for anything else."""
     text = message.strip()
     if len(text) > 80:
         return None
@@ -57,6 +77,8 @@ def small_talk_reply(message: str) -> str | None:
         return GREETING_REPLY
     if _CLOSING.match(text):
         return CLOSING_REPLY
+    if _ABOUT_YOU.match(text):
+        return ABOUT_ME_REPLY.format(company=company)
     return None
 
 

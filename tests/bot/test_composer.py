@@ -12,6 +12,7 @@ import pytest
 
 from bot.assistant import (
     DECLINED_REPLY,
+    HUMAN_ANSWER,
     NOT_SURE_ANSWER,
     OFFER_PERSON,
     QUOTE_FRAMING,
@@ -157,6 +158,22 @@ def test_a_frustrated_visitor_is_offered_a_person(extractive: Assistant) -> None
     assert frustration("How do I descale my kettle?", []) == ""
     _, result = turn(extractive, "How do I descale my kettle?", asked)
     assert result.handoff and result.handoff_reason == "repeated" and result.answer.endswith("support team.")
+
+
+@pytest.mark.parametrize(
+    "message", ["i want to speak to a manager", "how do i contact support?", "can i talk to customer service", "agent"]
+)
+def test_asking_for_a_manager_or_support_brings_a_person(extractive: Assistant, message: str) -> None:
+    """ "i want to speak to a manager" got "I'm not sure about that", and "how do i contact support"
+    the wrong-item section's "Contact support within 30 days"."""
+    deltas, result = turn(extractive, message)
+    assert result.path is AnswerPath.HUMAN and result.handoff and result.handoff_reason == "requested"
+    assert deltas == [HUMAN_ANSWER]
+
+
+def test_a_question_that_names_support_is_still_answered(extractive: Assistant) -> None:
+    _, result = turn(extractive, "will support ever ask for my password?")
+    assert result.path is AnswerPath.COMPOSED and "never ask for your password" in result.answer
 
 
 def test_a_visitor_told_the_same_thing_twice_is_offered_a_person(extractive: Assistant) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.small_talk import CLOSING_REPLY, GREETING_REPLY, small_talk_reply, without_small_talk
+from bot.small_talk import ABOUT_ME_REPLY, CLOSING_REPLY, GREETING_REPLY, small_talk_reply, without_small_talk
 
 
 @pytest.mark.parametrize("message", ["hi", "Hello!", "hey there", "Good morning :)", "hi hi", "  Hiya!! "])
@@ -60,3 +60,26 @@ def test_a_question_with_small_talk_in_it_is_a_question(message: str) -> None:
 )
 def test_small_talk_around_a_question_is_not_part_of_it(message: str, question: str) -> None:
     assert without_small_talk(message) == question
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "are you a bot?",
+        "Are you an AI?",
+        "are you a real person?",
+        "who am i talking to",
+        "what can you help me with?",
+        "hi, are u a robot",
+    ],
+)
+def test_asking_who_or_what_the_assistant_is_gets_an_introduction(message: str) -> None:
+    """ "are you a bot?" got "I couldn't find it in our help center"; "are you a real person?" was taken for
+    a request for one."""
+    reply = small_talk_reply(message, "Acme")
+    assert reply == ABOUT_ME_REPLY.format(company="Acme") and "I'm Acme's virtual assistant" in reply
+
+
+@pytest.mark.parametrize("message", ["are you open on sundays?", "what can you tell me about descaling", "who is brewlo"])
+def test_a_question_about_something_else_is_not_an_introduction(message: str) -> None:
+    assert small_talk_reply(message, "Acme") is None
