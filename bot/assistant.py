@@ -86,6 +86,10 @@ _OWNED = frozenset(
     {"account", "accounts", "membership", "memberships", "subscription", "subscriptions", "rewards", "order", "orders"}
     | {"delivery", "deliveries", "package", "parcel", "password", "login", "profile", "username", "app"}
 )
+# "my order from amazon", "a kettle i bought at walmart": where something was bought.
+_PURCHASED = frozenset({"bought", "ordered", "purchased", "order", "orders", "purchase", "kettle", "kettles", "it", "one"})
+_VIA = frozenset({"from", "at", "on", "through", "via", "with"})
+_SHOP_VIA = frozenset({"from", "at"})  # a name the help center uses is a shop after these, a channel after "through"
 # A person's, typed without the apostrophe ("my sisters account"): not a company's.
 _PEOPLES = frozenset(
     f"{person}s"
@@ -709,7 +713,7 @@ class Assistant:
         answer may be quoted, never as sure. "my alexa app" is the help center's own words."""
         names, pairs = self._names_and_pairs()
         words = [w.lower() for w in _RAW_WORD.findall(_ADDRESS.sub(" ", message))]
-        return {
+        held = {
             owner
             for owner, thing in itertools.pairwise(words)
             if thing in _HELD
@@ -717,6 +721,23 @@ class Assistant:
             and owner not in STOPWORDS  # "I" is always capitalised too
             and owner != self._company
             and f"{owner} {thing}" not in pairs
+        }
+        return held | self._bought_elsewhere(words, names, pairs)
+
+    def _bought_elsewhere(self, words: list[str], names: frozenset[str], pairs: frozenset[str]) -> set[str]:
+        """Shops an order or a purchase was made with, by name: "my order from amazon hasn't
+        arrived" got our order tracking as a sure answer. A name the help center never uses, or
+        one it does but never after that word ("from amazon"; "through google play" is a
+        channel, and ours). Never sure, still quoted: "i bought it from a shop, can i return it
+        to you" is ours."""
+        name_words = self.name_words(" ".join(words))
+        return {
+            shop
+            for thing, via, shop in zip(words, words[1:], words[2:], strict=False)
+            if (thing in _HELD or thing in _PURCHASED)
+            and via in _VIA
+            and shop != self._company
+            and (shop in name_words or (shop in names and via in _SHOP_VIA and f"{via} {shop}" not in pairs))
         }
 
     def _names_and_pairs(self) -> tuple[frozenset[str], frozenset[str]]:

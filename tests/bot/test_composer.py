@@ -301,6 +301,18 @@ def test_a_thing_of_a_brand_the_help_center_never_names_is_never_a_sure_answer(e
     assert ours.path is AnswerPath.COMPOSED
 
 
+def test_an_order_from_another_shop_is_never_a_sure_answer(extractive: Assistant) -> None:
+    """ "my order from amazon hasn't arrived" got our order tracking as a sure answer."""
+    assert extractive.partner_owners("my order from amazon hasn't arrived") == {"amazon"}
+    assert extractive.partner_owners("i bought a kettle at walmart, can i return it to you?") == {"walmart"}
+    assert extractive.partner_owners("can you cancel the club i bought through google play") == set()  # a channel
+    assert extractive.partner_owners("my order from brewlo hasn't arrived") == set()
+    _, theirs = turn(extractive, "my order from amazon hasn't arrived")
+    assert theirs.path is AnswerPath.NOT_SURE
+    _, ours = turn(extractive, "can i return a kettle i bought from another store")
+    assert ours.path is AnswerPath.COMPOSED and "other retailers" in ours.answer
+
+
 def test_an_account_or_order_with_a_company_the_help_center_names_is_never_a_sure_answer(extractive: Assistant) -> None:
     """ "how do i reset my amazon account password" got our password reset as a sure answer: the
     help center names Amazon (Alexa), so the word is no stranger. Such a question may be ours
