@@ -10,6 +10,9 @@ visitor wraps a question, in one run on one index:
 - a sentence of context before it ("I bought a Brewlo kettle last month. "), or a lead-in with
   a colon ("I have a question about my kettle: "), or thanks for the last answer and "One more
   thing: ";
+- in one message with another in-scope question of the split, drawn at random, before or
+  after it ("can i return my kettle? how long does the refund take?"): its own key facts must
+  still be in the answer;
 - asked second: after another in-scope question of the split, drawn at random (seeded, so
   every run asks the same pairs), with the bot's answer to it in between. The labelled
   follow-ups (which need the question before them) are `bot eval`'s; this is the question
@@ -59,6 +62,23 @@ def after_another(turns: list[LabelledTurn], rng: random.Random) -> list[Labelle
     return paired
 
 
+def with_another(after: bool) -> Callable[[list[LabelledTurn], random.Random], list[LabelledTurn]]:
+    """Each turn asked in one message with a different in-scope question of `turns`, before or after it."""
+
+    def wrap(turns: list[LabelledTurn], rng: random.Random) -> list[LabelledTurn]:
+        openers = [t for t in turns if t.in_scope and not t.before]
+        out = []
+        for turn in turns:
+            other = rng.choice([t for t in openers if t.question != turn.question]).question.rstrip("?")
+            question = turn.question.rstrip("?")
+            out.append(dataclasses.replace(turn, question=f"{question}? {other}?" if after else f"{other}? {question}?"))
+        return out
+
+    return wrap
+
+
+# Where the labelled question stands in a message of two: an answer that names it as not found is "not sure" of it.
+PLACES = {"another question before it": "second", "another question after it": "first"}
 WRAPPINGS: dict[str, Callable[[list[LabelledTurn], random.Random], list[LabelledTurn]]] = {
     BASELINE: worded(lambda q: q),
     "greeting before": worded(lambda q: f"Hi! {q}"),
@@ -70,6 +90,8 @@ WRAPPINGS: dict[str, Callable[[list[LabelledTurn], random.Random], list[Labelled
     "lead-in with a colon": worded(lambda q: f"I have a question about my kettle: {q}"),
     "after thanks, 'one more thing'": worded(lambda q: f"Thanks, that worked. One more thing: {q}"),
     "asked second": after_another,
+    "another question before it": with_another(after=False),
+    "another question after it": with_another(after=True),
 }
 
 
@@ -92,6 +114,10 @@ def main() -> None:
         turns = wrap(bare, random.Random(args.seed))
         report = asyncio.run(evaluate_turns(assistant, turns, evidence, concurrency=1))
         runs[name] = {"summary": report.summary(), "rows": report.rows()}
+        if name in PLACES:  # an out-of-scope question asked with another is "not sure" when its answer says so
+            out = [r for r, t in zip(runs[name]["rows"], turns, strict=True) if not t.in_scope]
+            said = sum(r["not_sure"] or f"your {PLACES[name]} question" in r["answer"] for r in out)
+            runs[name]["summary"]["out_of_scope_not_sure"] = round(said / len(out), 4) if out else None
     print(f"{len(bare)} single-message questions ({args.split} split), seed {args.seed}")
     print(f"{'':<28}" + "".join(f"{k:>24}" for k in KEYS) + f"{'answers that differ':>22}")
     for name, result in runs.items():

@@ -15,9 +15,11 @@ from bot.assistant import (
     HUMAN_ANSWER,
     NOT_SURE_ANSWER,
     OFFER_PERSON,
+    OFFER_QUESTION,
     QUOTE_FRAMING,
     SUGGESTION_LEAD,
     SUGGESTION_OFFER,
+    UNSURE_PART,
     AnswerMode,
     AnswerPath,
     Assistant,
@@ -623,6 +625,32 @@ def test_what_a_message_asks_is_answered_not_the_greeting_or_the_story_before_it
     # A short question after a story is the story's: the whole message is what is asked.
     _, result = turn(extractive, "got a text saying my brewlo account gets closed in 2 hours unless i click a link. legit??")
     assert "Signs of a fake message" in result.answer
+
+
+def test_each_question_of_a_message_is_answered(extractive: Assistant) -> None:
+    """ "can i return my kettle? how long does the refund take?" quoted the return window alone: two
+    questions in one message got the key facts of the first 0.278 of the time (tune, bench/phrasings.py)."""
+    assert extractive.questions_of("can i return my kettle? how long does the refund take?") == [
+        "can i return my kettle?",
+        "how long does the refund take?",
+    ]
+    assert extractive.questions_of("how do i change my email and how long is the confirmation link valid?") == [
+        "how do i change my email",
+        "how long is the confirmation link valid?",
+    ]
+    # Not questions of their own: a statement after one, or a question with one word of its own.
+    assert len(extractive.questions_of("is the kettle dishwasher safe? would love to throw it in with the plates")) == 1
+    assert len(extractive.questions_of("do you ship to canada? how long does it take?")) == 1
+    _, both = turn(extractive, "can i return my kettle? how long does the refund take?")
+    assert both.path is AnswerPath.COMPOSED and not both.handoff
+    assert "30 days" in both.answer and "5 to 10 business days" in both.answer
+    # One it can answer, one it cannot: the answer, and the other named as not found, with the offer.
+    _, half = turn(extractive, "how do i set up my philips hue lights? can i return my kettle?")
+    assert half.path is AnswerPath.COMPOSED and "30 days" in half.answer
+    assert half.answer.endswith(f"{UNSURE_PART.format(which='first question')} {OFFER_QUESTION}")
+    assert "philips" not in half.answer.lower()  # the visitor's words are not echoed back
+    assert half.handoff and half.handoff_reason == "not_sure"
+    assert accepts_person("yes please", [HistoryTurn("assistant", half.answer)]) is True
 
 
 def test_the_evaluation_plays_a_follow_ups_conversation_out_before_scoring_it(extractive: Assistant) -> None:
