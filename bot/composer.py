@@ -543,12 +543,18 @@ class AnswerComposer:
                 block.insert(0, intro)
             return block
         chosen = {best}
+        after = best + 1
+        # A sentence that points to another article is no answer: the one after it is the next.
+        # "You can return a kettle ... within 30 days" was followed by "See the returns article
+        # ..." instead of "... the refund is issued within 5 business days".
+        if after + 1 < len(units) and _POINTER.search(units[after].text) and units[after + 1].block == units[best].block:
+            after += 1
         if (
-            best + 1 < len(units)
-            and units[best + 1].block == units[best].block
-            and (self.follow_next or _CONTINUATION.match(units[best + 1].text))
+            after < len(units)
+            and units[after].block == units[best].block
+            and (self.follow_next or _CONTINUATION.match(units[after].text))
         ):
-            chosen.add(best + 1)
+            chosen.add(after)
         if best > 0 and units[best - 1].block == units[best].block:
             before = units[best - 1].text
             if _CONTINUATION.match(units[best].text) or (

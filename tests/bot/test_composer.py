@@ -129,6 +129,9 @@ def test_a_sentence_that_points_to_another_article_is_not_the_answer(extractive:
     _, result = turn(extractive, "how do i export my data")
     assert result.path is AnswerPath.COMPOSED and result.sources[0].document_id == "security/export-your-data"
     assert "Download my data" in result.answer and "see the article" not in result.answer
+    # Nor is it the sentence that follows the answer: the one after it is.
+    _, result = turn(extractive, "i got the kettle as a gift and want to return it, do i get cash back?")
+    assert "See the returns article" not in result.answer and "refund is issued within 5 business days" in result.answer
 
 
 @pytest.mark.parametrize(
