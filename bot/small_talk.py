@@ -21,7 +21,7 @@ _FINE = (
     r"|(that|it) (worked|did it|fixed it)|(that )?solved it)"
 )
 _BYE = r"(bye|goodbye|bye bye|see (you|ya)|have a (nice|good|great) (day|one|evening)|take care)"
-_FILLER = r"[\s!.,:;)(*~-]*"
+_FILLER = r"[\s!?.,:;)(*~-]*"
 
 
 def _whole(*parts: str) -> re.Pattern[str]:
@@ -29,7 +29,9 @@ def _whole(*parts: str) -> re.Pattern[str]:
     return re.compile(rf"(?i)^{_FILLER}(({unit}){_FILLER})+$")
 
 
-_GREETING = _whole(_OPENERS)
+# A call for help that says nothing yet of what with: "help", "i need help", "can you help me?".
+_HELP = r"((i )?(need|want) (some )?help|help( me| please| pls)*|(can|could) (you|u|someone|somebody) help( me)?( please)?|(is )?any(one|body) there)"
+_GREETING = _whole(_OPENERS, _HELP)
 _CLOSING = _whole(_THANKS, _FINE, _BYE)
 
 # Small talk around a question: "Hi! how do i descale", "hey quick question - ...", "... Thanks!".

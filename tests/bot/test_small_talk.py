@@ -7,7 +7,10 @@ import pytest
 from bot.small_talk import ABOUT_ME_REPLY, CLOSING_REPLY, GREETING_REPLY, small_talk_reply, without_small_talk
 
 
-@pytest.mark.parametrize("message", ["hi", "Hello!", "hey there", "Good morning :)", "hi hi", "  Hiya!! "])
+@pytest.mark.parametrize(
+    "message",
+    ["hi", "Hello!", "hey there", "Good morning :)", "hi hi", "  Hiya!! ", "hello?", "help", "i need help", "can you help me?"],
+)
 def test_greetings_get_a_greeting(message: str) -> None:
     assert small_talk_reply(message) == GREETING_REPLY
 
