@@ -37,6 +37,9 @@ from retrieval.retriever import Retriever
 from retrieval.types import Passage, SearchResult, Visibility
 
 OFFER_QUESTION = "Would you like me to connect you with a person from our support team?"
+_ANSWERS_REMEMBERED = 3  # how many of the bot's last answers a statement may not be given again
+# A statement after an answer that would get the same quote again ("that didn't help").
+REPEAT_ANSWER = f"I'm sorry that didn't help. I have nothing more on it in our help center. {OFFER_QUESTION}"
 NOT_SURE_ANSWER = f"I'm not sure about that: I couldn't find it in our help center. {OFFER_QUESTION}"
 # After the answers to the questions of a message it could answer, the ones it could not (by
 # their place: echoed, a visitor's "is it fine to open the lid mid-boil?" reads as a claim).
@@ -317,15 +320,14 @@ def frustration(message: str, history: Sequence[HistoryTurn]) -> str:
 
 def answered_before(message: str, quote: str, history: Sequence[HistoryTurn]) -> bool:
     """Whether a message that asks nothing new (a statement: "it's on the base already" after
-    the heating checklist) would get the very quote the last answer gave. Saying it twice helps
+    the heating checklist) would get the very quote one of the last answers gave (the one before
+    may be the offer of a person: "still not working" after "that didn't help"). Saying it twice helps
     no one; a person may. A question answered by the same quote ("and the annual plan?" after
     the plans) is only the visitor not having read all of it."""
     if _ASKS.search(message):
         return False
-    for turn in reversed(history):
-        if turn.role == "assistant":
-            return " ".join(quote.split()) in " ".join(turn.text.split())
-    return False
+    said = [turn.text for turn in history if turn.role == "assistant"][-_ANSWERS_REMEMBERED:]
+    return any(" ".join(quote.split()) in " ".join(text.split()) for text in said)
 
 
 def accepts_person(message: str, history: Sequence[HistoryTurn]) -> bool | None:
@@ -494,12 +496,22 @@ class Assistant:
         result.retrieval_s = time.perf_counter() - started
         result.confidence = search.confidence
         score = self._gate_score(lookup)
-        if not self._answerable(lookup, score):
+        sure = self._answerable(lookup, score)
+        # A follow-up's article just quoted is a closer suggestion than its score alone says.
+        bonus = composition.topic_bonus if composition is not None else 0.0
+        close = self.suggestion_threshold is not None and score is not None and score + bonus >= self.suggestion_threshold
+        if composition is not None and (sure or close) and answered_before(message, composition.text, history):
+            # "that didn't help", "i tried that already", "still not working" after an answer got
+            # the same quote again, sure or as a suggestion: the help center has nothing more.
+            result.path, result.handoff, result.answer = AnswerPath.NOT_SURE, True, REPEAT_ANSWER
+            result.handoff_reason = upset or "repeated"
+            result.total_s = result.time_to_first_token_s = time.perf_counter() - started
+            yield AnswerDelta(result.answer)
+            yield TurnDone(result)
+            return
+        if not sure:
             result.path, result.handoff, result.answer = AnswerPath.NOT_SURE, True, NOT_SURE_ANSWER
             result.handoff_reason = "not_sure"
-            # A follow-up's article just quoted is a closer suggestion than its score alone says.
-            bonus = composition.topic_bonus if composition is not None else 0.0
-            close = self.suggestion_threshold is not None and score is not None and score + bonus >= self.suggestion_threshold
             if composition is not None and close:
                 self._compose(result, composition, "", lead=f"{SUGGESTION_LEAD}\n\n")
                 result.answer += f"\n\n{SUGGESTION_OFFER}"
@@ -508,8 +520,6 @@ class Assistant:
             yield TurnDone(result)
             return
         assert composition is not None
-        if not upset and answered_before(message, composition.text, history):
-            upset = "repeated"
         if self.mode is AnswerMode.EXTRACTIVE:
             self._compose(result, composition, "" if lookup.unsure else upset)
             if lookup.unsure:  # the message's other questions: not sure, and a person offered for them
