@@ -121,6 +121,33 @@ def test_a_greeting_and_thanks_get_a_friendly_line_not_the_offer_of_a_person(com
     assert question[-1]["path"] == "composed"  # the greeting before it changed nothing
 
 
+def test_a_message_of_two_questions_and_who_am_i_talking_to(composer_server: tuple[str, float, int]) -> None:
+    """Each question of a message is answered or named as not found, with the offer of a person
+    and its handoff frame; "are you a bot?" gets an introduction, not "I couldn't find it"."""
+
+    async def chat() -> list[list[dict[str, object]]]:
+        client = await Client.open(composer_server[0])
+        try:
+            await client.start()
+            turns = []
+            texts = ["Hi! can i return my kettle? how do i set up my philips hue lights?", "are you a bot?"]
+            for number, text in enumerate(texts):
+                await client.send({"type": "message", "client_message_id": str(number), "text": text})
+                turns.append(await client.until("done"))
+            return turns
+        finally:
+            await client.close()
+
+    both, bot = run(chat())
+    text = "".join(str(f["delta"]) for f in both if f["type"] == "token")
+    assert both[-1]["path"] == "composed" and "30 days" in text, text
+    assert "your second question" in text and "philips" not in text.lower()
+    handoffs = [f for f in both + bot if f["type"] == "handoff"]  # stored after the answer's done
+    assert [(f["message_id"], f["reason"]) for f in handoffs] == [(both[-1]["message_id"], "not_sure")], handoffs
+    text = "".join(str(f["delta"]) for f in bot if f["type"] == "token")
+    assert bot[-1]["path"] == "small_talk" and "virtual assistant" in text, bot
+
+
 def test_yes_to_the_offer_of_a_person_puts_the_conversation_in_the_queue(composer_server: tuple[str, float, int]) -> None:
     async def say_yes() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
         client = await Client.open(composer_server[0])
