@@ -40,6 +40,8 @@ OFFER_QUESTION = "Would you like me to connect you with a person from our suppor
 _ANSWERS_REMEMBERED = 3  # how many of the bot's last answers a statement may not be given again
 # A statement after an answer that would get the same quote again ("that didn't help").
 REPEAT_ANSWER = f"I'm sorry that didn't help. I have nothing more on it in our help center. {OFFER_QUESTION}"
+# An angry message that says nothing of what went wrong.
+VENTING_ANSWER = f"I'm sorry this has been frustrating. Tell me what went wrong, or: {OFFER_QUESTION}"
 NOT_SURE_ANSWER = f"I'm not sure about that: I couldn't find it in our help center. {OFFER_QUESTION}"
 # After the answers to the questions of a message it could answer, the ones it could not (by
 # their place: echoed, a visitor's "is it fine to open the lid mid-boil?" reads as a claim).
@@ -434,6 +436,7 @@ class Assistant:
         self.max_name_words = max_name_words
         self.name_word_penalty = name_word_penalty  # taken off the best sentence's score per name word
         self._vocabulary: tuple[str, frozenset[str]] = ("", frozenset())  # (index version, words of its public text)
+        self._topics: frozenset[str] = frozenset()  # words of its public titles and headings, same version
         self._joined: tuple[str, frozenset[str]] = ("", frozenset())
         self._codes: tuple[str, dict[tuple[str, int], frozenset[str]]] = ("", {})
         self._surface: tuple[str, dict[str, int]] = ("", {})
@@ -491,6 +494,14 @@ class Assistant:
             return
         result = TurnResult(question=message, search_query=message, model_id=self.model_id)
         upset = frustration(message, history)
+        # Not a follow-up's: "still not working" after the checklist is about what came before.
+        if upset == "frustrated" and not (history and is_follow_up(message)) and self.only_vents(message):
+            result.path, result.handoff, result.handoff_reason = AnswerPath.NOT_SURE, True, upset
+            result.answer = VENTING_ANSWER
+            result.total_s = result.time_to_first_token_s = time.perf_counter() - started
+            yield AnswerDelta(result.answer)
+            yield TurnDone(result)
+            return
         result.search_query, lookup = await asyncio.to_thread(self.look_up, message, history)
         search, composition = lookup.search, lookup.composition
         result.retrieval_s = time.perf_counter() - started
@@ -570,6 +581,16 @@ class Assistant:
         joined = self._search_and_compose(message, query, quoted_titles(history))
         alone = self._search_and_compose(message, message)
         return (message, alone) if self._reads_alone(alone, joined) else (query, joined)
+
+    def only_vents(self, message: str) -> bool:
+        """Whether an angry message asks nothing and names at most one thing the help center's
+        titles and headings speak of: "this is the worst kettle ever" got the safety instructions, "i'm so fed up
+        with this kettle" the set-up steps. "my kettle still doesn't heat, ridiculous" names a
+        problem, and is answered."""
+        if _ASKS.search(message):
+            return False
+        said = self._topic_words(_FRUSTRATED.sub(" ", message)) & self._topic_vocabulary()
+        return len(said) < _OWN_TOPIC_WORDS
 
     def questions_of(self, message: str) -> list[str]:
         """The questions a message asks, when it asks several that each have two words of their
@@ -893,11 +914,19 @@ class Assistant:
         snapshot = self._retriever.snapshot
         if self._vocabulary[0] != snapshot.version:
             words: set[str] = set()
+            headings: set[str] = set()
             for chunk in snapshot.chunks:
                 if chunk.visibility is Visibility.PUBLIC:
                     words |= self._composer.words(f"{chunk.title} {chunk.heading} {chunk.text}")
+                    headings |= self._composer.words(f"{chunk.title} {chunk.heading}")
             self._vocabulary = (snapshot.version, frozenset(words))
+            self._topics = frozenset(headings)
         return self._vocabulary[1]
+
+    def _topic_vocabulary(self) -> frozenset[str]:
+        """The words of the public articles' titles and headings: what the help center is about."""
+        self._public_vocabulary()
+        return self._topics
 
     def _answerable(self, lookup: Lookup, score: float | None) -> bool:
         """Whether the answer is sure, given the lookup's `_gate_score`."""

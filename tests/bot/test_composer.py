@@ -21,6 +21,7 @@ from bot.assistant import (
     SUGGESTION_LEAD,
     SUGGESTION_OFFER,
     UNSURE_PART,
+    VENTING_ANSWER,
     AnswerMode,
     AnswerPath,
     Assistant,
@@ -180,6 +181,16 @@ def test_asking_for_a_manager_or_support_brings_a_person(extractive: Assistant, 
 def test_a_question_that_names_support_is_still_answered(extractive: Assistant) -> None:
     _, result = turn(extractive, "will support ever ask for my password?")
     assert result.path is AnswerPath.COMPOSED and "never ask for your password" in result.answer
+
+
+def test_an_angry_message_that_names_no_problem_gets_an_apology_not_an_article(extractive: Assistant) -> None:
+    """ "i'm so fed up with this kettle" got the set-up steps and "your app is useless" the web app FAQ."""
+    for message in ("i'm so fed up with this kettle", "your app is useless"):
+        _, result = turn(extractive, message)
+        assert result.answer == VENTING_ANSWER and result.handoff_reason == "frustrated", message
+        assert accepts_person("yes", [HistoryTurn("assistant", result.answer)]) is True
+    _, result = turn(extractive, "this is ridiculous, my kettle still doesn't heat")
+    assert result.path is AnswerPath.COMPOSED and result.handoff_reason == "frustrated" and "plugged in" in result.answer
 
 
 def test_a_visitor_told_the_same_thing_twice_is_offered_a_person(extractive: Assistant) -> None:
