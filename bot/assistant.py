@@ -101,6 +101,12 @@ _OWNED = frozenset(
 _PURCHASED = frozenset({"bought", "ordered", "purchased", "order", "orders", "purchase", "kettle", "kettles", "it", "one"})
 _VIA = frozenset({"from", "at", "on", "through", "via", "with"})
 _SHOP_VIA = frozenset({"from", "at"})  # a name the help center uses is a shop after these, a channel after "through"
+# A thing the visitor says is not the company's ("a different brand", "isn't a brewlo"); a shop is
+# not a brand: "a kettle i bought from another store" may be returned through that store.
+_NOT_OURS = (
+    r"\b(?:a|an|another|other|different|some)\s+(?:brand|make|manufacturer)\b"
+    r"|\b(?:not|isn'?t|aren'?t)\s+(?:a\s+|an\s+|from\s+)?{company}\b|\bnon-?{company}\b"
+)
 # A person's, typed without the apostrophe ("my sisters account"): not a company's.
 _PEOPLES = frozenset(
     f"{person}s"
@@ -790,15 +796,18 @@ class Assistant:
 
     def branded_things(self, message: str) -> set[str]:
         """Things the message names by a brand the help center never uses (a `name_words` word
-        right before one of the help center's words): "how do i descale a smeg kettle" is about
-        someone else's kettle, however well our descaling steps match it. Such an answer may be
+        right before one of the help center's words), or says are not the company's: "how do i
+        descale a smeg kettle" and "my kettle from a different brand is leaking" are about
+        someone else's kettle, however well our articles match them. Such an answer may be
         quoted, never as sure: "oat milk" reads the same way."""
+        company = re.escape(self._company)
+        found = {m.group(0).lower() for m in re.finditer(_NOT_OURS.format(company=company), message, re.IGNORECASE)}
         names = self.name_words(message)
         if not names:
-            return set()
+            return found
         vocabulary = self._public_vocabulary()
         words = [w.lower() for w in _RAW_WORD.findall(_ADDRESS.sub(" ", message))]
-        return {
+        return found | {
             f"{name} {thing}"
             for name, thing in itertools.pairwise(words)
             if name in names and (stems := self._composer.words(thing)) and stems <= vocabulary
