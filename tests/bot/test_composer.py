@@ -325,7 +325,7 @@ def test_a_thing_of_a_brand_the_help_center_never_names_is_never_a_sure_answer(e
     """ "how do i descale a smeg kettle" got our descaling steps (the app's Maintenance menu) as a sure answer."""
     assert extractive.branded_things("how do i descale a smeg kettle") == {"smeg kettle"}
     assert extractive.branded_things("how do i descale my kettle") == set()
-    assert extractive.branded_things("my kettle from a different brand is leaking") == {"a different brand"}
+    assert extractive.branded_things("my kettle from a different brand is leaking") == {"different brand"}
     assert extractive.branded_things("a kettle under $30 that isn't a brewlo") == {"isn't a brewlo"}
     assert extractive.branded_things("can i return a kettle i bought from another store") == set()  # a shop, not a brand
     _, theirs = turn(extractive, "how do i descale a smeg kettle")
