@@ -693,12 +693,13 @@ class Assistant:
         unknown = len(self._topic_words(message) - self._public_vocabulary()) if counts_unknown else 0
         unsafe = len(self._topic_words(" ".join(asks_safe)) - self._public_vocabulary()) if asks_safe else 0
         counts_names = self.max_name_words is not None or self.name_word_penalty > 0
-        names = len(self.name_words(message)) if counts_names else 0
+        named = self.name_words(message)  # once: the name, brand and shop checks below all read them
+        names = len(named) if counts_names else 0
         owners, codes = len(self.foreign_owners(message)), len(self.unknown_codes(message))
         wrong_kind = composition is not None and not self._composer.answers_kind(message, composition.quoted)
         other_code = bool(listed) and composition is not None and not self._composer.names_code(composition.passage, listed)
-        partners = len(self.partner_owners(message))
-        brands = len(self.branded_things(message)) if counts_names else 0
+        partners = len(self.partner_owners(message, named))
+        brands = len(self.branded_things(message, named)) if counts_names else 0
         return Lookup(search, composition, unknown, names, owners, codes, unsafe, wrong_kind, other_code, partners, brands)
 
     def written_codes(self, text: str) -> str:
@@ -794,15 +795,16 @@ class Assistant:
                 owners.add(owner)
         return owners
 
-    def branded_things(self, message: str) -> set[str]:
+    def branded_things(self, message: str, names: set[str] | None = None) -> set[str]:
         """Things the message names by a brand the help center never uses (a `name_words` word
         right before one of the help center's words), or says are not the company's: "how do i
         descale a smeg kettle" and "my kettle from a different brand is leaking" are about
         someone else's kettle, however well our articles match them. Such an answer may be
-        quoted, never as sure: "oat milk" reads the same way."""
+        quoted, never as sure: "oat milk" reads the same way. `names`: the message's
+        `name_words`, when the caller has them."""
         company = re.escape(self._company)
         found = {m.group(0).lower() for m in re.finditer(_NOT_OURS.format(company=company), message, re.IGNORECASE)}
-        names = self.name_words(message)
+        names = self.name_words(message) if names is None else names
         if not names:
             return found
         vocabulary = self._public_vocabulary()
@@ -813,40 +815,43 @@ class Assistant:
             if name in names and (stems := self._composer.words(thing)) and stems <= vocabulary
         }
 
-    def partner_owners(self, message: str) -> set[str]:
+    def partner_owners(self, message: str, names: set[str] | None = None) -> set[str]:
         """Companies the help center names (always capitalised there: "PayPal", "Amazon", "Apple")
         whose account, order or password the message speaks of, in words the help center never
         puts together: "my amazon order", "my apple id password", "my paypal account got hacked".
         Often about another company ("reset my amazon account password" got our password
         reset), as often about us ("will the refund go back to my paypal account"): such an
-        answer may be quoted, never as sure. "my alexa app" is the help center's own words."""
-        names, pairs = self._names_and_pairs()
+        answer may be quoted, never as sure. "my alexa app" is the help center's own words.
+        `names`: the message's `name_words`, when the caller has them (`_bought_elsewhere`)."""
+        capitalised, pairs = self._names_and_pairs()
         words = [w.lower() for w in _RAW_WORD.findall(_ADDRESS.sub(" ", message))]
         held = {
             owner
             for owner, thing in itertools.pairwise(words)
             if thing in _HELD
-            and owner in names
+            and owner in capitalised
             and owner not in STOPWORDS  # "I" is always capitalised too
             and owner != self._company
             and f"{owner} {thing}" not in pairs
         }
-        return held | self._bought_elsewhere(words, names, pairs)
+        named = self.name_words(message) if names is None else names
+        return held | self._bought_elsewhere(words, named, capitalised, pairs)
 
-    def _bought_elsewhere(self, words: list[str], names: frozenset[str], pairs: frozenset[str]) -> set[str]:
+    def _bought_elsewhere(
+        self, words: list[str], named: set[str], capitalised: frozenset[str], pairs: frozenset[str]
+    ) -> set[str]:
         """Shops an order or a purchase was made with, by name: "my order from amazon hasn't
         arrived" got our order tracking as a sure answer. A name the help center never uses, or
         one it does but never after that word ("from amazon"; "through google play" is a
         channel, and ours). Never sure, still quoted: "i bought it from a shop, can i return it
         to you" is ours."""
-        name_words = self.name_words(" ".join(words))
         return {
             shop
             for thing, via, shop in zip(words, words[1:], words[2:], strict=False)
             if (thing in _HELD or thing in _PURCHASED)
             and via in _VIA
             and shop != self._company
-            and (shop in name_words or (shop in names and via in _SHOP_VIA and f"{via} {shop}" not in pairs))
+            and (shop in named or (shop in capitalised and via in _SHOP_VIA and f"{via} {shop}" not in pairs))
         }
 
     def _names_and_pairs(self) -> tuple[frozenset[str], frozenset[str]]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from bot.grounding import split_sentences
+
 _OPENERS = r"(hi|hello|hey|hiya|heya|howdy|greetings|good (morning|afternoon|evening|day)|yo)( there| all| team| guys)?"
 _THANKS = (
     r"(thanks?|thank you|thank u|thx|ty|cheers|many thanks|much appreciated|appreciated)"
@@ -42,9 +44,7 @@ _LEAD_INS = (
     r"|(can|could) (you|u) (please )?help( me)?( out)?( please)?|i need (some |a little )?help( please)?"
     r"|i('ve| have)( got)? (a |one |another )?(quick |small )?question"
 )
-_LEAD_FILLER = r"[\s!?.,:;)(*~-]*"
-_LEADING = re.compile(rf"(?i)^(?:{_LEAD_FILLER}(?:{_OPENERS}|{_LEAD_INS})\b)+{_LEAD_FILLER}(?=\w)")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_LEADING = re.compile(rf"(?i)^(?:{_FILLER}(?:{_OPENERS}|{_LEAD_INS})\b)+{_FILLER}(?=\w)")
 _TRAILING = re.compile(rf"(?i)(?<![\w'])(?:(?:{_THANKS})(?: in advance)?|please|pls|plz)(?:{_FILLER}(?:{_THANKS}|please))*\W*$")
 
 # Who or what the visitor is talking to, and what it can do: "are you a bot?" got "I'm not sure
@@ -89,7 +89,7 @@ def without_small_talk(message: str) -> str:
     I descale? Thanks!" -> "How do I descale?", "Thanks, that worked. One more thing: ..."); the
     message as it is when nothing else is left."""
     # Whole sentences of small talk go first: "Thanks, that worked. One more thing: ..."
-    sentences = [s for s in _SENTENCE_END.split(message.strip()) if s and small_talk_reply(s) is None]
+    sentences = [s for s in split_sentences(message) if small_talk_reply(s) is None]
     question = _LEADING.sub("", " ".join(sentences))
     trailing = _TRAILING.search(question)
     if trailing is not None:
