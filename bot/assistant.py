@@ -367,8 +367,9 @@ def quoted_titles(history: Sequence[HistoryTurn]) -> frozenset[str]:
     return frozenset()
 
 
-def standalone_query(message: str, history: Sequence[HistoryTurn]) -> str:
-    """A follow-up ("and how much does that cost?") joined to the user questions it follows.
+def standalone_query(message: str, history: Sequence[HistoryTurn], *, follows: bool = False) -> str:
+    """A follow-up ("and how much does that cost?") joined to the user questions it follows;
+    `follows`: join `message` even when it does not read like one.
 
     A follow-up of a follow-up reaches back to the question that named the topic: after "can i
     return my kettle?" and "what if i live in germany?", "is that free?" is searched with both
@@ -379,7 +380,7 @@ def standalone_query(message: str, history: Sequence[HistoryTurn]) -> str:
     and the retriever only needs the missing topic words.
     """
     earlier = [t.text for t in history if t.role == "user"]
-    if not earlier or not is_follow_up(message):
+    if not earlier or not (follows or is_follow_up(message)):
         return message
     parts = [message]
     for previous in reversed(earlier):
@@ -514,9 +515,7 @@ class Assistant:
         result.confidence = search.confidence
         score = self._gate_score(lookup)
         sure = self._answerable(lookup, score)
-        # A follow-up's article just quoted is a closer suggestion than its score alone says.
-        bonus = composition.topic_bonus if composition is not None else 0.0
-        close = self.suggestion_threshold is not None and score is not None and score + bonus >= self.suggestion_threshold
+        close = self._close(lookup, score)
         if composition is not None and (sure or close) and answered_before(message, composition.text, history):
             # "that didn't help", "i tried that already", "still not working" after an answer got
             # the same quote again, sure or as a suggestion: the help center has nothing more.
@@ -581,7 +580,23 @@ class Assistant:
     def _look_up_one(self, message: str, history: Sequence[HistoryTurn]) -> tuple[str, Lookup]:
         query = standalone_query(message, history)
         if query == message:
-            return query, self._search_and_compose(message, query)
+            alone = self._search_and_compose(message, query)
+            score = self._gate_score(alone)
+            if self._answerable(alone, score) or self._close(alone, score):
+                return query, alone
+            # Nothing close on its own: it may lean on the question before it without a pronoun
+            # ("how long does the link work?" after "how do i reset my password"). Joined, it is
+            # taken only when that reading is sure and quotes an article the last answer quoted.
+            # A question with a closest passage of its own is not joined: "how long should i
+            # steep green tea" after a question on presets was made sure by it.
+            topic = quoted_titles(history)
+            query = standalone_query(message, history, follows=True)
+            if query == message or not topic:
+                return message, alone
+            joined = self._search_and_compose(message, query, topic)
+            composition = joined.composition
+            same_topic = composition is not None and composition.passage.title in topic
+            return (query, joined) if same_topic and self._answerable(joined, self._gate_score(joined)) else (message, alone)
         if len(self._composer.asked_words(message)) < _OWN_TOPIC_WORDS:  # "how often?", "is that free?"
             return query, self._search_and_compose(message, query, quoted_titles(history))
         joined = self._search_and_compose(message, query, quoted_titles(history))
@@ -970,6 +985,13 @@ class Assistant:
         if self.max_name_words is not None and lookup.names > self.max_name_words:
             return None
         return composition.relevance - self.unknown_word_penalty * lookup.unknown - self.name_word_penalty * lookup.names
+
+    def _close(self, lookup: Lookup, score: float | None) -> bool:
+        """Whether the closest passage is worth quoting as a suggestion, given `_gate_score`. A
+        follow-up's article just quoted is a closer suggestion than its score alone says."""
+        if self.suggestion_threshold is None or score is None or lookup.composition is None:
+            return False
+        return score + lookup.composition.topic_bonus >= self.suggestion_threshold
 
     def _may_be_sure(self, lookup: Lookup) -> bool:
         """Whether the gate may call the answer sure at all: not when the quote lacks the kind of

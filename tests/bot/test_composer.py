@@ -638,6 +638,37 @@ def test_a_second_question_that_only_reads_like_a_follow_up_is_answered_on_its_o
     assert "drops and cracks" in result.answer
 
 
+def _played(bot: Assistant, *user_messages: str) -> list[HistoryTurn]:
+    """The conversation as the visitor had it: each message with the bot's own answer."""
+    history: list[HistoryTurn] = []
+    for message in user_messages:
+        _, result = turn(bot, message, history)
+        history += [HistoryTurn("user", message), HistoryTurn("assistant", result.answer)]
+    return history
+
+
+def test_a_question_with_nothing_of_its_own_leans_on_the_one_before_it(extractive: Assistant) -> None:
+    """ "how long does the link work?" after "how do i reset my password" has no pronoun, so it
+    was searched alone, found nothing and got a plain "not sure" (tune row f010). With nothing
+    close on its own, it is joined to the question before it when that reading is sure and
+    quotes the article just quoted; a question with a closest passage of its own is not: "how
+    long should i steep green tea" after the presets was made sure by them (bench/phrasings.py)."""
+    message = "how long does the link work?"
+    assert standalone_query(message, _conversation("how do i reset my password")) == message
+    _, alone = turn(extractive, message)
+    assert alone.path is AnswerPath.NOT_SURE
+    _, result = turn(extractive, message, _played(extractive, "how do i reset my password"))
+    assert result.path is AnswerPath.COMPOSED and "expires after 1 hour" in result.answer, result.answer
+    assert result.search_query == f"how do i reset my password {message}"
+    # The last answer quoted nothing: no article to lean on.
+    _, result = turn(extractive, message, _conversation("how do i reset my password"))
+    assert result.path is AnswerPath.NOT_SURE and result.search_query == message
+    _, result = turn(
+        extractive, "how long should i steep green tea", _played(extractive, "can i set it to 35 degrees for warm lemon water")
+    )
+    assert result.path is AnswerPath.NOT_SURE and result.search_query == "how long should i steep green tea"
+
+
 def test_what_a_message_asks_is_answered_not_the_greeting_or_the_story_before_it(extractive: Assistant) -> None:
     """ "Hi! " before each tune question took its sure answers with the key facts from 0.711 to
     0.633, and "I bought a Brewlo kettle last month. " before it made out-of-scope questions
