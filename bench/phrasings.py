@@ -32,6 +32,7 @@ import asyncio
 import dataclasses
 import json
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,8 @@ def main() -> None:
         runs[name] = {"summary": report.summary(), "rows": report.rows()}
         if name in PLACES:  # an out-of-scope question asked with another is "not sure" when its answer says so
             out = [r for r, t in zip(runs[name]["rows"], turns, strict=True) if not t.in_scope]
-            said = sum(r["not_sure"] or f"your {PLACES[name]} question" in r["answer"] for r in out)
+            named = re.compile(rf"\byour (?:\w+ and )*{PLACES[name]}(?: and \w+)* questions?\b")
+            said = sum(r["not_sure"] or bool(named.search(r["answer"])) for r in out)
             runs[name]["summary"]["out_of_scope_not_sure"] = round(said / len(out), 4) if out else None
     print(f"{len(bare)} single-message questions ({args.split} split), seed {args.seed}")
     print(f"{'':<28}" + "".join(f"{k:>24}" for k in KEYS) + f"{'answers that differ':>22}")

@@ -46,6 +46,8 @@ NOT_SURE_ANSWER = f"I'm not sure about that: I couldn't find it in our help cent
 # After the answers to the questions of a message it could answer, the ones it could not (by
 # their place: echoed, a visitor's "is it fine to open the lid mid-boil?" reads as a claim).
 UNSURE_PART = "I couldn't find an answer to your {which} in our help center."
+# A question of several in one message that the bot is not sure of, with its closest passage.
+SUGGESTED_PART = "I'm not sure about your {which}. The closest I found in our help center is from {cited}:"
 _ORDINALS = ("first", "second", "third")
 # "talk to a person", "can I speak with a human agent?", "I want a real person": the visitor
 # asks for a human, so the bot does not try to answer.
@@ -288,6 +290,8 @@ class Lookup:
     partners: int = 0  # accounts or orders with a company the help center names ("my amazon order", "my paypal account")
     brands: int = 0  # things of a name the help center never uses ("a smeg kettle", "my xfinity router")
     unsure: tuple[int, ...] = ()  # places of the message's questions it is not sure about, when it answers others
+    # ... and for those of them close enough to suggest one, their place and closest quote
+    suggestions: tuple[tuple[int, Composition], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,9 +543,7 @@ class Assistant:
         if self.mode is AnswerMode.EXTRACTIVE:
             self._compose(result, composition, "" if lookup.unsure else upset)
             if lookup.unsure:  # the message's other questions: not sure, and a person offered for them
-                places = " and ".join(_ORDINALS[i] for i in lookup.unsure)
-                which = f"{places} question" + ("s" if len(lookup.unsure) > 1 else "")
-                result.answer += f"\n\n{UNSURE_PART.format(which=which)} {OFFER_QUESTION}"
+                self._add_unsure_parts(result, lookup)
                 result.handoff, result.handoff_reason = True, upset or "not_sure"
             result.path = AnswerPath.COMPOSED
             result.total_s = result.time_to_first_token_s = time.perf_counter() - started
@@ -630,13 +632,17 @@ class Assistant:
         (tune, bench/phrasings.py)."""
         found: list[tuple[str, Lookup]] = []
         unsure: list[int] = []
+        suggestions: list[tuple[int, Composition]] = []
         earlier = list(history)
         for place, question in enumerate(questions):
             query, lookup = self._look_up_one(question, earlier)
-            if self._answerable(lookup, self._gate_score(lookup)):
+            score = self._gate_score(lookup)
+            if self._answerable(lookup, score):
                 found.append((query, lookup))
             else:
                 unsure.append(place)
+                if lookup.composition is not None and self._close(lookup, score):
+                    suggestions.append((place, lookup.composition))
             earlier += [HistoryTurn("user", question), HistoryTurn("assistant", "")]
         if not found:
             return None
@@ -650,8 +656,14 @@ class Assistant:
             if composition.text not in quoted:
                 quotes.append(Quote(composition.text, composition.passage, composition.relevance))
                 quoted += "\n" + composition.text
+        # A suggestion from a passage quoted already says nothing of its own.
+        shown = {p.chunk.chunk_id for p in lead.composition.passages} | {q.passage.chunk.chunk_id for q in quotes}
+        suggestions = [(place, c) for place, c in suggestions if c.passage.chunk.chunk_id not in shown]
         return " ".join(q for q, _ in found), dataclasses.replace(
-            lead, composition=dataclasses.replace(lead.composition, also=tuple(quotes)), unsure=tuple(unsure)
+            lead,
+            composition=dataclasses.replace(lead.composition, also=tuple(quotes)),
+            unsure=tuple(unsure),
+            suggestions=tuple(suggestions),
         )
 
     def asked_and_context(self, message: str) -> tuple[str, str]:
@@ -1006,6 +1018,27 @@ class Assistant:
         if lookup.wrong_kind or lookup.other_code or lookup.partners or lookup.brands:
             return False
         return self.max_unknown_words is None or lookup.unknown <= self.max_unknown_words
+
+    @staticmethod
+    def _add_unsure_parts(result: TurnResult, lookup: Lookup) -> None:
+        """The questions of a message the bot is not sure of, by their place: each with its
+        closest quote when it has one ("can i return my kettle? do i need a printer for it?":
+        the QR code at a drop-off point was in the second's suggestion, which was dropped for
+        "I couldn't find an answer"), then the others as not found, then the offer of a person."""
+        suggested = dict(lookup.suggestions)
+        missing = [place for place in lookup.unsure if place not in suggested]
+        if missing:
+            places = " and ".join(_ORDINALS[i] for i in missing)
+            which = f"{places} question" + ("s" if len(missing) > 1 else "")
+            result.answer += f"\n\n{UNSURE_PART.format(which=which)}"
+        for place, composition in lookup.suggestions:
+            joiner = "\n" if "\n" in composition.text else " "
+            lead = SUGGESTED_PART.format(which=f"{_ORDINALS[place]} question", cited=_cited(composition.passage))
+            result.answer += f"\n\n{lead}{joiner}{composition.text}"
+            result.sources += [_source(p) for p in composition.passages]
+            result.evidence += [_evidence(p) for p in composition.passages]
+            result.quoted += "\n" + composition.quoted
+        result.answer += f"\n\n{SUGGESTION_OFFER}" if suggested else f" {OFFER_QUESTION}"
 
     def _compose(self, result: TurnResult, composition: Composition, upset: str, lead: str = "") -> None:
         best = composition.passage

@@ -18,6 +18,7 @@ from bot.assistant import (
     OFFER_QUESTION,
     QUOTE_FRAMING,
     REPEAT_ANSWER,
+    SUGGESTED_PART,
     SUGGESTION_LEAD,
     SUGGESTION_OFFER,
     UNSURE_PART,
@@ -713,6 +714,14 @@ def test_each_question_of_a_message_is_answered(extractive: Assistant) -> None:
     assert "philips" not in half.answer.lower()  # the visitor's words are not echoed back
     assert half.handoff and half.handoff_reason == "not_sure"
     assert accepts_person("yes please", [HistoryTurn("assistant", half.answer)]) is True
+    # One it is not sure of, but has something close to: its closest passage, named as such.
+    _, close = turn(extractive, "can i return my kettle? im a uni student, any cheaper club price for me?")
+    assert close.path is AnswerPath.COMPOSED and "30 days" in close.answer
+    lead = SUGGESTED_PART.format(which="second question", cited='"Brewlo Club plans and pricing"')
+    assert f"\n\n{lead} " in close.answer and close.answer.endswith(SUGGESTION_OFFER), close.answer
+    assert "billing/plans-and-pricing" in {s.document_id for s in close.sources}
+    assert "£4.49 per month" in close.quoted  # checked like every quote
+    assert close.handoff and accepts_person("yes please", [HistoryTurn("assistant", close.answer)]) is True
 
 
 def test_the_evaluation_plays_a_follow_ups_conversation_out_before_scoring_it(extractive: Assistant) -> None:
