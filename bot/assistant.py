@@ -89,6 +89,9 @@ _FRUSTRATED = re.compile(
     r"(?i)\b(useless|ridiculous|terrible|awful|worst|pathetic|stupid|garbage|rubbish|scam|furious|angry|fed up|sick of"
     r"|not helpful|doesn'?t help|didn'?t help|not working|still (not|doesn'?t|broken)|waste of time|wtf|damn|!!+)"
 )
+# Words that only make angry text louder: no problem is named by them, though an FAQ entry's
+# question may hold one ("Will support ever ask for my password?": "the worst kettle ever").
+_EMPHASIS = ("ever", "even", "just", "really", "so", "very", "totally", "completely", "literally", "absolutely", "always")
 _WORD = re.compile(r"[a-z0-9]+")
 _ADDRESS = re.compile(r"\S+@\S+|\bhttps?://\S+|\bwww\.\S+")
 _LETTERS = re.compile(r"[a-z]+")
@@ -506,7 +509,10 @@ class Assistant:
         result = TurnResult(question=message, search_query=message, model_id=self.model_id)
         upset = frustration(message, history)
         # Not a follow-up's: "still not working" after the checklist is about what came before.
-        if upset == "frustrated" and not (history and is_follow_up(message)) and self.only_vents(message):
+        # In the worker thread: after an index swap, the first angry message rebuilds the
+        # vocabulary of titles and headings, a pass over every chunk.
+        vents = upset == "frustrated" and not (history and is_follow_up(message))
+        if vents and await asyncio.to_thread(self.only_vents, message):
             result.path, result.handoff, result.handoff_reason = AnswerPath.NOT_SURE, True, upset
             result.answer = VENTING_ANSWER
             result.total_s = result.time_to_first_token_s = time.perf_counter() - started
@@ -612,8 +618,8 @@ class Assistant:
         problem, and is answered."""
         if _ASKS.search(message):
             return False
-        said = self._topic_words(_FRUSTRATED.sub(" ", message)) & self._topic_vocabulary()
-        return len(said) < _OWN_TOPIC_WORDS
+        said = self._topic_words(_FRUSTRATED.sub(" ", message)) - self._composer.words(" ".join(_EMPHASIS))
+        return len(said & self._topic_vocabulary()) < _OWN_TOPIC_WORDS
 
     def questions_of(self, message: str) -> list[str]:
         """The questions a message asks, when it asks several that each have two words of their

@@ -185,8 +185,9 @@ def test_a_question_that_names_support_is_still_answered(extractive: Assistant) 
 
 
 def test_an_angry_message_that_names_no_problem_gets_an_apology_not_an_article(extractive: Assistant) -> None:
-    """ "i'm so fed up with this kettle" got the set-up steps and "your app is useless" the web app FAQ."""
-    for message in ("i'm so fed up with this kettle", "your app is useless"):
+    """ "i'm so fed up with this kettle" got the set-up steps and "your app is useless" the web app
+    FAQ; "this is the worst kettle ever" the safety instructions ("ever" is in an FAQ entry's question)."""
+    for message in ("i'm so fed up with this kettle", "your app is useless", "this is the worst kettle ever"):
         _, result = turn(extractive, message)
         assert result.answer == VENTING_ANSWER and result.handoff_reason == "frustrated", message
         assert accepts_person("yes", [HistoryTurn("assistant", result.answer)]) is True
