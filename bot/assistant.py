@@ -538,7 +538,11 @@ class Assistant:
         if not sure:
             result.path, result.handoff, result.answer = AnswerPath.NOT_SURE, True, NOT_SURE_ANSWER
             result.handoff_reason = "not_sure"
-            if composition is not None and close:
+            if lookup.suggestions:  # several questions, none sure, some with a closest passage
+                result.answer = ""
+                self._add_unsure_parts(result, lookup)
+                result.answer = result.answer.lstrip()
+            elif composition is not None and close:
                 self._compose(result, composition, "", lead=f"{SUGGESTION_LEAD}\n\n")
                 result.answer += f"\n\n{SUGGESTION_OFFER}"
             result.total_s = result.time_to_first_token_s = time.perf_counter() - started
@@ -581,8 +585,12 @@ class Assistant:
         questions = self.questions_of(message)
         if len(questions) > 1:
             answered = self._look_up_each(questions, history)
-            if answered is not None:
+            if answered is not None and answered[1].composition is not None:  # sure of one at least
                 return answered
+            whole = self._look_up_one(message, history)
+            if answered is None or self._answerable(whole[1], self._gate_score(whole[1])):
+                return whole
+            return answered  # sure of none, even asked as one: each one's closest passage
         return self._look_up_one(message, history)
 
     def _look_up_one(self, message: str, history: Sequence[HistoryTurn]) -> tuple[str, Lookup]:
@@ -631,14 +639,17 @@ class Assistant:
 
     def _look_up_each(self, questions: list[str], history: Sequence[HistoryTurn]) -> tuple[str, Lookup] | None:
         """Each question looked up after the ones before it, and the answers of those that are
-        sure quoted together, the first one's leading, and the others named as not found (`unsure`);
-        None when none is sure (the message is then looked up whole). Asked as one, "can i
+        sure quoted together, the first one's leading, and the others named (`unsure`), with their
+        closest passage when it is close enough to suggest (`suggestions`). When none is sure, a
+        lookup without a composition that holds only those suggestions; None when there are none
+        either (the message is then looked up whole, as it is when that reading is sure). Asked as one, "can i
         return my kettle? how long does the refund take?" quoted the return window alone, and
         two questions in one message got the key facts of the one asked first 0.278 of the time
         (tune, bench/phrasings.py)."""
         found: list[tuple[str, Lookup]] = []
         unsure: list[int] = []
         suggestions: list[tuple[int, Composition]] = []
+        close: list[tuple[str, Lookup]] = []
         earlier = list(history)
         for place, question in enumerate(questions):
             query, lookup = self._look_up_one(question, earlier)
@@ -649,9 +660,16 @@ class Assistant:
                 unsure.append(place)
                 if lookup.composition is not None and self._close(lookup, score):
                     suggestions.append((place, lookup.composition))
+                    close.append((query, lookup))
             earlier += [HistoryTurn("user", question), HistoryTurn("assistant", "")]
         if not found:
-            return None
+            if not close:
+                return None
+            # Sure of none: no composition to answer with, each question's closest passage to suggest.
+            query, first = close[0]
+            distinct = {c.passage.chunk.chunk_id: (place, c) for place, c in reversed(suggestions)}  # the first of each passage
+            suggestions = sorted(distinct.values(), key=lambda pair: pair[0])
+            return query, dataclasses.replace(first, composition=None, unsure=tuple(unsure), suggestions=tuple(suggestions))
         (query, lead), rest = found[0], found[1:]
         assert lead.composition is not None
         quotes = list(lead.composition.also)

@@ -723,6 +723,18 @@ def test_each_question_of_a_message_is_answered(extractive: Assistant) -> None:
     assert "billing/plans-and-pricing" in {s.document_id for s in close.sources}
     assert "£4.49 per month" in close.quoted  # checked like every quote
     assert close.handoff and accepts_person("yes please", [HistoryTurn("assistant", close.answer)]) is True
+    # Sure of neither, even asked as one: each one's closest passage, not a bare "not sure".
+    _, neither = turn(
+        extractive,
+        "forgot to add filters, can you add them to the order i placed this morning? "
+        "setting it up on my samsung and my wifi doesnt show in the list?",
+    )
+    assert neither.path is AnswerPath.NOT_SURE and neither.handoff, neither.answer
+    assert neither.answer.startswith(
+        SUGGESTED_PART.format(which="first question", cited='"Can I add an item to an order I already placed?"')
+    )
+    assert "I'm not sure about your second question" in neither.answer and "location during setup" in neither.answer
+    assert neither.answer.endswith(SUGGESTION_OFFER) and len({s.document_id for s in neither.sources}) == 2
 
 
 def test_the_evaluation_plays_a_follow_ups_conversation_out_before_scoring_it(extractive: Assistant) -> None:
