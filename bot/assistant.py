@@ -89,10 +89,28 @@ _FRUSTRATED = re.compile(
     r"(?i)\b(useless|ridiculous|terrible|awful|worst|pathetic|stupid|garbage|rubbish|scam|furious|angry|fed up|sick of"
     r"|not helpful|doesn'?t help|didn'?t help|not working|still (not|doesn'?t|broken)|waste of time|wtf|damn|!!+)"
 )
+# Of the frustration phrases, those that report a problem rather than vent: "wifi not working".
+_REPORTS = re.compile(r"(?i)not working|still (?:not|doesn'?t|broken)")
 # Words that only make angry text louder: no problem is named by them, though an FAQ entry's
 # question may hold one ("Will support ever ask for my password?": "the worst kettle ever").
 _EMPHASIS = ("ever", "even", "just", "really", "so", "very", "totally", "completely", "literally", "absolutely", "always")
 _WORD = re.compile(r"[a-z0-9]+")
+# Chat shorthand for the words a help center writes out: "can u tell me how to cancel my sub".
+_SHORTHAND = {
+    "u": "you",
+    "ur": "your",
+    "pls": "please",
+    "plz": "please",
+    "thx": "thanks",
+    "pw": "password",
+    "pwd": "password",
+    "acct": "account",
+    "sub": "subscription",
+    "subs": "subscriptions",
+    "msg": "message",
+    "cuz": "because",
+    "abt": "about",
+}
 _ADDRESS = re.compile(r"\S+@\S+|\bhttps?://\S+|\bwww\.\S+")
 _LETTERS = re.compile(r"[a-z]+")
 _LETTERS_ANY_CASE = re.compile(r"(?<![\w@.-])[A-Za-z]+(?![\w@-])")  # a word of letters only, not part of an address or code
@@ -623,9 +641,9 @@ class Assistant:
         """Whether an angry message asks nothing and names at most one thing the help center's
         titles and headings speak of: "this is the worst kettle ever" got the safety instructions, "i'm so fed up
         with this kettle" the set-up steps. "my kettle still doesn't heat, ridiculous" names a
-        problem, and is answered."""
-        if _ASKS.search(message):
-            return False
+        problem, and is answered; so is "wifi not working", whose only angry words report it."""
+        if _ASKS.search(message) or all(_REPORTS.fullmatch(m.group(0)) for m in _FRUSTRATED.finditer(message)):
+            return False  # asks something, or its only angry words say what is broken: "wifi not working"
         said = self._topic_words(_FRUSTRATED.sub(" ", message)) - self._composer.words(" ".join(_EMPHASIS))
         return len(said & self._topic_vocabulary()) < _OWN_TOPIC_WORDS
 
@@ -941,13 +959,16 @@ class Assistant:
         away (two from nine letters on; a swap of neighbours is one), with the same first
         letter (names rarely differ from our words there only: "nespresso" is not
         "espresso"), five letters at least ("ikea" is not "idea"). Ties go to the word the
-        help center uses most."""
+        help center uses most. Chat shorthand the help center does not use is written out ("how
+        do i reset my pw" was "not sure")."""
         counts = self._surface_words()
         vocabulary = self._public_vocabulary()
 
         def fixed(match: re.Match[str]) -> str:
             word = match.group(0)
             lower = word.lower()
+            if lower in _SHORTHAND and lower not in counts:  # "my pw", "cancel my sub"
+                return _SHORTHAND[lower]
             if len(lower) < 5 or lower in counts or self._composer.words(lower) <= vocabulary:
                 return word
             if self._composer.is_everyday_word(lower):

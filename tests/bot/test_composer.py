@@ -195,6 +195,33 @@ def test_an_angry_message_that_names_no_problem_gets_an_apology_not_an_article(e
     assert result.path is AnswerPath.COMPOSED and result.handoff_reason == "frustrated" and "plugged in" in result.answer
 
 
+def test_chat_shorthand_is_read_as_the_words_it_stands_for(extractive: Assistant) -> None:
+    """ "how do i reset my pw" got "not sure" and "can u tell me how to cancel my sub" only a
+    suggestion: "pw", "u" and "sub" are words the help center never uses, so they counted against
+    the answer. Shorthand it does not use is written out before the search."""
+    assert extractive.spelled("can u tell me how to cancel my sub pls") == "can you tell me how to cancel my subscription please"
+    for short, written in (
+        ("how do i change my acct email", "how do i change my account email"),
+        ("do u ship to canada", "do you ship to canada"),
+    ):
+        _, a = turn(extractive, short)
+        _, b = turn(extractive, written)
+        assert a.path is b.path is AnswerPath.COMPOSED and a.answer == b.answer, (a.answer, b.answer)
+
+
+def test_a_problem_reported_in_few_words_is_answered_not_apologised_for(extractive: Assistant) -> None:
+    """ "wifi not working" got the apology for an angry message: "not working" is among the
+    frustration phrases and "wifi" is not a word of the titles ("Wi-Fi"). A message whose only
+    such words report the problem is looked up."""
+    for message, article in (
+        ("wifi not working", "Kettle won't connect to Wi-Fi"),
+        ("my kettle is not working", "Kettle won't heat"),
+    ):
+        _, result = turn(extractive, message)
+        assert result.answer != VENTING_ANSWER and article in result.answer, (message, result.answer)
+        assert result.handoff and result.handoff_reason in ("frustrated", "not_sure")  # a person offered early
+
+
 def test_a_visitor_told_the_same_thing_twice_is_offered_a_person(extractive: Assistant) -> None:
     """ "it's on the base already" after the heating checklist got the same checklist again, as if
     it were new. A statement that would get the last answer's quote again is offered a person; a
