@@ -1066,10 +1066,10 @@ class Assistant:
 
     @staticmethod
     def _add_unsure_parts(result: TurnResult, lookup: Lookup) -> None:
-        """The questions of a message the bot is not sure of, by their place: each with its
-        closest quote when it has one ("can i return my kettle? do i need a printer for it?":
-        the QR code at a drop-off point was in the second's suggestion, which was dropped for
-        "I couldn't find an answer"), then the others as not found, then the offer of a person."""
+        """The questions of a message the bot is not sure of, by their place: those with nothing
+        close named as not found, then each of the others with its closest quote ("can i return
+        my kettle? im a uni student, any cheaper club price for me?" dropped the Club's prices
+        for "I couldn't find an answer to your second question"), then the offer of a person."""
         suggested = dict(lookup.suggestions)
         missing = [place for place in lookup.unsure if place not in suggested]
         if missing:
