@@ -345,9 +345,14 @@ def test_sigusr1_writes_every_threads_stack_to_the_log_and_the_server_keeps_serv
     pid = next(json.loads(line)["pid"] for line in log_path.read_text().splitlines() if line.startswith('{"time"'))
     os.kill(pid, signal.SIGUSR1)
     deadline = time.monotonic() + 10
-    while "(most recent call first)" not in (log := log_path.read_text()):
+
+    def event_loop_stack(log: str) -> bool:  # the event loop's thread, where it is waiting
+        stacks = log[log.index("(most recent call first)") - 60 :] if "(most recent call first)" in log else ""
+        return "Current thread" in stacks and "uvicorn" in stacks[stacks.index("Current thread") :]
+
+    # The dump is written thread by thread: read until the event loop's thread is in it, not once
+    # the first thread's header is (a read between the two failed the test on a loaded machine).
+    while not event_loop_stack(log := log_path.read_text()):
         assert time.monotonic() < deadline, log[-2000:]
         time.sleep(0.1)
-    stacks = log[log.index("(most recent call first)") - 60 :]
-    assert "Current thread" in stacks and "uvicorn" in stacks  # the event loop's thread, where it is waiting
     assert httpx.get(f"{extractive_site.base}/readyz").json()["status"] == "ready"

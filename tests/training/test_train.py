@@ -60,15 +60,15 @@ pytestmark = [
 # Agents' corrections of bot answers, on two documents no held-out question is about and one
 # that is (usage/descaling: its pair must be left out, as its SFT examples are).
 CORRECTIONS = [
-    CorrectedAnswer(
-        "Can my kettle join a 5 GHz Wi-Fi network?",
-        "Yes [1].",
-        "No, it needs 2.4 GHz Wi-Fi [1].",
+    CorrectedAnswer(  # on an article no held-out question is about (the held-out ones are left out of training)
+        "Do you keep my brewing history forever?",
+        "Yes, for as long as you like [1].",
+        "No, brewing history is deleted after 24 months [1].",
         {
-            "document_id": "usage/set-up-your-kettle",
-            "title": "Set up your Brewlo kettle",
-            "heading": "Before you start",
-            "text": "Brewlo kettles need a 2.4 GHz Wi-Fi network; 5 GHz-only networks are not supported.",
+            "document_id": "security/data-we-collect",
+            "title": "What data Brewlo collects",
+            "heading": "How long we keep it",
+            "text": "Brewing history is kept for 24 months, then deleted.",
         },
         rating="down",
     ),
