@@ -559,7 +559,6 @@ class Assistant:
             if lookup.suggestions:  # several questions, none sure, some with a closest passage
                 result.answer = ""
                 self._add_unsure_parts(result, lookup)
-                result.answer = result.answer.lstrip()
             elif composition is not None and close:
                 self._compose(result, composition, "", lead=f"{SUGGESTION_LEAD}\n\n")
                 result.answer += f"\n\n{SUGGESTION_OFFER}"
@@ -667,7 +666,7 @@ class Assistant:
         found: list[tuple[str, Lookup]] = []
         unsure: list[int] = []
         suggestions: list[tuple[int, Composition]] = []
-        close: list[tuple[str, Lookup]] = []
+        first_close: tuple[str, Lookup] | None = None  # what a message sure of none is looked up as
         earlier = list(history)
         for place, question in enumerate(questions):
             query, lookup = self._look_up_one(question, earlier)
@@ -678,13 +677,13 @@ class Assistant:
                 unsure.append(place)
                 if lookup.composition is not None and self._close(lookup, score):
                     suggestions.append((place, lookup.composition))
-                    close.append((query, lookup))
+                    first_close = first_close or (query, lookup)
             earlier += [HistoryTurn("user", question), HistoryTurn("assistant", "")]
         if not found:
-            if not close:
+            if first_close is None:
                 return None
             # Sure of none: no composition to answer with, each question's closest passage to suggest.
-            query, first = close[0]
+            query, first = first_close
             distinct = {c.passage.chunk.chunk_id: (place, c) for place, c in reversed(suggestions)}  # the first of each passage
             suggestions = sorted(distinct.values(), key=lambda pair: pair[0])
             return query, dataclasses.replace(first, composition=None, unsure=tuple(unsure), suggestions=tuple(suggestions))
@@ -1072,18 +1071,24 @@ class Assistant:
         for "I couldn't find an answer to your second question"), then the offer of a person."""
         suggested = dict(lookup.suggestions)
         missing = [place for place in lookup.unsure if place not in suggested]
+        paragraphs = []
         if missing:
             places = " and ".join(_ORDINALS[i] for i in missing)
             which = f"{places} question" + ("s" if len(missing) > 1 else "")
-            result.answer += f"\n\n{UNSURE_PART.format(which=which)}"
+            paragraphs.append(UNSURE_PART.format(which=which))
         for place, composition in lookup.suggestions:
+            # Only the best article's units are shown, so only they are sources and checked quotes.
             joiner = "\n" if "\n" in composition.text else " "
             lead = SUGGESTED_PART.format(which=f"{_ORDINALS[place]} question", cited=_cited(composition.passage))
-            result.answer += f"\n\n{lead}{joiner}{composition.text}"
-            result.sources += [_source(p) for p in composition.passages]
-            result.evidence += [_evidence(p) for p in composition.passages]
-            result.quoted += "\n" + composition.quoted
-        result.answer += f"\n\n{SUGGESTION_OFFER}" if suggested else f" {OFFER_QUESTION}"
+            paragraphs.append(f"{lead}{joiner}{composition.text}")
+            result.sources.append(_source(composition.passage))
+            result.evidence.append(_evidence(composition.passage))
+            result.quoted += "\n" + composition.text
+        if suggested:
+            paragraphs.append(SUGGESTION_OFFER)
+        else:
+            paragraphs[-1] += f" {OFFER_QUESTION}"
+        result.answer = "\n\n".join([result.answer, *paragraphs] if result.answer else paragraphs)
 
     def _compose(self, result: TurnResult, composition: Composition, upset: str, lead: str = "") -> None:
         best = composition.passage
