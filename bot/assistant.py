@@ -62,10 +62,12 @@ _WANTS_HUMAN = re.compile(
 # Not sure, but the help center has something close: said before and after its quote.
 SUGGESTION_LEAD = "I'm not sure this answers your question. The closest I found in our help center:"
 SUGGESTION_OFFER = "If that doesn't answer it, would you like me to connect you with a person from our support team?"
-# How a quote is introduced ('From our article "Title": ...', or '... "Title", under "Section": ...'):
-# framing, not something the article says.
-# Group 1 is the article's title.
-QUOTE_FRAMING = re.compile(r'(?:From our article|And from) "([^"\n]*)"(?:, under "[^"\n]*")?:[ \t]*')
+# How a quote is introduced ('From our article "Title": ...', or '... "Title", under "Section": ...',
+# and 'And in the same article, under "Section": ...'): framing, not something the article says.
+# Group 1 is the article's title (None for another section of the same article).
+QUOTE_FRAMING = re.compile(r'(?:(?:From our article|And from) "([^"\n]*)"|And in the same article)(?:, under "[^"\n]*")?:[ \t]*')
+# Where an answer's second quote starts: another article's, or another section's of the first.
+SECOND_QUOTE = re.compile(r"\n\nAnd (?:from \"|in the same article\b)")
 # Headings that name no part of what an article covers: a PDF's pages.
 _PAGE_HEADING = re.compile(r"(?i)^page \d+$")
 HUMAN_ANSWER = "I'm asking a person from our support team to join this chat. They will reply here."
@@ -388,7 +390,7 @@ def quoted_titles(history: Sequence[HistoryTurn]) -> frozenset[str]:
     descaling steps is the descaling's 20 minutes, not a recalibration's 5."""
     for turn in reversed(history):
         if turn.role == "assistant":
-            return frozenset(match.group(1) for match in QUOTE_FRAMING.finditer(turn.text))
+            return frozenset(match.group(1) for match in QUOTE_FRAMING.finditer(turn.text) if match.group(1))
     return frozenset()
 
 
@@ -1092,14 +1094,19 @@ class Assistant:
 
     def _compose(self, result: TurnResult, composition: Composition, upset: str, lead: str = "") -> None:
         best = composition.passage
-        result.sources = [_source(p) for p in composition.passages]
+        result.sources = _sources(composition.passages)
         result.evidence = [_evidence(p) for p in composition.passages]
         result.quoted = composition.quoted
         joiner = "\n" if "\n" in composition.text else " "
         result.answer = f"{lead}From our article {_cited(best)}:{joiner}{composition.text}"
-        for quote in composition.also:  # a second article that answers nearly as well: its own title
+        for quote in composition.also:  # a second article, or section, that answers nearly as well
             joiner = "\n" if "\n" in quote.text else " "
-            result.answer += f"\n\nAnd from {_cited(quote.passage)}:{joiner}{quote.text}"
+            if quote.passage.document_id != best.document_id:
+                result.answer += f"\n\nAnd from {_cited(quote.passage)}:{joiner}{quote.text}"
+            elif section := _section(quote.passage):
+                result.answer += f'\n\nAnd in the same article, under "{section}":{joiner}{quote.text}'
+            else:
+                result.answer += f"\n\nAnd in the same article:{joiner}{quote.text}"
         if upset:
             result.handoff, result.handoff_reason = True, upset
             result.answer += f"\n\n{OFFER_PERSON}"
@@ -1242,13 +1249,19 @@ def _cited(passage: Passage) -> str:
     """A quote's article, and the section it sits under when the article has several: quoted to
     "is express delivery available in the eu?", the US section's "Express: 1 to 2 business days"
     read as the EU's without its heading, "United States"."""
+    heading = _section(passage)
+    return f'"{passage.title}", under "{heading}"' if heading else f'"{passage.title}"'
+
+
+def _section(passage: Passage) -> str:
+    """The heading a passage sits under, as quoted to a visitor; empty when it is the article's
+    own (its title, a PDF's page) or none."""
     # The innermost heading: in "Siri Shortcuts > Safety" the safety rules are every voice
     # assistant's, which the path would narrow to Siri's.
     heading = passage.chunk.heading.rpartition(HEADING_PATH_SEPARATOR)[2]
     if not heading or _PAGE_HEADING.match(heading) or heading.casefold() == passage.title.casefold():
-        return f'"{passage.title}"'
-    heading = heading.replace('"', "'")  # 'App says "session expired"' inside the quotes that frame it
-    return f'"{passage.title}", under "{heading}"'
+        return ""
+    return heading.replace('"', "'")  # 'App says "session expired"' inside the quotes that frame it
 
 
 def _source(passage: Passage) -> Source:

@@ -8,7 +8,8 @@ answer quoted whole (but for its own "Yes" or "No", which answer its question, n
 visitor's), and the sentence after the best one kept with it (the fact a visitor needs is often the next sentence: "Refunds
 are issued within 5 business days" after "You can return ... within 30 days"). When
 another article's best sentence scores nearly as well, it is quoted too, under its own
-title: the right article is not always the best-scored one. It is the floor every answer
+title: the right article is not always the best-scored one. When none does, another section
+of the same article that does is quoted the same way (a section is often a passage of its own). It is the floor every answer
 falls back to, and the answer whenever the generator has not earned trust.
 """
 
@@ -471,9 +472,13 @@ class AnswerComposer:
         assert best is not None
         score, pi, ui = best
         passage, units = candidates[pi]
-        text = _render(
-            [units[i] for i in self._select(units, scores[pi], ui, whole=_is_faq(passage), asked=asked)], self.max_chars
-        )
+
+        def quote(pj: int, uj: int) -> str:
+            """Unit `uj` of passage `pj` with the units `_select` keeps around it, rendered."""
+            chosen = self._select(candidates[pj][1], scores[pj], uj, whole=_is_faq(candidates[pj][0]), asked=asked)
+            return _render([candidates[pj][1][i] for i in chosen], self.max_chars)
+
+        text = quote(pi, ui)
         passage_words = self.words(f"{passage.title} {passage.chunk.heading} {passage.text}")
         coverage = len(asked & passage_words) / len(asked) if asked else 0.0
         # The best unit of another article: quoted too when it scores nearly as well.
@@ -484,15 +489,20 @@ class AnswerComposer:
             for uj, s in enumerate(row)
         ]
         runner_up = max(others, default=None)
+        # Else another section of the same article, a passage of its own: "how do i cancel my
+        # subscription" got the App Store paragraph, while the "Cancel" section holds the steps.
+        sections = [
+            (s, pj, uj)
+            for pj, row in enumerate(scores)
+            if pj != pi and candidates[pj][0].document_id == passage.document_id
+            for uj, s in enumerate(row)
+        ]
         also: tuple[Quote, ...] = ()
-        if runner_up is not None and self.second_margin is not None and runner_up[0] >= score - self.second_margin:
-            s2, pj, uj = runner_up
-            other, other_units = candidates[pj]
-            other_text = _render(
-                [other_units[i] for i in self._select(other_units, scores[pj], uj, whole=_is_faq(other), asked=asked)],
-                self.max_chars,
-            )
-            also = (Quote(other_text, other, round(s2, 4)),)
+        if self.second_margin is not None:
+            close = [c for c in (runner_up, max(sections, default=None)) if c is not None and c[0] >= score - self.second_margin]
+            if close:
+                s2, pj, uj = close[0]
+                also = (Quote(quote(pj, uj), candidates[pj][0], round(s2, 4)),)
         # The bonus chooses among passages and may earn a quote as a suggestion; whether the
         # answer is sure is judged without it ("what about my philips hue lights with it?" after
         # the Alexa article is not about Brewlo).
@@ -504,7 +514,7 @@ class AnswerComposer:
         # password" with "Can't sign in", each ahead of the article ranked first. Not in a
         # follow-up, where the article just quoted leads.
         lead = passage
-        if also and self.lead_margin is not None and not topic:
+        if also and self.lead_margin is not None and not topic and also[0].passage.document_id != passage.document_id:
             other = also[0].passage
             if document_confidence[other.document_id] > document_confidence[passage.document_id] + self.lead_margin:
                 lead, text, also = other, also[0].text, (Quote(text, passage, round(score, 4)),)

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.assistant import QUOTE_FRAMING, AnswerPath, Assistant, TurnDone, TurnResult, standalone_query
+from bot.assistant import QUOTE_FRAMING, SECOND_QUOTE, AnswerPath, Assistant, TurnDone, TurnResult, standalone_query
 from bot.grounding import split_sentences
 from bot.prompt import HistoryTurn
 from retrieval.lexical import STOPWORDS
@@ -100,8 +100,9 @@ def normalise(text: str) -> str:
 
 
 def first_quote(answer: str) -> str:
-    """An answer up to the quote from a second article, which starts a paragraph with "And from"."""
-    return re.split(r"\n\nAnd from ", answer, maxsplit=1)[0]
+    """An answer up to its second quote, from another article or section: a paragraph that
+    starts "And from" or "And in the same article"."""
+    return SECOND_QUOTE.split(answer, maxsplit=1)[0]
 
 
 def has_key_facts(answer: str, groups: Sequence[Sequence[str]]) -> bool:
@@ -142,7 +143,7 @@ class TurnScore:
     @property
     def key_facts_first(self) -> bool:
         """The key facts are in what the visitor reads first: the answer up to a second article's
-        quote ("And from ..."), if it has one."""
+        or section's quote ("And from ...", "And in the same article ..."), if it has one."""
         return self.key_facts and has_key_facts(first_quote(self.result.answer), self.turn.key_facts)
 
     @property

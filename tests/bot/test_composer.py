@@ -35,7 +35,7 @@ from bot.assistant import (
     standalone_query,
 )
 from bot.composer import VECTORS_FILE, AnswerComposer, _amounts, passage_units
-from bot.evaluation import LabelledTurn, evaluate_turns, load_turns
+from bot.evaluation import LabelledTurn, evaluate_turns, first_quote, load_turns
 from bot.prompt import HistoryTurn
 from retrieval.embedder import SentenceEmbedder
 from retrieval.retriever import Retriever
@@ -467,6 +467,50 @@ def test_the_second_article_is_quoted_only_when_its_best_sentence_is_close(embed
     assert loose.quoted == f"{loose.text}\n{loose.also[0].text}" and loose.also[0].text in loose.also[0].passage.text
 
 
+def test_another_section_of_the_same_article_is_quoted_when_no_other_article_is(embedder: SentenceEmbedder) -> None:
+    """A section that is a passage of its own competes like another article: the steps under
+    "Cancel" scored within the margin of the App Store paragraph and were never quoted."""
+    title = "Change or cancel your subscription"
+
+    def section(row: int, heading: str, text: str) -> Passage:
+        chunk = ChunkRecord(row, f"billing/cancel#{row}", "billing/cancel", title, heading, text, None, "test", Visibility.PUBLIC)
+        return Passage(chunk=chunk, score=1.0, dense_score=0.8, lexical_score=0.0, confidence=0.8)
+
+    store = section(0, "", "If you subscribed through the App Store, cancel in your Apple ID subscription settings.")
+    steps = section(1, "Cancel", "- Open Profile > Club.\n- Tap Cancel membership and confirm.")
+    question = "how do i cancel my subscription"
+    single = AnswerComposer(embedder, second_margin=None).compose(question, [store, steps])
+    assert single is not None and single.also == ()
+    gap = single.relevance - max(
+        AnswerComposer(embedder, second_margin=None).compose(question, [p]).relevance  # type: ignore[union-attr]
+        for p in (store, steps)
+        if p is not single.passage
+    )
+    loose = AnswerComposer(embedder, second_margin=gap + 0.01).compose(question, [store, steps])
+    strict = AnswerComposer(embedder, second_margin=max(gap - 0.01, 0.0)).compose(question, [store, steps])
+    assert loose is not None and strict is not None and strict.also == ()
+    assert [q.passage for q in loose.also] == [p for p in (store, steps) if p is not loose.passage]
+    assert "Cancel membership" in loose.quoted and "App Store" in loose.quoted
+    # Another article that is as close takes the one extra quote: an answer quotes two passages at most.
+    other = _passage("faq#orders", "Can I cancel an order?", "Tap Cancel order while it is still Processing.", 0.8)
+    three = AnswerComposer(embedder, second_margin=1.0).compose(question, [store, steps, other])
+    assert three is not None and [q.passage.document_id for q in three.also] == ["faq#orders"]
+
+
+def test_the_other_section_is_quoted_under_its_heading_and_the_article_is_one_source(extractive: Assistant) -> None:
+    _, result = turn(extractive, "how do i cancel my subscription")
+    assert result.path is AnswerPath.COMPOSED
+    assert 'And in the same article, under "Cancel":' in result.answer and "Cancel membership" in result.answer, result.answer
+    assert [s.document_id for s in result.sources] == ["billing/change-or-cancel-subscription"]
+    assert len(result.evidence) == 2
+    # The section's framing is not a claim, and what the visitor reads first ends where it starts.
+    assert "same article" not in QUOTE_FRAMING.sub("\n", result.answer) and 'Cancel"' not in QUOTE_FRAMING.sub("", result.answer)
+    assert first_quote(result.answer) == result.answer.split("\n\nAnd in the same article")[0]
+    assert "Cancel membership" not in first_quote(result.answer)
+    for line in result.quoted.splitlines():
+        assert any(line.strip().lstrip("- ") in e.text for e in result.evidence), line
+
+
 def test_of_two_articles_quoted_the_one_retrieval_trusts_more_comes_first(embedder: SentenceEmbedder) -> None:
     """The visitor reads the first quote: "the kettle doesn't heat at all" led with the safety
     instructions' sentence on heating, ahead of the won't-heat article retrieval ranked first."""
@@ -893,3 +937,6 @@ def test_the_titles_a_follow_up_refers_to_are_those_the_last_answer_quoted() -> 
     ]
     assert quoted_titles(history) == {"Return an item", "Refund policy"}
     assert quoted_titles([HistoryTurn("user", "hi")]) == frozenset()
+    # Another section of the same article names no other title.
+    same = 'From our article "Return an item": x\n\nAnd in the same article, under "Start a return": y'
+    assert quoted_titles([HistoryTurn("assistant", same)]) == {"Return an item"}
