@@ -476,6 +476,7 @@ class Assistant:
         self._surface: tuple[str, dict[str, int]] = ("", {})
         self._names: tuple[str, tuple[frozenset[str], frozenset[str]]] = ("", (frozenset(), frozenset()))
         self.company_name = company
+        self._emphasis = self._composer.words(" ".join(_EMPHASIS))  # as `only_vents` compares them
         self._company = company.lower()
         self._top_k = top_k
         self._max_new_tokens = max_new_tokens
@@ -645,7 +646,7 @@ class Assistant:
         problem, and is answered; so is "wifi not working", whose only angry words report it."""
         if _ASKS.search(message) or all(_REPORTS.fullmatch(m.group(0)) for m in _FRUSTRATED.finditer(message)):
             return False  # asks something, or its only angry words say what is broken: "wifi not working"
-        said = self._topic_words(_FRUSTRATED.sub(" ", message)) - self._composer.words(" ".join(_EMPHASIS))
+        said = self._topic_words(_FRUSTRATED.sub(" ", message)) - self._emphasis
         return len(said & self._topic_vocabulary()) < _OWN_TOPIC_WORDS
 
     def questions_of(self, message: str) -> list[str]:
@@ -1080,9 +1081,8 @@ class Assistant:
             paragraphs.append(UNSURE_PART.format(which=which))
         for place, composition in lookup.suggestions:
             # Only the best article's units are shown, so only they are sources and checked quotes.
-            joiner = "\n" if "\n" in composition.text else " "
             lead = SUGGESTED_PART.format(which=f"{_ORDINALS[place]} question", cited=_cited(composition.passage))
-            paragraphs.append(f"{lead}{joiner}{composition.text}")
+            paragraphs.append(_introduced(lead, composition.text))
             result.sources.append(_source(composition.passage))
             result.evidence.append(_evidence(composition.passage))
             result.quoted += "\n" + composition.text
@@ -1097,16 +1097,15 @@ class Assistant:
         result.sources = _sources(composition.passages)
         result.evidence = [_evidence(p) for p in composition.passages]
         result.quoted = composition.quoted
-        joiner = "\n" if "\n" in composition.text else " "
-        result.answer = f"{lead}From our article {_cited(best)}:{joiner}{composition.text}"
+        result.answer = _introduced(f"{lead}From our article {_cited(best)}:", composition.text)
         for quote in composition.also:  # a second article, or section, that answers nearly as well
-            joiner = "\n" if "\n" in quote.text else " "
             if quote.passage.document_id != best.document_id:
-                result.answer += f"\n\nAnd from {_cited(quote.passage)}:{joiner}{quote.text}"
+                intro = f"And from {_cited(quote.passage)}:"
             elif section := _section(quote.passage):
-                result.answer += f'\n\nAnd in the same article, under "{section}":{joiner}{quote.text}'
+                intro = f'And in the same article, under "{section}":'
             else:
-                result.answer += f"\n\nAnd in the same article:{joiner}{quote.text}"
+                intro = "And in the same article:"
+            result.answer += "\n\n" + _introduced(intro, quote.text)
         if upset:
             result.handoff, result.handoff_reason = True, upset
             result.answer += f"\n\n{OFFER_PERSON}"
@@ -1251,6 +1250,13 @@ def _cited(passage: Passage) -> str:
     read as the EU's without its heading, "United States"."""
     heading = _section(passage)
     return f'"{passage.title}", under "{heading}"' if heading else f'"{passage.title}"'
+
+
+def _introduced(intro: str, quote: str) -> str:
+    """A quote after what introduces it: on the next line when the quote is a list (its items
+    each on a line of their own), else on the same line."""
+    joiner = "\n" if "\n" in quote else " "
+    return f"{intro}{joiner}{quote}"
 
 
 def _section(passage: Passage) -> str:
