@@ -321,7 +321,10 @@ class AnswerComposer:
                 self._embedder.model_id,
             )
             return {}
-        return dict(zip(keys.tolist(), vectors, strict=True))
+        # A fixed-width bytes array drops its items' trailing zero bytes: a digest that ends in
+        # one came back a byte short, so its sentence was embedded, and the file written, again
+        # on every start.
+        return dict(zip((key.ljust(_KEY_BYTES, b"\0") for key in keys.tolist()), vectors, strict=True))
 
     def _write_store(self, store: Path, keys: list[bytes], vectors: dict[bytes, np.ndarray]) -> None:
         """`vectors` of `keys` into `store`, whole or not at all (a reader never sees half a file)."""

@@ -34,7 +34,7 @@ from bot.assistant import (
     quoted_titles,
     standalone_query,
 )
-from bot.composer import VECTORS_FILE, AnswerComposer, _amounts, passage_units
+from bot.composer import VECTORS_FILE, AnswerComposer, _amounts, _text_key, passage_units
 from bot.evaluation import LabelledTurn, evaluate_turns, first_quote, load_turns
 from bot.prompt import HistoryTurn
 from retrieval.embedder import SentenceEmbedder
@@ -879,6 +879,18 @@ def test_the_sentence_vectors_are_kept_between_starts_and_a_bad_file_only_costs_
     with caplog.at_level(logging.WARNING, logger="supportbot.composer"):
         assert AnswerComposer(CountingEmbedder(embedder)).warm_up(public[:3], store=blocked / VECTORS_FILE) > 0
     assert "could not keep sentence vectors" in caplog.text
+
+
+def test_a_sentence_whose_key_ends_in_a_zero_byte_is_read_back_from_the_file(embedder: SentenceEmbedder, tmp_path: Path) -> None:
+    """The file's keys are a fixed-width bytes array, which drops trailing zero bytes: such a
+    sentence was embedded again, and the file rewritten, on every start."""
+    text = next(t for i in range(10_000) if _text_key(t := f"The kettle holds {i} ml.").endswith(b"\0"))
+    store = tmp_path / VECTORS_FILE
+    assert AnswerComposer(CountingEmbedder(embedder)).warm_up([text], store=store) == 1
+    written = store.stat().st_mtime_ns
+    again = CountingEmbedder(embedder)
+    assert AnswerComposer(again).warm_up([text], store=store) == 0 == again.embedded
+    assert store.stat().st_mtime_ns == written
 
 
 def test_a_quote_from_one_section_of_an_article_names_the_section(extractive: Assistant) -> None:
