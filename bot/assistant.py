@@ -493,8 +493,10 @@ class Assistant:
     def warm_up(self) -> None:
         """Embed the sentences of every public passage, or read them from the last start's file beside the index."""
         snapshot = self._retriever.snapshot
-        public = [c.text for c in snapshot.chunks if c.visibility is Visibility.PUBLIC]
-        self._composer.warm_up(public, store=snapshot.version_dir / VECTORS_FILE)
+        public = [c for c in snapshot.chunks if c.visibility is Visibility.PUBLIC]
+        self._composer.warm_up(
+            [c.text for c in public], store=snapshot.version_dir / VECTORS_FILE, headings=[(c.title, c.heading) for c in public]
+        )
         self._public_vocabulary()
         self._surface_words()
         self._names_and_pairs()

@@ -2,7 +2,8 @@
 
 It cannot invent: every word of its answer is quoted from a retrieved passage. Each
 sentence (or list item) of the passages is scored against the question, by meaning (the
-embedder) and by the question's own words, and the best ones are quoted in article order,
+embedder, on the sentence alone and as it sits under its article's title and section
+heading) and by the question's own words, and the best ones are quoted in article order,
 with a list kept whole when the best sentence is one of its steps, an FAQ entry's short
 answer quoted whole (but for its own "Yes" or "No", which answer its question, not the
 visitor's), and the sentence after the best one kept with it (the fact a visitor needs is often the next sentence: "Refunds
@@ -173,6 +174,17 @@ def passage_units(text: str) -> list[Unit]:
     return units
 
 
+def _probes(unit: Unit) -> list[str]:
+    """What a unit is judged by: itself, and a list item's sentences each ("Tap Reset password.
+    The link expires after 1 hour." answers "how long is the link valid")."""
+    return [unit.text, *(split_sentences(unit.text) if unit.is_item else [])]
+
+
+def headed(title: str, heading: str, text: str) -> str:
+    """A sentence as embedded with what it sits under: its article's title and section heading."""
+    return f"{title}. {heading}. {text}" if heading else f"{title}. {text}"
+
+
 def _is_faq(passage: Passage) -> bool:
     """An FAQ entry ("Q: ...\nA: ..."), quoted whole."""
     return faq_question(passage.text) is not None
@@ -234,6 +246,7 @@ class AnswerComposer:
         context_weight: float = 0.4,
         pointer_penalty: float = 0.3,
         lead_margin: float | None = 0.05,
+        heading_weight: float = 0.3,
         cache_size: int = 20_000,
     ) -> None:
         if max_units < 1 or max_chars < 40:
@@ -265,15 +278,24 @@ class AnswerComposer:
         # The second article's quote comes first when its retrieval confidence is higher by more
         # than this (None: the best-scoring quote always comes first).
         self.lead_margin = lead_margin
+        # This share of a sentence's cosine is taken with the sentence as it sits in its article,
+        # after the title and the section heading (`headed`), the rest with the sentence alone:
+        # "the water isn't hot enough" is the temperature article's "The kettle is accurate to
+        # within 2 °C", which alone reads as nothing about heat (fitted on the tuning split).
+        self.heading_weight = heading_weight
         # Unit vectors by text: the same passages come back for many questions.
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._piece_counts: dict[str, int] = {}
 
-    def warm_up(self, passage_texts: Sequence[str], store: Path | None = None) -> int:
+    def warm_up(
+        self, passage_texts: Sequence[str], store: Path | None = None, headings: Sequence[tuple[str, str]] | None = None
+    ) -> int:
         """Embed every unit of these passages now, so the first questions only embed themselves;
-        returns how many were embedded.
+        returns how many were embedded. `headings`: each passage's (title, section heading), for
+        the units as they sit in their article (`heading_weight`); without them those are
+        embedded when first asked for.
 
         `store`, a file beside the index version the passages come from, keeps the vectors
         between starts: a restart, and every other worker, reads them instead of embedding
@@ -281,8 +303,15 @@ class AnswerComposer:
         grows with the help center). A store that is missing, unreadable or from another
         embedder is only a slower start: what it lacks is embedded and it is written again."""
         units = [u for text in passage_texts for u in passage_units(text)]
-        texts = list(dict.fromkeys(t for u in units for t in [u.text, *(split_sentences(u.text) if u.is_item else [])]))
+        texts = list(dict.fromkeys(t for u in units for t in _probes(u)))
         texts += [question for text in passage_texts if (question := faq_question(text))]
+        if headings is not None and self.heading_weight > 0:
+            texts += [
+                headed(title, heading, t)
+                for text, (title, heading) in zip(passage_texts, headings, strict=True)
+                for u in passage_units(text)
+                for t in _probes(u)
+            ]
         texts = list(dict.fromkeys(texts))
         stored = self._read_store(store) if store is not None else {}
         keys = [_text_key(t) for t in texts]
@@ -421,14 +450,23 @@ class AnswerComposer:
             candidates = naming or candidates
         if not candidates:
             return None
-        # A list item with several sentences is judged by its best sentence too: "Tap Reset
-        # password. The link expires after 1 hour." answers "how long is the link valid".
-        probes = [[u.text, *(split_sentences(u.text) if u.is_item else [])] for _, units in candidates for u in units]
+        probes = [_probes(u) for _, units in candidates for u in units]
         flat = [t for texts in probes for t in texts]
+        if self.heading_weight > 0:
+            flat += [headed(p.title, p.chunk.heading, t) for p, units in candidates for u in units for t in _probes(u)]
         question_vector, vectors = self._vectors(question, flat, question_vector)
-        cosines = vectors @ question_vector
+
+        def similarity(to: np.ndarray) -> np.ndarray:
+            """Each probe's cosine with `to`: alone, mixed with the same probe in its place."""
+            cosines = vectors @ to
+            if self.heading_weight == 0:
+                return cosines
+            alone, in_place = np.split(cosines, 2)
+            return (1 - self.heading_weight) * alone + self.heading_weight * in_place
+
+        cosines = similarity(question_vector)
         if context_vector is not None and self.context_weight > 0:
-            cosines = (1 - self.context_weight) * cosines + self.context_weight * (vectors @ context_vector)
+            cosines = (1 - self.context_weight) * cosines + self.context_weight * similarity(context_vector)
         unit_cosines: list[float] = []
         offset = 0
         for texts in probes:

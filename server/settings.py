@@ -229,7 +229,7 @@ class Settings(BaseSettings):
         ),
     )
     answer_relevance_threshold: float = Field(
-        1.07,
+        1.10,
         ge=0,
         le=2,
         description="Below this score of the best sentence for the question, less the unknown-word penalty, the bot says "

@@ -441,7 +441,9 @@ def test_a_name_word_counts_against_the_answer_but_a_sentence_that_answers_well_
     question = "i paid with paypal but the receipt never showed up in my paypal inbox??"
     assert extractive.name_words(question) == {"inbox"}
     _, result = turn(extractive, question)
-    assert result.path is AnswerPath.COMPOSED and "account email" in result.answer, result.answer
+    # Quoted (since the 1.10 cut-off, as the closest passage; sure at 1.07): docs/benchmarks.md.
+    assert "account email" in result.answer, result.answer
+    assert sure_score(extractive, question) >= extractive.suggestion_threshold
     # The hard rule it replaced (no name words at all) declined it.
     hard_rule = Settings(answer_max_name_words=0, answer_name_word_penalty=0)
     strict = build_assistant(hard_rule, sample_retriever, embedder, None, mode=AnswerMode.EXTRACTIVE)
@@ -465,6 +467,35 @@ def test_the_second_article_is_quoted_only_when_its_best_sentence_is_close(embed
     assert strict is not None and loose is not None and strict.also == ()
     assert [q.passage.document_id for q in loose.also] == [p.document_id for p in (wifi, offline) if p is not loose.passage]
     assert loose.quoted == f"{loose.text}\n{loose.also[0].text}" and loose.also[0].text in loose.also[0].passage.text
+
+
+def test_a_sentence_is_also_judged_as_it_sits_under_its_title_and_heading(embedder: SentenceEmbedder) -> None:
+    """Alone, "The kettle is accurate to within 2 °C" reads as nothing about heat; under its
+    article's title it answers "the water isn't hot enough", which the safety sentence about
+    a hot kettle body only seems to."""
+
+    def passage(document_id: str, title: str, heading: str, text: str) -> Passage:
+        chunk = ChunkRecord(0, f"{document_id}#0", document_id, title, heading, text, None, "test", Visibility.PUBLIC)
+        return Passage(chunk=chunk, score=1.0, dense_score=0.5, lexical_score=0.0, confidence=0.5)
+
+    accuracy = passage(
+        "troubleshooting/temperature",
+        "Water is hotter or colder than the set temperature",
+        "",
+        "The kettle is accurate to within 2 °C. Thermometers dipped in moving water often read lower.",
+    )
+    safety = passage(
+        "usage/safety",
+        "Brewlo kettle safety instructions",
+        "Hot surfaces",
+        "The body of the kettle gets hot while heating. Hold it only by the handle.",
+    )
+    question = "the water isn't hot enough"
+    alone = AnswerComposer(embedder, heading_weight=0, second_margin=None).compose(question, [accuracy, safety])
+    in_place = AnswerComposer(embedder, second_margin=None).compose(question, [accuracy, safety])
+    assert alone is not None and in_place is not None
+    assert alone.passage is safety and in_place.passage is accuracy, (alone, in_place)
+    assert "within 2 °C" in in_place.text
 
 
 def test_another_section_of_the_same_article_is_quoted_when_no_other_article_is(embedder: SentenceEmbedder) -> None:
@@ -790,7 +821,7 @@ def test_each_question_of_a_message_is_answered(extractive: Assistant) -> None:
     _, close = turn(extractive, "can i return my kettle? im a uni student, any cheaper club price for me?")
     assert close.path is AnswerPath.COMPOSED and "30 days" in close.answer
     lead = SUGGESTED_PART.format(which="second question", cited='"Brewlo Club plans and pricing"')
-    assert f"\n\n{lead} " in close.answer and close.answer.endswith(SUGGESTION_OFFER), close.answer
+    assert re.search(rf"\n\n{re.escape(lead)}[ \n]", close.answer) and close.answer.endswith(SUGGESTION_OFFER), close.answer
     assert "billing/plans-and-pricing" in {s.document_id for s in close.sources}
     assert "£4.49 per month" in close.quoted  # checked like every quote
     assert close.handoff and accepts_person("yes please", [HistoryTurn("assistant", close.answer)]) is True
@@ -838,18 +869,19 @@ class CountingEmbedder:
 def test_the_sentence_vectors_are_kept_between_starts_and_a_bad_file_only_costs_time(
     sample_retriever: Retriever, embedder: SentenceEmbedder, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    public = [c.text for c in sample_retriever.snapshot.chunks if c.visibility is Visibility.PUBLIC]
+    chunks = [c for c in sample_retriever.snapshot.chunks if c.visibility is Visibility.PUBLIC]
+    public, headings = [c.text for c in chunks], [(c.title, c.heading) for c in chunks]
     store = tmp_path / VECTORS_FILE
     first = CountingEmbedder(embedder)
-    embedded = AnswerComposer(first).warm_up(public, store=store)
-    assert embedded == first.embedded > 500 and store.exists()
+    embedded = AnswerComposer(first).warm_up(public, store=store, headings=headings)
+    assert embedded == first.embedded > 1000 and store.exists()
     assert not list(tmp_path.glob(".*.tmp"))  # written whole, then renamed
 
     # The next start (or another worker) embeds nothing, and composes the same answer.
     question = "How long is the password reset link valid?"
     again = CountingEmbedder(embedder)
     restarted = AnswerComposer(again)
-    assert restarted.warm_up(public, store=store) == 0
+    assert restarted.warm_up(public, store=store, headings=headings) == 0
     before = again.embedded
     passages = sample_retriever.search(question, 4).passages
     fresh = AnswerComposer(embedder).compose(question, passages)
@@ -857,21 +889,24 @@ def test_the_sentence_vectors_are_kept_between_starts_and_a_bad_file_only_costs_
     assert again.embedded == before + 1  # only the question
     assert fresh is not None and kept is not None and kept.text == fresh.text
 
-    # A new article: only its sentences are embedded, and the file is kept up to date.
+    # A new article: only its sentence is embedded, alone and under its title, and the file is kept up to date.
     added = "Kettles bought at a partner shop are registered in the app under Profile > Devices."
+    more = [*headings, ("Partner shops", "")]
     newer = CountingEmbedder(embedder)
-    assert AnswerComposer(newer).warm_up([*public, added], store=store) == newer.embedded == 1
-    assert AnswerComposer(CountingEmbedder(embedder)).warm_up([*public, added], store=store) == 0
+    assert AnswerComposer(newer).warm_up([*public, added], store=store, headings=more) == newer.embedded == 2
+    assert AnswerComposer(CountingEmbedder(embedder)).warm_up([*public, added], store=store, headings=more) == 0
+    # Without the headings (or with heading_weight 0) only the sentences themselves are embedded.
+    assert AnswerComposer(CountingEmbedder(embedder), heading_weight=0).warm_up(public, store=tmp_path / "plain.npz") < embedded
 
     # A broken file, or one another embedder wrote: a warning, everything embedded, the file rewritten.
     store.write_bytes(b"not a numpy file")
     with caplog.at_level(logging.WARNING, logger="supportbot.composer"):
-        assert AnswerComposer(CountingEmbedder(embedder)).warm_up(public, store=store) == embedded
+        assert AnswerComposer(CountingEmbedder(embedder)).warm_up(public, store=store, headings=headings) == embedded
     assert "unreadable" in caplog.text
-    assert AnswerComposer(CountingEmbedder(embedder)).warm_up(public, store=store) == 0
+    assert AnswerComposer(CountingEmbedder(embedder)).warm_up(public, store=store, headings=headings) == 0
     with np.load(store) as data:
         np.savez(store, model=np.array("someone/else"), keys=data["keys"], vectors=data["vectors"])
-    assert AnswerComposer(CountingEmbedder(embedder)).warm_up(public, store=store) == embedded
+    assert AnswerComposer(CountingEmbedder(embedder)).warm_up(public, store=store, headings=headings) == embedded
 
     # Nowhere to write it (here a file where its folder should be): every start embeds, as before, and says why.
     blocked = tmp_path / "not-a-folder"
