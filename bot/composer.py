@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from bot.grounding import split_sentences
-from knowledge_base.chunking import faq_question
+from knowledge_base.chunking import embedding_text, faq_question
 from retrieval.embedder import Embedder
 from retrieval.lexical import LexicalTokenizer
 from retrieval.types import Passage
@@ -180,11 +180,6 @@ def _probes(unit: Unit) -> list[str]:
     return [unit.text, *(split_sentences(unit.text) if unit.is_item else [])]
 
 
-def headed(title: str, heading: str, text: str) -> str:
-    """A sentence as embedded with what it sits under: its article's title and section heading."""
-    return f"{title}. {heading}. {text}" if heading else f"{title}. {text}"
-
-
 def _is_faq(passage: Passage) -> bool:
     """An FAQ entry ("Q: ...\nA: ..."), quoted whole."""
     return faq_question(passage.text) is not None
@@ -279,9 +274,10 @@ class AnswerComposer:
         # than this (None: the best-scoring quote always comes first).
         self.lead_margin = lead_margin
         # This share of a sentence's cosine is taken with the sentence as it sits in its article,
-        # after the title and the section heading (`headed`), the rest with the sentence alone:
-        # "the water isn't hot enough" is the temperature article's "The kettle is accurate to
-        # within 2 °C", which alone reads as nothing about heat (fitted on the tuning split).
+        # after its title and section heading (`embedding_text`, as chunks are embedded), the
+        # rest with the sentence alone: "the water isn't hot enough" is the temperature
+        # article's "The kettle is accurate to within 2 °C", which alone reads as nothing about
+        # heat (fitted on the tuning split).
         self.heading_weight = heading_weight
         # Unit vectors by text: the same passages come back for many questions.
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -307,7 +303,7 @@ class AnswerComposer:
         texts += [question for text in passage_texts if (question := faq_question(text))]
         if headings is not None and self.heading_weight > 0:
             texts += [
-                headed(title, heading, t)
+                embedding_text(title, heading, t)
                 for text, (title, heading) in zip(passage_texts, headings, strict=True)
                 for u in passage_units(text)
                 for t in _probes(u)
@@ -453,7 +449,7 @@ class AnswerComposer:
         probes = [_probes(u) for _, units in candidates for u in units]
         flat = [t for texts in probes for t in texts]
         if self.heading_weight > 0:
-            flat += [headed(p.title, p.chunk.heading, t) for p, units in candidates for u in units for t in _probes(u)]
+            flat += [embedding_text(p.title, p.chunk.heading, t) for p, units in candidates for u in units for t in _probes(u)]
         question_vector, vectors = self._vectors(question, flat, question_vector)
 
         def similarity(to: np.ndarray) -> np.ndarray:
