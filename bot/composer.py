@@ -6,12 +6,13 @@ embedder, on the sentence alone and as it sits under its article's title and sec
 heading) and by the question's own words, and the best ones are quoted in article order,
 with a list kept whole when the best sentence is one of its steps, an FAQ entry's short
 answer quoted whole (but for its own "Yes" or "No", which answer its question, not the
-visitor's), and the sentence after the best one kept with it (the fact a visitor needs is often the next sentence: "Refunds
-are issued within 5 business days" after "You can return ... within 30 days"). When
-another article's best sentence scores nearly as well, it is quoted too, under its own
-title: the right article is not always the best-scored one. When none does, another section
-of the same article that does is quoted the same way (a section is often a passage of its own). It is the floor every answer
-falls back to, and the answer whenever the generator has not earned trust.
+visitor's), and the sentence after the best one kept with it (the fact a visitor needs is
+often the next sentence: "Refunds are issued within 5 business days" after "You can return
+... within 30 days"). When another article's best sentence scores nearly as well, it is
+quoted too, under its own title: the right article is not always the best-scored one. When
+none does, another section of the same article that does is quoted the same way (a section
+is often a passage of its own). It is the floor every answer falls back to, and the answer
+whenever the generator has not earned trust.
 """
 
 from __future__ import annotations
