@@ -313,6 +313,10 @@ class AnswerComposer:
         stored = self._read_store(store) if store is not None else {}
         keys = [_text_key(t) for t in texts]
         vectors = {k: stored[k] for k in keys if k in stored}
+        # A new index version (an ingest, swapped in while serving) repeats most of the last
+        # one's sentences: those already in memory are not embedded again.
+        with self._lock:
+            vectors.update({k: self._cache[t] for t, k in zip(texts, keys, strict=True) if k not in vectors and t in self._cache})
         missing = [t for t, k in zip(texts, keys, strict=True) if k not in vectors]
         for start in range(0, len(missing), 256):
             batch = missing[start : start + 256]
@@ -323,7 +327,7 @@ class AnswerComposer:
                 self._cache.move_to_end(text)
                 if len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
-        if store is not None and (missing or len(stored) != len(keys)):
+        if store is not None and stored.keys() != set(keys):
             self._write_store(store, keys, vectors)
         return len(missing)
 

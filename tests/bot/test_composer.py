@@ -895,6 +895,14 @@ def test_the_sentence_vectors_are_kept_between_starts_and_a_bad_file_only_costs_
     newer = CountingEmbedder(embedder)
     assert AnswerComposer(newer).warm_up([*public, added], store=store, headings=more) == newer.embedded == 2
     assert AnswerComposer(CountingEmbedder(embedder)).warm_up([*public, added], store=store, headings=more) == 0
+    # A new index version swapped in while serving: what this composer holds in memory is not
+    # embedded again, only the new sentence (alone and in place), and the new version's file is written.
+    live = CountingEmbedder(embedder)
+    serving = AnswerComposer(live)
+    serving.warm_up(public, headings=headings)
+    before_swap = live.embedded
+    assert serving.warm_up([*public, added], store=tmp_path / "v2.npz", headings=more) == 2 == live.embedded - before_swap
+    assert AnswerComposer(CountingEmbedder(embedder)).warm_up([*public, added], store=tmp_path / "v2.npz", headings=more) == 0
     # Without the headings (or with heading_weight 0) only the sentences themselves are embedded.
     assert AnswerComposer(CountingEmbedder(embedder), heading_weight=0).warm_up(public, store=tmp_path / "plain.npz") < embedded
 
