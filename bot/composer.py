@@ -299,14 +299,14 @@ class AnswerComposer:
         the whole help center again (4.7 s for the sample's 130 articles on 2 cores, and it
         grows with the help center). A store that is missing, unreadable or from another
         embedder is only a slower start: what it lacks is embedded and it is written again."""
-        units = [u for text in passage_texts for u in passage_units(text)]
-        texts = list(dict.fromkeys(t for u in units for t in _probes(u)))
+        units = [passage_units(text) for text in passage_texts]
+        texts = list(dict.fromkeys(t for passage in units for u in passage for t in _probes(u)))
         texts += [question for text in passage_texts if (question := faq_question(text))]
         if headings is not None and self.heading_weight > 0:
             texts += [
                 embedding_text(title, heading, t)
-                for text, (title, heading) in zip(passage_texts, headings, strict=True)
-                for u in passage_units(text)
+                for passage, (title, heading) in zip(units, headings, strict=True)
+                for u in passage
                 for t in _probes(u)
             ]
         texts = list(dict.fromkeys(texts))
@@ -451,10 +451,11 @@ class AnswerComposer:
             candidates = naming or candidates
         if not candidates:
             return None
+        owners = [p for p, units in candidates for _ in units]  # the passage of each unit
         probes = [_probes(u) for _, units in candidates for u in units]
         flat = [t for texts in probes for t in texts]
         if self.heading_weight > 0:
-            flat += [embedding_text(p.title, p.chunk.heading, t) for p, units in candidates for u in units for t in _probes(u)]
+            flat += [embedding_text(p.title, p.chunk.heading, t) for p, texts in zip(owners, probes, strict=True) for t in texts]
         question_vector, vectors = self._vectors(question, flat, question_vector)
 
         def similarity(to: np.ndarray) -> np.ndarray:
