@@ -589,6 +589,8 @@ class AnswerComposer:
         rule is the 2 years before it."""
         if whole:
             return list(range(len(units)))
+        if not units[best].is_item and units[best].text.endswith(":") and best + 1 < len(units) and units[best + 1].is_item:
+            best += 1  # a list's intro ("Order statuses:") says nothing without its list
         if units[best].is_item:
             block = [i for i, u in enumerate(units) if u.block == units[best].block]
             intro = block[0] - 1

@@ -311,6 +311,12 @@ def test_the_sentence_after_the_best_one_is_quoted_with_it(embedder: SentenceEmb
     assert "Gift cards" not in both.text and both.also == ()
 
 
+def test_a_lists_intro_is_never_quoted_without_its_list(extractive: Assistant) -> None:
+    # "Order statuses:" was the best unit for this question, and it was quoted alone.
+    _, result = turn(extractive, "order status says processing, what does it mean")
+    assert "Order statuses:\n- Processing: we received your order and payment." in result.answer, result.answer
+
+
 def test_a_second_article_that_answers_nearly_as_well_is_quoted_under_its_own_title(extractive: Assistant) -> None:
     _, result = turn(extractive, "my wifi keeps dropping and the kettle goes offline")
     assert result.path is AnswerPath.COMPOSED
