@@ -108,6 +108,17 @@ _UNIT_SYMBOLS = {
 # A sentence that sends the reader to another article ("See the returns article for how to send
 # it back.") names that article's topic, so it matches the question well, but it answers nothing.
 _POINTER = re.compile(r"(?i)\b(?:see|follow|read)\s+(?:the|our)\b[^.]*?\barticles?\b")
+# Words that name no topic, which the word index's short stop list keeps: pronouns, modal verbs,
+# fillers and chat words. "my sister returned the kettle i got her for xmas, how does she get the
+# money back" counted "she" and "her" as words the help center never uses, like "nespresso".
+_FILLERS = (
+    "he she her hers him his himself herself they them their theirs themselves we us our ours ourselves "
+    "mine myself yours yourself yourselves itself someone somebody anyone anybody everyone everybody "
+    "something anything everything could would should might must shall may will did done doing "
+    "been being am has had having gonna wanna gotta just also really still even already yet here there "
+    "then now very quite any some every each such either else ever yeah yep yes ok okay please thanks "
+    "thank hi hello hey lol haha omg btw tbh idk"
+)
 _CONTINUATION = re.compile(r"(?i)^(it|this|that|they|these|those|then|the link|the code|if so)\b")
 
 
@@ -253,6 +264,7 @@ class AnswerComposer:
         self.passage_weight = passage_weight  # how much the passage's own retrieval confidence counts
         # The company's own name is in half the help center: sharing it answers nothing.
         self._ignored = set(self._tokenizer.tokenize(ignore_words))
+        self._ignored |= set(self._tokenizer.tokenize(_FILLERS))
         self.max_units = max_units
         self.max_chars = max_chars
         self.neighbour_margin = neighbour_margin
