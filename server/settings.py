@@ -236,7 +236,7 @@ class Settings(BaseSettings):
         "it is not sure (fitted on the tuning split).",
     )
     answer_suggestion_threshold: float = Field(
-        0.7,
+        0.6,
         ge=0,
         le=2,
         description="Not sure, but close: from this score up to the relevance threshold the bot says it is not sure, "
