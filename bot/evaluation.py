@@ -159,12 +159,12 @@ class TurnScore:
 
 
 def _says(pattern: str, answer: str) -> bool:
-    """Whether the answer says what `pattern` describes: anywhere in it, or at the start of any
-    line once each quote's framing is taken off. 'From our article "Can I use the app on a
+    """Whether the answer says what `pattern` describes, anywhere in it or at the start of any
+    line, once each quote's framing is taken off. 'From our article "Can I use the app on a
     tablet?": Yes, on iPads with iPadOS 16' says "yes" to a visitor on iPadOS 15, which a
-    pattern anchored at the answer's start would miss."""
-    if re.search(pattern, answer, re.IGNORECASE):
-        return True
+    pattern anchored at the answer's start would miss. The framing's title is no claim: 'And
+    from "Does the kettle work with Apple Home or Matter?": Matter support ... is planned' does
+    not say that it works with Apple Home."""
     return bool(re.search(pattern, QUOTE_FRAMING.sub("\n", answer), re.IGNORECASE | re.MULTILINE))
 
 

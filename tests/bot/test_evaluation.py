@@ -53,6 +53,9 @@ def test_a_yes_after_a_quotes_framing_is_a_false_claim() -> None:
     assert score_turn(turn, composed(second, quote), evidence).false_statement
     fact = "On iPads with iPadOS 16 or newer."
     assert not score_turn(turn, composed(f'From our article "Tablets": {fact}', fact), evidence).false_statement
+    # The title a quote is framed with is no claim: an FAQ's own question names what it answers.
+    titled = f'From our article "What if iPadOS 15 is all my iPad has?": {fact}'
+    assert not score_turn(turn, composed(titled, fact), evidence).false_statement
 
 
 def test_a_claim_the_evidence_does_not_carry_is_false_even_when_its_words_are_there() -> None:
