@@ -18,7 +18,8 @@ from knowledge_base.chunking import faq_question
 from retrieval.embedder import Embedder
 from retrieval.lexical import STOPWORDS
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+# A sentence ends at . ! or ? and a space, but not inside an initialism: "ship to P.O. boxes", "e.g. tea".
+_SENTENCE = re.compile(r"(?<=[.!?])(?<!\.[A-Za-z]\.)\s+")
 _CITATION = re.compile(r"\s*\[\d+\]")
 _WORD = re.compile(r"[a-z0-9][a-z0-9'-]*")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")

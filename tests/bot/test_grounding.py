@@ -13,6 +13,16 @@ def test_sentence_splitting_keeps_the_unfinished_rest() -> None:
     assert complete_sentences("One. Two! Thr") == (["One.", "Two!"], "Thr")
     assert complete_sentences("no end yet") == ([], "no end yet")
     assert split_sentences(" A b. C d? ") == ["A b.", "C d?"]
+    # Not inside an initialism: the composer quoted "boxes because our carriers need a signature".
+    assert split_sentences("We ship to all 50 states; we cannot ship to P.O. boxes because of it. Next.") == [
+        "We ship to all 50 states; we cannot ship to P.O. boxes because of it.",
+        "Next.",
+    ]
+    assert split_sentences("Use filtered water, e.g. from a jug. It is accurate to within 2 °C. Then pour.") == [
+        "Use filtered water, e.g. from a jug.",
+        "It is accurate to within 2 °C.",
+        "Then pour.",
+    ]
 
 
 def test_supported_and_unsupported_sentences(embedder: SentenceEmbedder) -> None:
