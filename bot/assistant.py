@@ -719,15 +719,10 @@ class Assistant:
         kettle last month. my microwave turns on but doesn't heat food" was searched whole and
         answered from our articles (tune: out of scope "not sure" 0.969 -> 0.786 with that
         sentence before each question); "... unless i click a link. legit??" asks about the
-        story, and is kept whole, as is a question that points back into the story with a
-        pronoun: "ordered to my work address by mistake, it still says processing. can i switch
-        it to home?" was searched as "can i switch it to home?" and got the Bluetooth article's
-        "remote control from outside your home"."""
+        story, and is kept whole."""
         sentences = [clause for sentence in split_sentences(message) for clause in _LEAD_IN_END.split(sentence) if clause]
         asking = [s for s in sentences if _ASKS.search(s)] or sentences[-1:]
         if len(asking) == len(sentences) or len(self._composer.asked_words(" ".join(asking))) < _OWN_TOPIC_WORDS:
-            return message, ""
-        if _FOLLOW_UP.search(" ".join(asking)):  # "... it still says processing. can i switch it to home?"
             return message, ""
         return " ".join(asking), " ".join(s for s in sentences if s not in asking)
 

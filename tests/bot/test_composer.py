@@ -798,10 +798,6 @@ def test_what_a_message_asks_is_answered_not_the_greeting_or_the_story_before_it
     # A short question after a story is the story's: the whole message is what is asked.
     _, result = turn(extractive, "got a text saying my brewlo account gets closed in 2 hours unless i click a link. legit??")
     assert "Signs of a fake message" in result.answer
-    # So is one that points back into the story with a pronoun: "can i switch it to home?" alone
-    # got the Bluetooth article's "remote control from outside your home".
-    _, result = turn(extractive, "ordered to my work address by mistake, it still says processing. can i switch it to home?")
-    assert "tap Edit address" in result.answer, result.answer
 
 
 def test_pronouns_and_chat_words_are_not_words_the_help_center_lacks(extractive: Assistant) -> None:
