@@ -175,8 +175,11 @@ def score_turn(turn: LabelledTurn, result: TurnResult, evidence_for: dict[str, s
     # A "not sure" that quotes the closest passage says something too, and is checked the same way.
     if answered or result.quoted:
         why += [f"false claim /{p}/" for p in turn.false_claims if _says(p, result.answer)]
-        # The framing of a quote ("From our article ...") is not a claim; the quote is.
-        claims = split_sentences(result.quoted) if result.quoted else split_sentences(result.answer)
+        # The framing of a quote ("From our article ...") is not a claim; the quote is. Each line
+        # is a claim of its own: a list item without a full stop, then the next article's quote,
+        # read as one sentence that no article holds.
+        said = result.quoted or result.answer
+        claims = [sentence for line in said.splitlines() for sentence in split_sentences(line)]
         evidence = " ".join(evidence_for.get(s.document_id, s.snippet) for s in result.sources)
         why += [f"unsupported: {s}" for s in unsupported_sentences(claims, evidence)]
     return TurnScore(turn, result, has_key_facts(result.answer, turn.key_facts), bool(why), not_sure, why)

@@ -77,6 +77,12 @@ def test_a_not_sure_that_quotes_a_passage_is_checked_like_an_answer() -> None:
     assert scored.not_sure and scored.suggested and scored.false_statement
     plain = TurnResult(turn.question, turn.question, answer="I'm not sure.", path=AnswerPath.NOT_SURE)
     assert not score_turn(turn, plain, {}).suggested
+    # Two quotes, the first ending in a list item without a full stop, are two claims, not one.
+    listed = TurnResult(turn.question, turn.question, answer="Not sure. ...", path=AnswerPath.NOT_SURE)
+    listed.quoted = "- Wipe the body of the kettle with a damp cloth and a soft towel\nNever descale with bleach."
+    listed.sources = [source]
+    evidence = {"usage/descaling": ARTICLE + "\n- Wipe the body of the kettle with a damp cloth and a soft towel"}
+    assert not score_turn(turn, listed, evidence).false_statement
     # The sure-answers share leaves a suggestion's key facts out; the overall share counts them.
     fact = next(t for t in load_turns(EVAL_TURNS) if t.in_scope and t.kind == "answer")
     text = " ".join(alternatives[0] for alternatives in fact.key_facts)
