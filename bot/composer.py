@@ -111,9 +111,10 @@ _POINTER = re.compile(r"(?i)\b(?:see|follow|read)\s+(?:the|our)\b[^.]*?\barticle
 # Words that name no topic, which the word index's short stop list keeps: pronouns, modal verbs,
 # fillers and chat words. "my sister returned the kettle i got her for xmas, how does she get the
 # money back" counted "she" and "her" as words the help center never uses, like "nespresso".
+# Not the reflexives: "does it shut itself off" is the FAQ "Does the kettle turn itself off?".
 _FILLERS = (
-    "he she her hers him his himself herself they them their theirs themselves we us our ours ourselves "
-    "mine myself yours yourself yourselves itself someone somebody anyone anybody everyone everybody "
+    "he she her hers him his they them their theirs we us our ours "
+    "mine yours someone somebody anyone anybody everyone everybody "
     "something anything everything could would should might must shall may will did done doing "
     "been being am has had having gonna wanna gotta just also really still even already yet here there "
     "then now very quite any some every each such either else ever yeah yep yes ok okay please thanks "
