@@ -312,15 +312,14 @@ class AnswerComposer:
         the whole help center again (4.7 s for the sample's 130 articles on 2 cores, and it
         grows with the help center). A store that is missing, unreadable or from another
         embedder is only a slower start: what it lacks is embedded and it is written again."""
-        units = [passage_units(text) for text in passage_texts]
-        texts = list(dict.fromkeys(t for passage in units for u in passage for t in _probes(u)))
+        probes = [[t for u in passage_units(text) for t in _probes(u)] for text in passage_texts]
+        texts = [t for passage in probes for t in passage]
         texts += [question for text in passage_texts if (question := faq_question(text))]
         if headings is not None and self.heading_weight > 0:
             texts += [
                 embedding_text(title, heading, t)
-                for passage, (title, heading) in zip(units, headings, strict=True)
-                for u in passage
-                for t in _probes(u)
+                for passage, (title, heading) in zip(probes, headings, strict=True)
+                for t in passage
             ]
         texts = list(dict.fromkeys(texts))
         stored = self._read_store(store) if store is not None else {}
