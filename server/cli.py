@@ -21,6 +21,10 @@ T = TypeVar("T")
 app = typer.Typer(help="Supportbot: a self-hosted customer-support assistant.", no_args_is_help=True, add_completion=False)
 app.add_typer(kb_app, name="kb")
 EVAL_TURNS = EVAL_QUESTIONS.with_name("turns.jsonl")  # labelled turns: key facts, traps, out of scope
+# Held-out questions in visitors' words, written from the help center's text by people who never
+# saw turns.jsonl (`bot eval --questions` this file). Not in the training job's exclusions: for
+# comparing answer paths and embedders, not for gating trained models.
+VISITORS_HELDOUT = EVAL_QUESTIONS.with_name("visitors_heldout.jsonl")
 bot_app = typer.Typer(help="Evaluate whole turns: retrieval, generation and answer policy.", no_args_is_help=True)
 app.add_typer(bot_app, name="bot")
 keys_app = typer.Typer(help="API keys for support agents and admins (stored hashed in Redis).", no_args_is_help=True)

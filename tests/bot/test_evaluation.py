@@ -9,8 +9,17 @@ import pytest
 
 from bot.answer_policy import decide, earned, write_record
 from bot.assistant import AnswerMode, AnswerPath, Source, TurnResult
-from bot.evaluation import BotEvalReport, has_key_facts, load_turns, score_turn, unsupported_sentences
-from server.cli import EVAL_TURNS
+from bot.evaluation import (
+    BotEvalReport,
+    evidence_by_document,
+    has_key_facts,
+    load_turns,
+    normalise,
+    score_turn,
+    unsupported_sentences,
+)
+from retrieval.retriever import Retriever
+from server.cli import EVAL_TURNS, VISITORS_HELDOUT
 
 ARTICLE = "Never descale with bleach or put the kettle or its base in a dishwasher. The body can be wiped with a damp cloth."
 
@@ -130,3 +139,30 @@ def test_a_win_counts_only_for_the_knowledge_base_version_it_was_measured_on(tmp
     assert stale.mode is AnswerMode.EXTRACTIVE
     assert "index version 000001" in stale.reason and "version 000002 now" in stale.reason and "--record" in stale.reason
     assert decide("generative", tmp_path, "gemma", "000002").mode is AnswerMode.GENERATIVE  # an explicit mode is obeyed
+
+
+def test_the_visitor_held_out_set_is_labelled_against_the_help_center(sample_retriever: Retriever) -> None:
+    """Written from the help center's text by people who never saw turns.jsonl, in visitors'
+    words; every key fact is in its article and no false-claim pattern says the article's answer."""
+    visitors = load_turns(VISITORS_HELDOUT)
+    assert {t.split for t in visitors} == {"heldout"}
+    assert {t.kind for t in visitors} == {"answer", "trap", "out_of_scope"}
+    assert len(visitors) >= 80 and len({t.id for t in visitors}) == len(visitors)
+    tune = {normalise(t.question) for t in load_turns(EVAL_TURNS) if t.split == "tune"}
+    assert not tune & {normalise(t.question) for t in visitors}
+    chunks = sample_retriever.snapshot.chunks
+    articles: dict[str, str] = {}
+    for chunk in chunks:
+        articles[chunk.document_id] = articles.get(chunk.document_id, "") + f" {chunk.title} {chunk.heading} {chunk.text}"
+    evidence = {d: normalise(text) for d, text in articles.items()}
+    assert evidence.keys() == evidence_by_document(chunks).keys()
+    for turn in visitors:
+        if not turn.in_scope:
+            assert turn.document_id is None and not turn.key_facts and not turn.false_claims, turn.id
+            continue
+        assert turn.document_id in evidence, turn.id
+        for group in turn.key_facts:
+            assert any(normalise(fact) in evidence[turn.document_id] for fact in group), (turn.id, group)
+        for pattern in turn.false_claims:
+            assert not re.search(pattern, turn.reference, re.IGNORECASE | re.MULTILINE), (turn.id, pattern)
+        assert turn.kind != "trap" or turn.false_claims, turn.id
